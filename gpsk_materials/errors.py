@@ -1,0 +1,49 @@
+"""Exception types raised by gpsk_materials.
+
+Every error the library raises on bad input derives from :class:`GPSKError`; most also derive from
+``ValueError`` so that generic handlers keep working.
+"""
+
+
+class GPSKError(Exception):
+    """Base class of every error raised by gpsk_materials."""
+
+
+class InvalidStructureError(GPSKError, ValueError):
+    """A structure cannot be represented (empty, NaN/inf coordinates, dummy species, ...)."""
+
+
+class UnknownElementError(InvalidStructureError):
+    """An element has no X-ray form factor (or is not a real element)."""
+
+
+class DisorderError(InvalidStructureError):
+    """A structure has partial occupancies that the requested operation does not support."""
+
+
+class DegenerateLatticeError(InvalidStructureError):
+    """A lattice is singular, too small, or too large for the 32^3 grid (aliasing)."""
+
+
+class ResolutionError(InvalidStructureError):
+    """A structure has more sites, or sites closer together, than the grid can resolve."""
+
+
+class GridError(GPSKError, ValueError):
+    """A grid has the wrong shape, dtype, or non-finite values."""
+
+
+class DecodingError(GPSKError, RuntimeError):
+    """A grid could not be decoded into a trustworthy structure."""
+
+
+class ConditioningError(GPSKError, ValueError):
+    """A generation or training condition is invalid (unknown element, space group out of range, ...)."""
+
+
+class CheckpointError(GPSKError, RuntimeError):
+    """A checkpoint is missing, truncated, or belongs to another configuration."""
+
+
+class DataError(GPSKError, ValueError):
+    """A dataset file or record cannot be read."""
