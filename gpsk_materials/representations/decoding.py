@@ -1,0 +1,526 @@
+"""Closed-form decoding of reciprocal-space grids back to pymatgen Structures."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from monty.json import MSONable
+
+from gpsk_materials.errors import DecodingError, GridError, UnknownElementError
+from gpsk_materials.representations import grid as G
+from gpsk_materials.representations.form_factors import MAX_Z, form_factor_at_zero
+
+METHODS = ("reciprocal", "peaks")
+
+
+def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
+    """Validate grids of shape (3, n, n, n) or (B, 3, n, n, n); return a batch (NumPy or torch)."""
+    shape = tuple(getattr(grids, "shape", ()))
+    if not hasattr(grids, "shape"):
+        grids = np.asarray(grids)
+        shape = grids.shape
+    if len(shape) == 4:
+        grids = grids[None]
+        shape = tuple(grids.shape)
+    if len(shape) != 5 or shape[1] != 3 or not (shape[2] == shape[3] == shape[4]) or (n and shape[2] != n):
+        want = f"(3, {n or 'n'}, {n or 'n'}, {n or 'n'})"
+        raise GridError(f"grid must have shape {want} or (B, *{want}), got {shape}")
+    kind = str(getattr(grids, "dtype", ""))
+    if "float" not in kind:
+        raise GridError(f"grid must hold floating-point values, got dtype {kind}")
+    return grids
+
+
+def parse_composition(comp: Any) -> dict[int, float]:
+    """Atomic number -> amount from a formula string, pymatgen Composition or dict."""
+    from pymatgen.core import Composition
+
+    try:
+        c = comp if isinstance(comp, Composition) else Composition(comp)
+    except Exception as exc:  # pymatgen raises several types for bad formulas
+        raise UnknownElementError(f"cannot read composition {comp!r}: {exc}") from exc
+    out: dict[int, float] = {}
+    for el, amt in c.element_composition.items():
+        if not hasattr(el, "Z") or el.Z > MAX_Z:
+            raise UnknownElementError(f"composition {comp!r} holds {el}, outside the supported Z = 1..{MAX_Z}")
+        if amt < 0:
+            raise UnknownElementError(f"composition {comp!r} has a negative amount of {el}")
+        out[el.Z] = out.get(el.Z, 0.0) + float(amt)
+    if not out:
+        raise UnknownElementError(f"composition {comp!r} is empty")
+    return out
+
+
+def cell_counts(comp: dict[int, float], f000: float) -> tuple[dict[int, int], int]:
+    """Integer cell content of ``comp`` scaled to the observed F(000) (number of formula units)."""
+    amounts = np.array(list(comp.values()))
+    if np.any(np.abs(amounts - np.round(amounts)) > 1e-6):
+        raise DecodingError(f"composition amounts {amounts.tolist()} are not integers")
+    # reduce to the smallest integer formula, then take as many formula units as F(000) asks for
+    ints = np.round(amounts).astype(int)
+    g = int(np.gcd.reduce(ints))
+    reduced = ints // g
+    f_unit = float(np.dot(reduced, form_factor_at_zero(np.array(list(comp)))))
+    units = int(round(f000 / f_unit)) if np.isfinite(f000) else 0
+    if units < 1:
+        raise DecodingError(f"F(000) = {f000:.2f} e cannot hold one formula unit ({f_unit:.2f} e)")
+    return {z: int(r) * units for z, r in zip(comp, reduced)}, units
+
+
+class ReciprocalGridDecoder(MSONable):
+    """Grid -> pymatgen ``Structure`` in closed form.
+
+    Parameters
+    ----------
+    method : {"reciprocal", "peaks"}
+        ``"reciprocal"`` (default): residual peeling in reciprocal space with Newton refinement, form-factor
+        element choice and a joint least-squares polish. ``"peaks"``: the GPSK-300 blog's baseline, peaks of the
+        inverse FFT with the brightest peak given the heaviest element (needs a composition).
+    max_residual : float
+        Largest accepted relative residual ||F - F_model|| / ||F||; above it decoding raises ``DecodingError``.
+    min_distance : float
+        Smallest accepted interatomic distance (Angstrom) of a decoded structure.
+    max_sites : int
+        Most sites extracted when the composition is unknown.
+    newton_steps, polish_steps, swap_rounds : int
+        Iterations of position refinement, joint polish, and element-swap search.
+    min_gain : float
+        Without a composition, a peak becomes an atom only if it explains this fraction of the atom's own
+        ||f||^2 beyond break-even (0 = any improvement).
+    device : str
+        Torch device ("cpu", "cuda").
+    dtype : {"float64", "float32"}
+        Precision of the reciprocal engine.
+    batch_size : int
+        Grids decoded together.
+    """
+
+    def __init__(
+        self,
+        method: str = "reciprocal",
+        max_residual: float = 0.3,
+        min_distance: float = 0.5,
+        max_sites: int = 64,
+        newton_steps: int = 4,
+        polish_steps: int = 8,
+        swap_rounds: int = 4,
+        min_gain: float = 0.5,
+        device: str = "cpu",
+        dtype: str = "float64",
+        batch_size: int = 16,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self.method = method
+        self.max_residual = max_residual
+        self.min_distance = min_distance
+        self.max_sites = max_sites
+        self.newton_steps = newton_steps
+        self.polish_steps = polish_steps
+        self.swap_rounds = swap_rounds
+        self.min_gain = min_gain
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self._engines: dict = {}
+
+    def as_dict(self) -> dict:
+        d = {"@module": type(self).__module__, "@class": type(self).__name__}
+        for key in ("method", "max_residual", "min_distance", "max_sites", "newton_steps", "polish_steps",
+                    "swap_rounds", "min_gain", "device", "dtype", "batch_size"):
+            d[key] = getattr(self, key)
+        return d
+
+    def to(self, device: str) -> "ReciprocalGridDecoder":
+        """Move decoding to ``device``; returns self."""
+        self.device = str(device)
+        return self
+
+    # ------------------------------------------------------------------ public API
+    def decode(self, grid, composition=None):
+        """Decode one grid (3, n, n, n); raises :class:`DecodingError` when the grid does not decode cleanly."""
+        return self.decode_many(as_grid_batch(grid)[:1], None if composition is None else [composition])[0]
+
+    def decode_many(
+        self, grids, compositions: Sequence[Any] | None = None, errors: str = "raise", progress: bool = False
+    ) -> list:
+        """Decode a batch (B, 3, n, n, n).
+
+        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition).
+        ``errors="raise"`` raises the first :class:`DecodingError`; ``"none"`` puts None in its place and
+        records the reason in :attr:`last_errors`.
+        """
+        from tqdm.auto import tqdm
+
+        if errors not in ("raise", "none"):
+            raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
+        grids = as_grid_batch(grids)
+        B = grids.shape[0]
+        if compositions is None:
+            compositions = [None] * B
+        compositions = list(compositions)
+        if len(compositions) != B:
+            raise GridError(f"{len(compositions)} compositions given for {B} grids")
+        results: list = []
+        self.last_errors: list = []
+        for start in tqdm(range(0, B, self.batch_size), disable=not progress, desc="decode", unit="batch"):
+            sl = slice(start, start + self.batch_size)
+            out = self._decode_chunk(grids[sl], compositions[sl])
+            for item in out:
+                if isinstance(item, DecodingError):
+                    if errors == "raise":
+                        raise item
+                    results.append(None)
+                    self.last_errors.append(str(item))
+                else:
+                    results.append(item)
+                    self.last_errors.append(None)
+        return results
+
+    def fit_lattice(self, grid):
+        """Lattice (pymatgen ``Lattice``) from the metric channel of one grid by linear least squares."""
+        from pymatgen.core import Lattice
+
+        g = as_grid_batch(grid)[:1]
+        eng = self._engine(g.shape[-1])
+        params = self._lattice_params(eng, g)[0]
+        if not np.all(np.isfinite(params)):
+            raise DecodingError("metric channel is not a positive-definite quadratic form")
+        return Lattice.from_parameters(*params)
+
+    def density(self, grid) -> np.ndarray:
+        """Real-space density rho(x) = sum_h F(h) e^{-2 pi i h.x} / V of one grid on the fractional n^3 mesh
+        (index m <-> x = m / n), in electrons per A^3."""
+        import torch
+
+        g = as_grid_batch(grid)[:1]
+        n = g.shape[-1]
+        t = torch.as_tensor(np.asarray(g, dtype=np.float64) if isinstance(g, np.ndarray) else g.double().cpu())
+        re, im = G.expand_structure_factor(t[:, 0], t[:, 1])
+        F = torch.fft.ifftshift(torch.complex(re, im), dim=(1, 2, 3))
+        rho = torch.fft.fftn(F, dim=(1, 2, 3)).real[0].numpy()
+        volume = self.fit_lattice(grid).volume
+        return rho / volume
+
+    # ------------------------------------------------------------------ internals
+    def _engine(self, n: int):
+        import torch
+
+        from gpsk_materials.representations.solver import Engine
+
+        key = (n, self.device, self.dtype)
+        if key not in self._engines:
+            self._engines[key] = Engine(n, torch.device(self.device), getattr(torch, self.dtype))
+        return self._engines[key]
+
+    def _tensor(self, grids, eng):
+        import torch
+
+        t = torch.as_tensor(grids) if not isinstance(grids, torch.Tensor) else grids
+        return t.to(device=eng.device, dtype=eng.dtype)
+
+    def _lattice_params(self, eng, grids) -> np.ndarray:
+        from gpsk_materials.representations.solver import lattice_parameters
+
+        t = self._tensor(grids, eng)
+        gstar = eng.fit_metric(t[:, 2].reshape(len(t), -1).double().to(eng.dtype) * G.Q0)
+        return lattice_parameters(gstar.double().cpu().numpy())
+
+    def _decode_chunk(self, grids, compositions) -> list:
+        import torch
+
+        from gpsk_materials.representations.solver import lattice_parameters
+
+        n = grids.shape[-1]
+        eng = self._engine(n)
+        t = self._tensor(grids, eng)
+        B = len(t)
+        fail: dict[int, DecodingError] = {}
+        finite = torch.isfinite(t.reshape(B, -1)).all(1).cpu().numpy()
+        for i in np.flatnonzero(~finite):
+            fail[i] = DecodingError(f"grid {i} holds NaN or inf values")
+        t = torch.nan_to_num(t)
+        gstar = eng.fit_metric(t[:, 2].reshape(B, -1) * G.Q0)
+        params = lattice_parameters(gstar.double().cpu().numpy())
+        for i in np.flatnonzero(~np.all(np.isfinite(params), axis=1)):
+            fail.setdefault(i, DecodingError(f"grid {i}: metric channel is not a positive-definite quadratic form"))
+        # structure factor on the Friedel half, symmetrised: F(h) <- (F(h) + conj F(-h)) / 2
+        re, im = G.expand_structure_factor(t[:, 0].reshape(B, -1), t[:, 1].reshape(B, -1))
+        Ffull = torch.complex(re, im)
+        F = 0.5 * (Ffull[:, eng.idx] + Ffull[:, eng.mirror].conj())
+        f000 = F[:, 0].real.cpu().numpy() if bool((eng.hkl_int[0] == 0).all()) else None
+        zero_idx = int(torch.nonzero((eng.hkl_int == 0).all(1))[0])
+        f000 = F[:, zero_idx].real.double().cpu().numpy()
+
+        pal, counts, known = [], [], []
+        for i, comp in enumerate(compositions):
+            if i in fail:
+                pal.append([1]), counts.append([0]), known.append(True)
+                continue
+            if comp is None:
+                pal.append(list(range(1, MAX_Z + 1))), counts.append([np.inf] * MAX_Z), known.append(False)
+                continue
+            try:
+                cnt, _ = cell_counts(parse_composition(comp), f000[i])
+            except DecodingError as exc:
+                fail[i] = DecodingError(f"grid {i}: {exc}")
+                pal.append([1]), counts.append([0]), known.append(True)
+                continue
+            pal.append(list(cnt)), counts.append(list(cnt.values())), known.append(True)
+        P = max(len(p) for p in pal)
+        pal_t = torch.zeros((B, P), dtype=torch.long, device=eng.device)
+        cnt_t = torch.zeros((B, P), dtype=eng.dtype, device=eng.device)
+        for i in range(B):
+            pal_t[i, : len(pal[i])] = torch.as_tensor(pal[i])
+            cnt_t[i, : len(counts[i])] = torch.as_tensor(np.asarray(counts[i], dtype=float))
+        known_t = torch.as_tensor(known, device=eng.device)
+        safe_gstar = torch.where(torch.as_tensor(np.all(np.isfinite(params), 1), device=eng.device)[:, None, None],
+                                 gstar, torch.eye(3, device=eng.device, dtype=eng.dtype))
+
+        if self.method == "peaks":
+            x, p, valid = self._peaks(eng, F, pal_t, cnt_t, known_t)
+        else:
+            x, p, valid = self._peel(eng, F, safe_gstar, pal_t, cnt_t, known_t)
+        return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail)
+
+    # -- blog baseline --------------------------------------------------
+    def _peaks(self, eng, F, pal, cnt, known):
+        """Peaks of the inverse FFT, brightest peak -> heaviest element (the GPSK-300 blog decoder)."""
+        import torch
+        import torch.nn.functional as Fn
+
+        if not bool(known.all()):
+            raise DecodingError("the 'peaks' baseline needs a composition for every grid")
+        n = eng.n
+        rho = eng.density(F)
+        # local maxima with periodic wrap-around
+        padded = torch.cat([rho[:, -1:], rho, rho[:, :1]], 1)
+        padded = torch.cat([padded[:, :, -1:], padded, padded[:, :, :1]], 2)
+        padded = torch.cat([padded[..., -1:], padded, padded[..., :1]], 3)
+        is_max = rho >= Fn.max_pool3d(padded[:, None], 3, stride=1)[:, 0]
+        score = torch.where(is_max, rho, torch.full_like(rho, -torch.inf)).reshape(len(F), -1)
+        total = int(cnt.sum(1).max())
+        B = len(F)
+        x = torch.zeros((B, total, 3), dtype=eng.dtype, device=eng.device)
+        p = torch.full((B, total), -1, dtype=torch.long, device=eng.device)
+        top = torch.topk(score, min(total, score.shape[1]), dim=1).indices
+        for b in range(B):
+            # elements sorted heaviest first, each repeated by its count
+            order = torch.argsort(pal[b], descending=True)
+            labels = torch.repeat_interleave(order, cnt[b, order].long())
+            m = len(labels)
+            idx = top[b, :m]
+            coords = torch.stack([idx // (n * n), (idx // n) % n, idx % n], -1).to(eng.dtype) / n
+            x[b, :m] = coords
+            p[b, :m] = labels
+        return x, p, p >= 0
+
+    # -- principled decoder ----------------------------------------------
+    def _peel(self, eng, F, gstar, pal, cnt, known):
+        import torch
+
+        B, M = F.shape
+        s2 = eng.s2(gstar)
+        f = eng.form_factors(pal, s2)  # (B, P, M)
+        norm2 = (f * f * eng.w).sum(-1)  # ||T_p||^2
+        cnt = cnt.clone()
+        nmax = int(torch.where(known, cnt.sum(1), torch.full_like(cnt[:, 0], self.max_sites)).max().item())
+        nmax = max(nmax, 1)
+        x = torch.zeros((B, nmax, 3), dtype=eng.dtype, device=eng.device)
+        p = torch.full((B, nmax), -1, dtype=torch.long, device=eng.device)
+        R = F.clone()
+        active = cnt.sum(1) > 0
+        ar = torch.arange(B, device=eng.device)
+        for step in range(nmax):
+            if not bool(active.any()):
+                break
+            a = ar[active]
+            Ra = R[a]
+            rho = eng.density(Ra).reshape(len(a), -1)
+            idx = rho.argmax(1)
+            n = eng.n
+            x0 = torch.stack([idx // (n * n), (idx // n) % n, idx % n], -1).to(eng.dtype) / n
+            xa = eng.newton(Ra, x0, None, self.newton_steps)
+            gain, best = self._element_gain(eng, Ra, xa, f[a], norm2[a], cnt[a])
+            fa = f[a, best]
+            xa = eng.newton(Ra, xa, fa, self.newton_steps)
+            gain, best2 = self._element_gain(eng, Ra, xa, f[a], norm2[a], cnt[a])
+            fa = f[a, best2]
+            take = gain > self.min_gain * norm2[a, best2]
+            take = take | known[a]  # with a given composition every count must be placed
+            take = take & torch.isfinite(gain)
+            T = fa * eng.phases(xa)
+            R[a] = Ra - T * take[:, None]
+            x[a, step] = torch.where(take[:, None], xa, x[a, step])
+            p[a, step] = torch.where(take, best2, p[a, step])
+            cnt[a, best2] -= take.to(cnt.dtype)
+            done = ~take | (cnt[a].sum(1) <= 0)
+            active[a[done]] = False
+        valid = p >= 0
+        x, p = self._polish(eng, F, f, x, p, valid)
+        if self.swap_rounds:
+            x, p = self._swap(eng, F, f, x, p, valid)
+        return x, p, valid
+
+    @staticmethod
+    def _element_gain(eng, R, x, f, norm2, cnt):
+        """Residual reduction 2 C_p - ||T_p||^2 of placing each palette element at x; best allowed element."""
+        import torch
+
+        proj = (R * eng.phases(x).conj()).real * eng.w  # (b, M)
+        C = torch.einsum("bm,bpm->bp", proj, f)
+        gain = 2 * C - norm2
+        gain = torch.where(cnt > 0, gain, torch.full_like(gain, -torch.inf))
+        best = gain.argmax(1)
+        return gain.gather(1, best[:, None])[:, 0], best
+
+    def _site_factors(self, f, p, valid):
+        import torch
+
+        idx = p.clamp(min=0)
+        fj = torch.gather(f, 1, idx[:, :, None].expand(-1, -1, f.shape[-1]))
+        return fj * valid[:, :, None]
+
+    def _model_residual(self, eng, F, f, x, p, valid):
+        fj = self._site_factors(f, p, valid)
+        E = eng.phases(x)
+        return F - (fj * E).sum(1), fj, E
+
+    def _polish(self, eng, F, f, x, p, valid):
+        """Joint Gauss-Newton refinement of all positions, elements fixed."""
+        import torch
+
+        B, N, _ = x.shape
+        if self.polish_steps == 0 or N == 0:
+            return x, p
+        hkl = eng.hkl.T.to(F.dtype)  # (3, M)
+        eye = torch.eye(3 * N, device=x.device, dtype=x.dtype)
+        vmask = valid.repeat_interleave(3, 1)
+        for _ in range(self.polish_steps):
+            R, fj, E = self._model_residual(eng, F, f, x, p, valid)
+            U = ((fj * E)[:, :, None, :] * hkl[None, None]).reshape(B, 3 * N, -1)
+            V = U.conj() * eng.w
+            A = (2 * np.pi) ** 2 * torch.bmm(V, U.transpose(1, 2)).real
+            g = 2 * np.pi * torch.bmm(V, R[:, :, None])[..., 0].imag
+            A = torch.where(vmask[:, :, None] & vmask[:, None, :], A, eye.expand(B, -1, -1) * 1.0)
+            g = g * vmask
+            damp = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).abs().amax(1)[:, None, None] * eye
+            step = torch.linalg.solve(A + damp, g[..., None])[..., 0].reshape(B, N, 3)
+            x = (x + step.clamp(-0.5 / eng.n, 0.5 / eng.n)) % 1.0
+        return x, p
+
+    def _swap(self, eng, F, f, x, p, valid):
+        """Greedy element swaps between sites while they lower the residual (fixes similar-Z mix-ups)."""
+        import torch
+
+        B, N, _ = x.shape
+        if N < 2:
+            return x, p
+        for _ in range(self.swap_rounds):
+            R, fj, E = self._model_residual(eng, F, f, x, p, valid)
+            w = eng.w
+            e = E
+            # cost change of swapping the elements of sites i and j: R' = R + (f_i - f_j)(e_i - e_j)
+            a = torch.bmm((R.conj() * w)[:, None, :] * fj, e.transpose(1, 2)).real  # a_ij = Re sum conj(R) f_i e_j
+            lin = torch.diagonal(a, dim1=1, dim2=2)
+            lin = lin[:, :, None] + lin[:, None, :] - a - a.transpose(1, 2)
+            P = torch.bmm(fj * w, fj.transpose(1, 2))  # sum w f_i f_j
+            dP = torch.diagonal(P, dim1=1, dim2=2)
+            Q = torch.bmm((fj * fj * w).to(e.dtype) * e, e.conj().transpose(1, 2))  # sum w f_i^2 e_i conj e_j
+            S = torch.bmm((fj * w).to(e.dtype) * e, (fj.to(e.dtype) * e.conj()).transpose(1, 2))
+            quad = 2 * (dP[:, :, None] + dP[:, None, :] - 2 * P) - 2 * (Q + Q.transpose(1, 2).conj() - 2 * S).real
+            delta = 2 * lin + quad
+            differ = (p[:, :, None] != p[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+            delta = torch.where(differ, delta, torch.full_like(delta, torch.inf))
+            flat = delta.reshape(B, -1)
+            best = flat.argmin(1)
+            improve = flat.gather(1, best[:, None])[:, 0] < -1e-9 * (F.abs() ** 2 * w).sum(1)
+            if not bool(improve.any()):
+                break
+            i, j = best // N, best % N
+            b = torch.arange(B, device=x.device)[improve]
+            pi, pj = p[b, i[improve]].clone(), p[b, j[improve]].clone()
+            p[b, i[improve]], p[b, j[improve]] = pj, pi
+            x, p = self._polish(eng, F, f, x, p, valid)
+        return x, p
+
+    # -- assemble --------------------------------------------------------
+    def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail) -> list:
+        import torch
+        from pymatgen.core import Lattice, Structure
+
+        from gpsk_materials.representations.solver import lattice_parameters
+
+        del lattice_parameters
+        B = len(F)
+        s2 = eng.s2(gstar)
+        f = eng.form_factors(pal, s2)
+        R, fj, E = self._model_residual(eng, F, f, x, p, valid)
+        w = eng.w
+        norm_F = torch.sqrt((F.abs() ** 2 * w).sum(1))
+        rel = (torch.sqrt((R.abs() ** 2 * w).sum(1)) / norm_F.clamp(min=1e-12)).cpu().numpy()
+        # per-site amplitude (occupancy) fit: Re(T^H W T) alpha = Re(T^H W F)
+        T = fj * E
+        A = torch.bmm((T.conj() * w), T.transpose(1, 2)).real
+        rhs = torch.bmm((T.conj() * w), F[:, :, None])[..., 0].real
+        eye = torch.eye(A.shape[1], device=A.device, dtype=A.dtype)
+        A = torch.where(valid[:, :, None] & valid[:, None, :], A, eye.expand_as(A))
+        alpha = torch.linalg.solve(A + 1e-12 * eye, rhs * valid)[...].cpu().numpy()
+        # element margin: gain of the assigned element over the best other one, with the site removed
+        margins = np.zeros(p.shape)
+        norm2 = (f * f * w).sum(-1)
+        for j in range(x.shape[1]):
+            Rj = R + T[:, j]
+            proj = (Rj * E[:, j].conj()).real * w
+            gain = 2 * torch.einsum("bm,bpm->bp", proj, f) - norm2
+            gain = torch.where(pal > 0, gain, torch.full_like(gain, -torch.inf))
+            own = gain.gather(1, p[:, j : j + 1].clamp(min=0))[:, 0]
+            other = gain.scatter(1, p[:, j : j + 1].clamp(min=0), -torch.inf).amax(1)
+            denom = norm2.gather(1, p[:, j : j + 1].clamp(min=0))[:, 0]
+            margins[:, j] = ((own - other) / denom.clamp(min=1e-12)).clamp(-1e3, 1e3).cpu().numpy()
+        xs, ps, vs = x.cpu().numpy(), p.cpu().numpy(), valid.cpu().numpy()
+        pal_np = pal.cpu().numpy()
+        out: list = []
+        for b in range(B):
+            if b in fail:
+                out.append(fail[b])
+                continue
+            keep = vs[b]
+            if not keep.any():
+                out.append(DecodingError(f"grid {b}: no atoms found"))
+                continue
+            numbers = pal_np[b, ps[b, keep]]
+            lattice = Lattice.from_parameters(*params[b])
+            margin = np.clip(margins[b, keep], -1, 1)
+            occ = alpha[b, keep]
+            confidence = np.clip(margin, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
+            s = Structure(
+                lattice, numbers.tolist(), xs[b, keep],
+                site_properties={
+                    "decode_occupancy": occ.round(6).tolist(),
+                    "decode_element_margin": margin.round(6).tolist(),
+                    "decode_confidence": confidence.round(6).tolist(),
+                },
+            )
+            s.properties.update({
+                "decode_method": self.method,
+                "decode_relative_residual": float(rel[b]),
+                "decode_composition": "given" if known[b] else "inferred",
+                "decode_confidence": float(confidence.min()),
+            })
+            if rel[b] > self.max_residual:
+                out.append(DecodingError(
+                    f"grid {b}: residual {rel[b]:.3f} of |F| exceeds max_residual={self.max_residual} "
+                    f"(best guess {s.composition.reduced_formula})"))
+                continue
+            if len(s) > 1:
+                dmin = s.distance_matrix[np.triu_indices(len(s), 1)].min()
+                if dmin < self.min_distance:
+                    out.append(DecodingError(
+                        f"grid {b}: decoded sites {dmin:.3f} A apart, below min_distance={self.min_distance}"))
+                    continue
+            out.append(s)
+        return out

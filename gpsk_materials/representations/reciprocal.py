@@ -1,0 +1,342 @@
+"""The GPSK-300 reciprocal-space grid: structure factor and reciprocal metric on a 32^3 Miller-index grid.
+
+Channel 0/1: Re/Im of F(h) = sum_j occ_j f_j(s) exp(2 pi i h . x_j), with s = sin(theta)/lambda = sqrt(h^T G* h)/2
+and f_j the Waasmaier-Kirfel form factor (see :mod:`.form_factors`). Channel 2: 1/d^2(h) = h^T G* h.
+Layout and scaling are documented in :mod:`.grid`; the canonical cell in :mod:`.canonical`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from monty.json import MSONable
+
+from gpsk_materials.errors import DegenerateLatticeError, GridError, ResolutionError
+from gpsk_materials.representations import grid as G
+from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
+from gpsk_materials.representations.form_factors import CITATION, check_numbers, form_factor
+
+
+def check_cell(
+    lattice: np.ndarray,
+    frac: np.ndarray,
+    n: int = G.GRID_SIZE,
+    max_sites: int = 256,
+    min_volume_per_atom: float = 1.0,
+    max_resolution: float = 0.75,
+) -> None:
+    """Raise if a cell cannot be represented faithfully on an n^3 grid.
+
+    ``max_resolution`` bounds the real-space grid spacing (Angstrom) along each axis, |a_i| / n for the
+    distance between the lattice planes; larger cells alias: neighbouring atoms blur into one peak.
+    """
+    volume = abs(np.linalg.det(lattice))
+    if not np.isfinite(volume) or volume < 1e-6:
+        raise DegenerateLatticeError(f"lattice is singular (volume {volume:.3g} A^3)")
+    n_atoms = len(frac)
+    if n_atoms > max_sites:
+        raise ResolutionError(f"{n_atoms} sites exceed the {max_sites} that the {n}^3 grid is configured to resolve")
+    if volume / n_atoms < min_volume_per_atom:
+        raise DegenerateLatticeError(
+            f"volume per site {volume / n_atoms:.3f} A^3 is below {min_volume_per_atom} A^3: atoms overlap"
+        )
+    # interplanar spacing of the (100), (010), (001) planes over n gives the grid spacing along each axis
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1) / n
+    if spacing.max() > max_resolution:
+        raise DegenerateLatticeError(
+            f"cell too large for a {n}^3 grid: spacing {spacing.max():.3f} A exceeds {max_resolution} A "
+            f"(lattice lengths {np.round(np.linalg.norm(lattice, axis=1), 3).tolist()} A alias)"
+        )
+
+
+def featurize_arrays(
+    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, occupancy: np.ndarray | None = None,
+    n: int = G.GRID_SIZE,
+) -> np.ndarray:
+    """NumPy reference featurizer for one cell -> float32 grid of shape (3, n, n, n)."""
+    numbers = np.asarray(numbers, dtype=int)
+    keep = numbers > 0
+    numbers, frac = numbers[keep], np.asarray(frac_coords, dtype=float)[keep]
+    occ = np.ones(len(numbers)) if occupancy is None else np.asarray(occupancy, dtype=float)[keep]
+    hkl = G.miller_grid(n).reshape(-1, 3).astype(float)
+    recip_metric = np.linalg.inv(lattice @ lattice.T)
+    q = np.einsum("mi,ij,mj->m", hkl, recip_metric, hkl)
+    species, inverse = np.unique(numbers, return_inverse=True)
+    f = form_factor(species, q / 4.0)[inverse]  # (A, M)
+    phase = np.exp(2j * np.pi * (frac @ hkl.T))  # (A, M)
+    F = np.einsum("a,am,am->m", occ, f, phase)
+    re, im = G.compress_structure_factor(F.real, F.imag)
+    return np.stack([re, im, q / G.Q0]).reshape(3, n, n, n).astype(np.float32)
+
+
+def featurize_batch(
+    lattice, frac_coords, numbers, occupancy=None, n: int = G.GRID_SIZE, chunk_size: int | None = None,
+):
+    """Batched torch featurizer (CPU or CUDA) -> tensor (B, 3, n, n, n) on the inputs' device.
+
+    Parameters
+    ----------
+    lattice : Tensor (B, 3, 3)
+        Lattice vectors as rows, Angstrom.
+    frac_coords : Tensor (B, N, 3)
+        Fractional coordinates, padded.
+    numbers : LongTensor (B, N)
+        Atomic numbers, 0 for padding.
+    occupancy : Tensor (B, N), optional
+        Site occupancies (default 1).
+    chunk_size : int, optional
+        Structures per pass, bounding memory (default: all on CUDA, 64 on CPU).
+
+    Computation is in the dtype of ``lattice`` if it is float64, else float32; the output is float32.
+    """
+    import torch
+
+    from gpsk_materials.representations.form_factors import torch_coefficient_table
+
+    lattice = torch.as_tensor(lattice)
+    device = lattice.device
+    dtype = torch.float64 if lattice.dtype == torch.float64 else torch.float32
+    lattice = lattice.to(dtype)
+    frac_coords = torch.as_tensor(frac_coords, device=device).to(dtype)
+    numbers = torch.as_tensor(numbers, device=device).long()
+    if lattice.ndim != 3 or lattice.shape[1:] != (3, 3):
+        raise GridError(f"lattice must have shape (B, 3, 3), got {tuple(lattice.shape)}")
+    if frac_coords.shape[:2] != numbers.shape or frac_coords.shape[-1] != 3 or len(numbers) != len(lattice):
+        raise GridError(
+            f"inconsistent shapes: lattice {tuple(lattice.shape)}, frac_coords {tuple(frac_coords.shape)}, "
+            f"numbers {tuple(numbers.shape)}"
+        )
+    check_numbers(numbers.cpu().numpy())
+    occ = (numbers > 0).to(dtype) if occupancy is None else torch.as_tensor(occupancy, device=device).to(dtype)
+    occ = occ * (numbers > 0)
+    if chunk_size is None:
+        chunk_size = len(lattice) if device.type == "cuda" else 64
+    table = torch_coefficient_table(device, dtype)
+    out = torch.empty((len(lattice), 3, n, n, n), device=device, dtype=torch.float32)
+    for start in range(0, len(lattice), max(1, chunk_size)):
+        sl = slice(start, start + chunk_size)
+        out[sl] = _featurize_chunk(lattice[sl], frac_coords[sl], numbers[sl], occ[sl], n, table)
+    return out
+
+
+def _featurize_chunk(lattice, frac, numbers, occ, n, table):
+    import torch
+
+    B, N = numbers.shape
+    dtype = lattice.dtype
+    ctype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    h = torch.arange(-(n // 2), n // 2, device=lattice.device, dtype=dtype)
+    gs = torch.linalg.inv(lattice @ lattice.transpose(1, 2))  # (B, 3, 3)
+    hh, kk, ll = torch.meshgrid(h, h, h, indexing="ij")
+    q = (
+        gs[:, 0, 0, None, None, None] * hh**2 + gs[:, 1, 1, None, None, None] * kk**2
+        + gs[:, 2, 2, None, None, None] * ll**2 + 2 * gs[:, 0, 1, None, None, None] * hh * kk
+        + 2 * gs[:, 0, 2, None, None, None] * hh * ll + 2 * gs[:, 1, 2, None, None, None] * kk * ll
+    )  # (B, n, n, n)
+
+    # element slots: each structure's distinct elements, so form factors are evaluated once per element
+    present = torch.zeros((B, table.shape[0]), device=lattice.device, dtype=torch.bool)
+    present.scatter_(1, numbers, True)
+    present[:, 0] = False
+    K = max(int(present.sum(1).max()), 1)
+    slot_z = torch.sort(present.to(torch.int8) * torch.arange(table.shape[0], device=lattice.device), 1,
+                        descending=True).values[:, :K]  # (B, K), 0 = unused slot
+    slot_of_atom = (numbers[:, :, None] == slot_z[:, None, :]) & (numbers[:, :, None] > 0)  # (B, N, K)
+    weights = slot_of_atom.to(dtype) * occ[:, :, None]
+
+    # partial structure factors S_k(h,k,l) = sum_j w_jk e^{2 pi i h x_j} e^{2 pi i k y_j} e^{2 pi i l z_j}
+    angle = 2 * torch.pi * frac[:, :, :, None] * h  # (B, N, 3, n)
+    phase = torch.polar(torch.ones_like(angle), angle)
+    exy = (phase[:, :, 0, :, None] * phase[:, :, 1, None, :]).reshape(B, N, n * n)
+    wz = weights.to(ctype)[:, :, :, None] * phase[:, :, 2, None, :]  # (B, N, K, n)
+    S = torch.bmm(exy.transpose(1, 2), wz.reshape(B, N, K * n)).reshape(B, n, n, K, n)
+    S = S.permute(0, 3, 1, 2, 4)  # (B, K, n, n, n)
+
+    coef = table[slot_z]  # (B, K, 11)
+    s2 = (q / 4.0)[:, None]  # (B, 1, n, n, n)
+    f = coef[:, :, 10, None, None, None].expand(B, K, n, n, n).clone()
+    for g in range(5):
+        f = f + coef[:, :, g, None, None, None] * torch.exp(-coef[:, :, 5 + g, None, None, None] * s2)
+    F = (f * S).sum(1)
+    re, im = G.compress_structure_factor(F.real, F.imag)
+    return torch.stack([re, im, q / G.Q0], dim=1).float()
+
+
+def shift_origin(grid, shift):
+    """Grid of the same crystal with every atom moved by ``shift`` (fractional): F(h) -> F(h) e^{2 pi i h.t}.
+
+    Works on NumPy arrays (3, n, n, n) / (B, 3, n, n, n) and torch tensors alike (``shift`` (3,) or (B, 3));
+    the compression of |F| commutes with the phase factor, so this acts on stored grids directly (augmentation).
+    """
+    xp = G._xp(grid)
+    n = grid.shape[-1]
+    h = G.miller_axis(n)
+    if xp is np:
+        shift = np.asarray(shift, dtype=float)
+        arg = np.einsum("...i,xyzi->...xyz", shift, G.miller_grid(n).astype(float))
+        ph = np.exp(2j * np.pi * arg)
+        z = (grid[..., 0, :, :, :] + 1j * grid[..., 1, :, :, :]) * ph
+        return np.stack([z.real, z.imag, grid[..., 2, :, :, :]], axis=-4).astype(grid.dtype)
+    import torch
+
+    shift = torch.as_tensor(shift, device=grid.device, dtype=torch.float64)
+    hh = torch.as_tensor(G.miller_grid(n), device=grid.device, dtype=torch.float64)
+    arg = torch.einsum("...i,xyzi->...xyz", shift, hh)
+    cos, sin = torch.cos(2 * torch.pi * arg), torch.sin(2 * torch.pi * arg)
+    re, im = grid[..., 0, :, :, :].double(), grid[..., 1, :, :, :].double()
+    out = torch.stack([re * cos - im * sin, re * sin + im * cos, grid[..., 2, :, :, :].double()], dim=-4)
+    return out.to(grid.dtype)
+
+
+def structures_to_arrays(
+    structures: Iterable[Any], max_sites: int | None = None, canonicalize: bool = True, allow_disorder: bool = True,
+) -> dict[str, np.ndarray]:
+    """Padded arrays of many structures for :func:`featurize_batch`: ``lattice`` (B, 3, 3), ``frac_coords``
+    (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N)."""
+    items = []
+    for s in structures:
+        s = canonical_structure(s) if canonicalize else as_structure(s)
+        items.append(structure_to_arrays(s, allow_disorder=allow_disorder))
+    width = max([len(it["numbers"]) for it in items] + [1])
+    if max_sites is not None:
+        if width > max_sites:
+            raise ResolutionError(f"a structure has {width} atoms, more than max_sites={max_sites}")
+        width = max_sites
+    B = len(items)
+    out = {
+        "lattice": np.zeros((B, 3, 3)),
+        "frac_coords": np.zeros((B, width, 3)),
+        "numbers": np.zeros((B, width), dtype=np.int64),
+        "occupancy": np.zeros((B, width)),
+    }
+    for i, it in enumerate(items):
+        a = len(it["numbers"])
+        out["lattice"][i] = it["lattice"]
+        out["frac_coords"][i, :a] = it["frac_coords"]
+        out["numbers"][i, :a] = it["numbers"]
+        out["occupancy"][i, :a] = it["occupancy"]
+    return out
+
+
+class ReciprocalGridFeaturizer(MSONable):
+    """Structure -> (3, n, n, n) float32 reciprocal-space grid (GPSK-300 representation).
+
+    Parameters
+    ----------
+    grid_size : int
+        Miller indices per axis (32: h in [-16, 15]).
+    canonicalize : bool
+        Featurize the canonical cell (Niggli-reduced, canonical setting and origin) so one crystal gives one grid.
+    random_origin : bool
+        Augmentation: shift every structure by a random fractional vector after canonicalization.
+    seed : int, optional
+        Seed of the random origin shifts.
+    allow_disorder : bool
+        Partially occupied sites enter F through their occupancies; if False they raise ``DisorderError``.
+    max_sites : int
+        Largest number of (species, site) entries accepted.
+    max_resolution : float
+        Largest real-space grid spacing (Angstrom) accepted; larger cells alias.
+    backend : {"numpy", "torch"}
+        Engine of :meth:`featurize_many`; :meth:`featurize` always uses NumPy.
+    device : str
+        Torch device for the torch backend ("cpu", "cuda").
+    batch_size : int
+        Structures per torch call.
+    """
+
+    def __init__(
+        self,
+        grid_size: int = G.GRID_SIZE,
+        canonicalize: bool = True,
+        random_origin: bool = False,
+        seed: int | None = None,
+        allow_disorder: bool = True,
+        max_sites: int = 256,
+        max_resolution: float = 0.75,
+        backend: str = "numpy",
+        device: str = "cpu",
+        batch_size: int = 256,
+    ):
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        G.miller_axis(grid_size)
+        self.grid_size = grid_size
+        self.canonicalize = canonicalize
+        self.random_origin = random_origin
+        self.seed = seed
+        self.allow_disorder = allow_disorder
+        self.max_sites = max_sites
+        self.max_resolution = max_resolution
+        self.backend = backend
+        self.device = device
+        self.batch_size = batch_size
+        self._rng = np.random.default_rng(seed)
+
+    def prepare(self, structure) -> dict[str, np.ndarray]:
+        """Validated (and canonicalized) arrays of one structure."""
+        arrays = structure_to_arrays(structure, allow_disorder=self.allow_disorder)  # validates the input
+        if self.canonicalize:
+            arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=self.allow_disorder)
+        check_cell(arrays["lattice"], arrays["frac_coords"], self.grid_size, self.max_sites,
+                   max_resolution=self.max_resolution)
+        if self.random_origin:
+            arrays["frac_coords"] = (arrays["frac_coords"] + self._rng.random(3)) % 1.0
+        return arrays
+
+    def canonical_structure(self, structure):
+        """The cell whose grid :meth:`featurize` returns (canonical cell when ``canonicalize``)."""
+        return canonical_structure(structure) if self.canonicalize else as_structure(structure)
+
+    def featurize(self, structure) -> np.ndarray:
+        """Grid of one structure, shape (3, n, n, n), float32."""
+        a = self.prepare(structure)
+        return featurize_arrays(a["lattice"], a["frac_coords"], a["numbers"], a["occupancy"], self.grid_size)
+
+    def featurize_many(self, structures: Sequence[Any], progress: bool = False) -> np.ndarray:
+        """Grids of many structures, shape (B, 3, n, n, n), float32 (batched on ``device`` for the torch backend)."""
+        from tqdm.auto import tqdm
+
+        structures = list(structures)
+        n = self.grid_size
+        out = np.empty((len(structures), 3, n, n, n), dtype=np.float32)
+        step = self.batch_size if self.backend == "torch" else 1
+        for start in tqdm(range(0, len(structures), step), disable=not progress, desc="featurize", unit="batch"):
+            chunk = [self.prepare(s) for s in structures[start : start + step]]
+            if self.backend == "numpy":
+                a = chunk[0]
+                out[start] = featurize_arrays(a["lattice"], a["frac_coords"], a["numbers"], a["occupancy"], n)
+                continue
+            import torch
+
+            width = max(len(a["numbers"]) for a in chunk)
+            pad = {k: np.zeros((len(chunk), width, *([3] if k == "frac_coords" else [])),
+                               dtype=np.int64 if k == "numbers" else float)
+                   for k in ("frac_coords", "numbers", "occupancy")}
+            for i, a in enumerate(chunk):
+                for k in pad:
+                    pad[k][i, : len(a["numbers"])] = a[k]
+            lat = torch.as_tensor(np.stack([a["lattice"] for a in chunk]), device=self.device)
+            grids = featurize_batch(lat, torch.as_tensor(pad["frac_coords"]), torch.as_tensor(pad["numbers"]),
+                                    torch.as_tensor(pad["occupancy"]), n=n)
+            out[start : start + len(chunk)] = grids.cpu().numpy()
+        return out
+
+    def feature_labels(self) -> list[str]:
+        """One label per grid value, in C order of the (3, n, n, n) array."""
+        ax = G.miller_axis(self.grid_size)
+        return [f"{c}[{h},{k},{l}]" for c in G.CHANNELS for h in ax for k in ax for l in ax]
+
+    def citations(self) -> list[str]:
+        return [CITATION]
+
+    def implementors(self) -> list[str]:
+        return ["gpsk_materials developers"]
+
+    def as_dict(self) -> dict:
+        d = {"@module": type(self).__module__, "@class": type(self).__name__}
+        for key in ("grid_size", "canonicalize", "random_origin", "seed", "allow_disorder", "max_sites",
+                    "max_resolution", "backend", "device", "batch_size"):
+            d[key] = getattr(self, key)
+        return d
