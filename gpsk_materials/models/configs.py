@@ -1,0 +1,161 @@
+"""Named model configurations (``tiny``, ``default``, ``gpsk300``) as JSON-serialisable dataclasses.
+
+``tiny`` exists for tests (seconds on a CPU); ``default`` is the shipped model, small enough to train in well under
+an hour on one GPU; ``gpsk300`` is the ~304M-parameter MMDiT scale of the GPSK-300 blog. All three share the grid
+(32^3 x 3) and latent (8^3 x 64) shapes, so a VAE of one config can serve an MMDiT of another where the VAE
+configs agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gpsk_materials.errors import CheckpointError
+
+GRID_SIZE = 32
+GRID_CHANNELS = 3
+LATENT_SIZE = 8
+LATENT_CHANNELS = 64
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """3D convolutional VAE: (3, 32, 32, 32) grid <-> (64, 8, 8, 8) latent.
+
+    Parameters
+    ----------
+    channels
+        Feature channels at 32^3, 16^3 and 8^3 (two stride-2 stages reach 8^3).
+    blocks_per_level
+        Residual blocks per resolution, encoder and decoder alike.
+    groups
+        GroupNorm groups.
+    kl_weight
+        Weight of the KL term (per latent element) against the reconstruction MSE.
+    channel_weights
+        MSE weight per grid channel (Re F, Im F, metric); the metric channel is weighted up because the lattice is
+        recovered from it by least squares and must stay near-lossless.
+    """
+
+    channels: tuple[int, int, int] = (32, 64, 96)
+    blocks_per_level: int = 1
+    groups: int = 8
+    latent_channels: int = LATENT_CHANNELS
+    grid_channels: int = GRID_CHANNELS
+    grid_size: int = GRID_SIZE
+    kl_weight: float = 1e-6
+    channel_weights: tuple[float, float, float] = (1.0, 1.0, 10.0)
+
+
+@dataclass(frozen=True)
+class MMDiTConfig:
+    """Multimodal diffusion transformer over the 8^3 x 64 latent.
+
+    Parameters
+    ----------
+    hidden
+        Token width of both streams.
+    heads
+        Attention heads (``hidden`` must be divisible by it).
+    double_blocks, single_blocks
+        Number of double-stream (joint attention, separate weights per stream) and single-stream blocks.
+    patch
+        Cubic patch edge on the 8^3 latent (1, 2, 4 or 8).
+    mlp_ratio
+        Hidden width of the feed-forward layers relative to ``hidden``.
+    max_elements
+        Most distinct elements a composition condition may hold (one token each).
+    """
+
+    hidden: int = 256
+    heads: int = 4
+    double_blocks: int = 2
+    single_blocks: int = 4
+    patch: int = 2
+    mlp_ratio: float = 4.0
+    latent_channels: int = LATENT_CHANNELS
+    latent_size: int = LATENT_SIZE
+    max_elements: int = 8
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.latent_size // self.patch) ** 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A named pair of VAE and MMDiT configurations."""
+
+    name: str
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    mmdit: MMDiTConfig = field(default_factory=MMDiTConfig)
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        try:
+            vae = _dataclass_from_dict(VAEConfig, data["vae"])
+            mmdit = _dataclass_from_dict(MMDiTConfig, data["mmdit"])
+            return cls(name=str(data["name"]), vae=vae, mmdit=mmdit)
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"not a gpsk model config: {exc!r}") from exc
+
+
+def _dataclass_from_dict(cls, data: dict[str, Any]):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise TypeError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def check_config(config: ModelConfig) -> None:
+    """Raise ``ValueError`` if the shapes of a configuration are inconsistent."""
+    v, m = config.vae, config.mmdit
+    if v.grid_size // 4 != m.latent_size or v.latent_channels != m.latent_channels:
+        raise ValueError(f"VAE latent ({v.latent_channels}, {v.grid_size // 4}^3) does not match the MMDiT input")
+    if m.latent_size % m.patch:
+        raise ValueError(f"patch {m.patch} does not divide the latent size {m.latent_size}")
+    if m.hidden % m.heads or (m.hidden // m.heads) % 2:
+        raise ValueError(f"hidden {m.hidden} must split into {m.heads} heads of even width")
+    if any(c % v.groups for c in v.channels):
+        raise ValueError(f"VAE channels {v.channels} must be multiples of groups={v.groups}")
+
+
+#: The named configurations; ``default`` is what ``gpsk train`` builds unless told otherwise.
+CONFIGS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny",
+        vae=VAEConfig(channels=(8, 16, 32), blocks_per_level=1, groups=4),
+        mmdit=MMDiTConfig(hidden=64, heads=4, double_blocks=1, single_blocks=1, patch=4),
+    ),
+    "default": ModelConfig(name="default"),
+    "gpsk300": ModelConfig(
+        name="gpsk300",
+        mmdit=MMDiTConfig(hidden=1024, heads=16, double_blocks=4, single_blocks=9, patch=1),
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """Return the named configuration; raise ``KeyError`` listing the names otherwise."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model config {name!r}; named configs are {sorted(CONFIGS)}") from None

@@ -1,0 +1,282 @@
+"""Saving and loading weights as safetensors shards + JSON (never pickle), with atomic writes and checks.
+
+A *tensor set* ``NAME`` in a folder is ``NAME.json`` (format, config, metadata, and for each shard its file name,
+size and SHA-256) plus ``NAME-00001.safetensors, ...`` shards of at most ``max_shard_bytes`` each (a tensor larger
+than a shard is split into flat parts). The JSON index is written last, so a set is complete once its index exists;
+every file is written to a temporary name and moved into place with ``os.replace``. Loading verifies sizes and
+hashes, so a truncated or mixed-up file raises :class:`~gpsk_materials.errors.CheckpointError`.
+
+A *model folder* holds ``config.json`` (model config, condition statistics, latent scaling) and the tensor sets
+``vae`` and ``mmdit``; :func:`load_model_folder` returns a :class:`~gpsk_materials.models.generative.GPSKModel`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gpsk_materials.errors import CheckpointError
+from gpsk_materials.models.configs import ModelConfig
+
+FORMAT = "gpsk-tensors/1"
+MODEL_FORMAT = "gpsk-model/1"
+MAX_SHARD_BYTES = 15 * 2**20
+_PART = "@@part"
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON, raising :class:`CheckpointError` for a missing or malformed file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"missing checkpoint file {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"corrupt or truncated JSON in {path}: {exc}") from exc
+
+
+def _split_large(tensors: Mapping[str, Tensor], max_bytes: int) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
+    out, split = {}, {}
+    for name, t in tensors.items():
+        if _PART in name:
+            raise ValueError(f"tensor name {name!r} may not contain {_PART!r}")
+        t = t.detach().cpu().contiguous()
+        if t.numel() and t.nbytes > max_bytes:
+            per = max(1, max_bytes // t.element_size())
+            for i, part in enumerate(t.reshape(-1).split(per)):
+                out[f"{name}{_PART}{i}"] = part.clone()
+            split[name] = list(t.shape)
+        else:
+            out[name] = t
+    return out, split
+
+
+def save_tensors(
+    folder: str | os.PathLike,
+    name: str,
+    tensors: Mapping[str, Tensor],
+    config: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write a tensor set (shards + JSON index) into ``folder``; return the index path."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    flat, split = _split_large(tensors, max_shard_bytes)
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key in sorted(flat):
+        nbytes = flat[key].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = flat[key]
+        size += nbytes
+    entries = []
+    for i, shard in enumerate(shards):
+        blob = save(shard)
+        fname = f"{name}-{i + 1:05d}.safetensors"
+        write_bytes_atomic(folder / fname, blob)
+        entries.append({"file": fname, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "keys": sorted(shard)})
+    index = {"format": FORMAT, "config": config, "metadata": dict(metadata or {}), "split": split, "shards": entries}
+    path = folder / f"{name}.json"
+    write_json_atomic(path, index)
+    return path
+
+
+def load_tensors(
+    folder: str | os.PathLike, name: str, config: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a tensor set; check shard sizes and hashes and, if given, that it was saved with ``config``.
+
+    Returns the tensors and the index's ``metadata``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    folder = Path(folder)
+    index = read_json(folder / f"{name}.json")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise CheckpointError(f"{folder / name}.json is not a {FORMAT} index")
+    if config is not None and index.get("config") != json.loads(json.dumps(config)):
+        raise CheckpointError(
+            f"checkpoint {folder / name} was saved for another configuration:\n  saved:    {index.get('config')}\n"
+            f"  expected: {dict(config)}"
+        )
+    flat: dict[str, Tensor] = {}
+    for entry in index["shards"]:
+        path = folder / entry["file"]
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"missing shard {path}") from exc
+        if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"shard {path} is truncated or corrupt ({len(blob)} bytes, expected {entry['bytes']})")
+        try:
+            flat.update(load(blob))
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot read shard {path}: {exc}") from exc
+    tensors = {k: v for k, v in flat.items() if _PART not in k}
+    for key, shape in index["split"].items():
+        parts, i = [], 0
+        while f"{key}{_PART}{i}" in flat:
+            parts.append(flat[f"{key}{_PART}{i}"])
+            i += 1
+        tensors[key] = torch.cat(parts).view(shape)
+    return {k: v.to(device) for k, v in tensors.items()}, index["metadata"]
+
+
+def load_module_weights(module: nn.Module, tensors: Mapping[str, Tensor], where: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` that raises :class:`CheckpointError` on any key or shape mismatch."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{where} does not fit {type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]} (saved from another config?)"
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+def module_tensors(module: nn.Module, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """State dict of a module (unwrapped from DDP / torch.compile), optionally cast (floating tensors only)."""
+    module = unwrap(module)
+    return {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach()
+        for k, v in module.state_dict().items()
+    }
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside DDP and/or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        else:
+            return module
+
+
+def save_model_folder(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    vae: nn.Module,
+    mmdit: nn.Module | None,
+    condition_stats: Mapping[str, Any],
+    latent_mean: Tensor | np.ndarray | None,
+    latent_std: Tensor | np.ndarray | None,
+    dtype: torch.dtype | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model folder atomically (built beside ``path``, then moved into place).
+
+    ``dtype=torch.bfloat16`` halves release files; training checkpoints keep float32.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        cfg = config.to_dict()
+        save_tensors(tmp, "vae", module_tensors(vae, dtype), config=cfg["vae"])
+        if mmdit is not None:
+            save_tensors(tmp, "mmdit", module_tensors(mmdit, dtype), config=cfg["mmdit"])
+        as_list = (lambda x: None if x is None else [float(v) for v in np.asarray(torch.as_tensor(x).cpu())])
+        write_json_atomic(
+            tmp / "config.json",
+            {
+                "format": MODEL_FORMAT,
+                "model": cfg,
+                "condition_stats": dict(condition_stats),
+                "latent_mean": as_list(latent_mean),
+                "latent_std": as_list(latent_std),
+                "has_mmdit": mmdit is not None,
+                **dict(extra or {}),
+            },
+        )
+        _swap_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _swap_folder(tmp: Path, path: Path) -> None:
+    """Move the finished folder ``tmp`` to ``path``, replacing an old one (renamed aside first)."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model_folder(
+    path: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelConfig | str | None = None
+):
+    """Load a model folder into a :class:`~gpsk_materials.models.generative.GPSKModel` (eval mode).
+
+    ``expect`` (a config or its name) raises :class:`CheckpointError` if the folder holds another configuration.
+    """
+    from gpsk_materials.models.configs import get_config
+    from gpsk_materials.models.generative import GPSKModel
+    from gpsk_materials.models.mmdit import MMDiT
+    from gpsk_materials.models.vae import GridVAE
+    from gpsk_materials.models.conditioning import ConditionStats
+
+    path = Path(path)
+    meta = read_json(path / "config.json")
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a gpsk model folder (config.json format {MODEL_FORMAT!r})")
+    config = ModelConfig.from_dict(meta["model"])
+    if expect is not None:
+        expect = get_config(expect) if isinstance(expect, str) else expect
+        if expect.to_dict() != config.to_dict():
+            raise CheckpointError(f"model folder {path} holds config {config.name!r}, expected {expect.name!r}")
+    cfg = config.to_dict()
+    vae = GridVAE(config.vae)
+    load_module_weights(vae, load_tensors(path, "vae", cfg["vae"])[0], f"{path}/vae")
+    mmdit = None
+    if meta.get("has_mmdit", True):
+        mmdit = MMDiT(config.mmdit)
+        load_module_weights(mmdit, load_tensors(path, "mmdit", cfg["mmdit"])[0], f"{path}/mmdit")
+    t = lambda x: None if x is None else torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    return GPSKModel(
+        config=config,
+        vae=vae.to(device).eval(),
+        mmdit=None if mmdit is None else mmdit.to(device).eval(),
+        stats=ConditionStats.from_dict(meta["condition_stats"]),
+        latent_mean=t(meta["latent_mean"]),
+        latent_std=t(meta["latent_std"]),
+    )
