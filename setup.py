@@ -14,7 +14,10 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gpsk_materials", "gpsk_materials.*"]),
     include_package_data=True,
-    package_data={"gpsk_materials": ["weights/*.safetensors", "weights/*.json", "data/*"]},
+    package_data={
+        "gpsk_materials": ["weights/*.safetensors", "weights/*.json", "data/*", "evaluation/data/*",
+                           "evaluation/data/magpie_elementdata/*"]
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",
@@ -32,6 +35,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "pandas>=2.0",
+        "pyarrow>=14",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2", "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],

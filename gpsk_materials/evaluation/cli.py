@@ -1,0 +1,81 @@
+"""``gpsk evaluate``: metrics of generated structures, written as a table, a JSON report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gpsk_materials.errors import DataError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="validity, uniqueness, novelty, CSP, stability and distribution metrics of generated structures",
+        description="Evaluate generated structures (a CIF folder, .cif, .extxyz, .json of Structures, or .csv with "
+        "a 'cif' column). Writes report.json (summary and per-structure results), metrics.md, "
+        "per_structure.csv and plots into --out. See docs/evaluation.md for each protocol.",
+    )
+    p.add_argument("input", type=Path, help="generated structures")
+    p.add_argument("--train-csv", type=Path, help="training set (CSV with a cif column) for novelty and S.U.N.")
+    p.add_argument("--train-split", help="keep rows of --train-csv whose mp20_split/split column equals this")
+    p.add_argument("--reference-csv", type=Path,
+                   help="reference distribution (e.g. a test set) for Wasserstein distances and coverage")
+    p.add_argument("--reference-split", help="keep rows of --reference-csv whose mp20_split/split equals this")
+    p.add_argument("--max-sites", type=int, help="keep reference/train rows with at most this many sites")
+    p.add_argument("--coverage-reference-size", type=int, default=1000,
+                   help="reference structures sampled for coverage and Wasserstein distances (0 = all; default 1000)")
+    p.add_argument("--wdist-samples", type=int, default=1000,
+                   help="valid generated structures sampled for Wasserstein distances (CDVAE: 1000; 0 = all)")
+    p.add_argument("--cov-dataset", choices=["mp20", "carbon", "perovskite"], default="mp20",
+                   help="CDVAE coverage cutoffs to use")
+    p.add_argument("--csp-targets", type=Path,
+                   help="target structures for CSP; prediction ids must be '<target id>' or '<target id>__<k>'")
+    p.add_argument("--stability", action="store_true", help="relax, compute E_hull and stable/SUN rates")
+    p.add_argument("--hull", choices=["self", "mp-dft", "both"], default="self",
+                   help="self: hull of the same potential's reference energies (default); mp-dft: CHGNet energies "
+                        "vs Materials Project DFT formation energies; both")
+    p.add_argument("--potential", help="potential for --hull self (default: the shared TensorNet-MatPES model; "
+                                       "'chgnet' or 'matgl:<name or path>')")
+    p.add_argument("--device", help="torch device for relaxations (cpu, cuda)")
+    p.add_argument("--fmax", type=float, default=0.05, help="relaxation force threshold, eV/A")
+    p.add_argument("--relax-steps", type=int, default=500, help="maximum FIRE steps per relaxation")
+    p.add_argument("--relax-batch", type=int, default=16, help="structures per relaxation batch (cache granularity)")
+    p.add_argument("--workers", type=int, default=1, help="processes for matching and fingerprints")
+    p.add_argument("--cache-dir", type=Path, help="resumable cache (default: OUT/cache)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("evaluation_report"), help="report folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``gpsk evaluate``."""
+    from gpsk_materials.evaluation.evaluate import EvaluationOptions, evaluate, format_table, write_report
+    from gpsk_materials.evaluation.io import ReferenceSet, read_structures
+
+    if args.stability and args.train_csv is None:
+        print("gpsk evaluate: note: no --train-csv, so S.U.N. rates are not computed", file=sys.stderr)
+    if args.workers < 1:
+        raise DataError("--workers must be at least 1")
+    ids, structures = read_structures(args.input)
+    train = (ReferenceSet.from_csv(args.train_csv, args.max_sites, args.train_split)
+             if args.train_csv is not None else None)
+    reference = (ReferenceSet.from_csv(args.reference_csv, args.max_sites, args.reference_split)
+                 if args.reference_csv is not None else None)
+    targets = read_structures(args.csp_targets) if args.csp_targets is not None else None
+    options = EvaluationOptions(
+        cov_dataset=args.cov_dataset, wdist_samples=args.wdist_samples,
+        coverage_reference_size=args.coverage_reference_size, seed=args.seed, workers=args.workers,
+        progress=not args.quiet, cache_dir=str(args.cache_dir or args.out / "cache"), stability=args.stability,
+        hull_protocol=args.hull, potential=args.potential, device=args.device, fmax=args.fmax,
+        relax_steps=args.relax_steps, relax_batch=args.relax_batch,
+    )
+    report = evaluate(ids, structures, train=train, reference=reference, csp_targets=targets, options=options)
+    files = write_report(report, args.out, structures)
+    print(format_table({k: v for k, v in report["summary"].items() if not k.startswith("_")}))
+    print(json.dumps({k: str(v) for k, v in files.items()}, indent=1))
+    return 0

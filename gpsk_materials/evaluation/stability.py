@@ -1,0 +1,167 @@
+"""Stability: relax with an interatomic potential, energy above a convex hull, stable/metastable/S.U.N. rates.
+
+Relaxation and energies come from :mod:`gpsk_materials.checks.potentials`; the default hull from
+:class:`gpsk_materials.checks.hull.ReferenceHull` (the same potential's energies of the relaxed reference structures
+of ``pool.csv.gz``, elements included: a self-consistent hull). The second protocol, against Materials Project DFT
+formation energies, lives in :mod:`gpsk_materials.evaluation.mp_hull`.
+
+Rate definitions (denominator: every evaluated structure; a failed relaxation counts as not stable):
+
+* ``stable_rate``: E_hull <= 0 eV/atom; ``metastable_rate``: E_hull <= 0.1 eV/atom (stable ones included).
+* LeMat-GenBench (``lemat_genbench/metrics/sun_metric.py``): ``sun_rate_lemat`` counts structures with
+  E_hull <= 0 that are the first of their StructureMatcher group *within the stable set* and novel;
+  ``msun_rate_lemat`` the same within the set with 0 < E_hull <= 0.1 (stable ones excluded, as their code does).
+* MatterGen (Zeni et al. 2025): ``sun_rate_mattergen`` counts structures with E_hull <= 0.1 that are the first of
+  their group among all structures and novel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from gpsk_materials.evaluation._cache import CacheWriter, content_key, read_cache
+from gpsk_materials.evaluation.io import ReferenceSet
+from gpsk_materials.evaluation.matching import novelty, uniqueness
+
+STABLE = 0.0
+METASTABLE = 0.1
+
+
+@dataclass
+class Relaxed:
+    """One relaxation as cached: the relaxed structure (None if it failed), its energy and convergence."""
+
+    structure: Structure | None
+    energy_per_atom: float
+    converged: bool
+    steps: int
+    error: str = ""
+
+
+def _relax_one(structure: Structure, potential, fmax: float, steps: int) -> Relaxed:
+    try:
+        r = potential.relax([structure], fmax=fmax, steps=steps)[0]
+        return Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
+    except Exception as exc:  # unknown element, exploding forces...: recorded as failed
+        return Relaxed(None, float("nan"), False, 0, error=f"{type(exc).__name__}: {exc}")
+
+
+def relax_structures(
+    structures: Sequence[Structure],
+    potential,
+    fmax: float = 0.05,
+    steps: int = 500,
+    batch_size: int = 16,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> list[Relaxed]:
+    """Relax structures with ``potential`` (a :class:`gpsk_materials.checks.potentials.Potential`), resumably.
+
+    Parameters
+    ----------
+    fmax, steps
+        Force threshold (eV/A) and maximum FIRE steps (cell relaxed too).
+    batch_size
+        Structures handed to the potential per call; results are appended to ``cache`` after each batch.
+    cache
+        JSON-lines file keyed by a hash of (input structure, potential name, fmax, steps); an interrupted run
+        skips what it holds.
+    """
+    keys = [content_key(s, potential.name, fmax, steps) for s in structures]
+    known = {
+        k: Relaxed(None if r["structure"] is None else Structure.from_dict(r["structure"]), r["energy_per_atom"],
+                   r["converged"], r["steps"], r.get("error", ""))
+        for k, r in read_cache(cache).items()
+    }
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    with CacheWriter(cache) as writer, tqdm(total=len(todo), desc=f"relax ({potential.name})",
+                                            disable=not progress) as bar:
+        for batch in batches:
+            try:
+                out = [Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
+                       for r in potential.relax([structures[i] for i in batch], fmax=fmax, steps=steps)]
+            except Exception:  # one bad structure must not sink the batch: retry one by one
+                out = [_relax_one(structures[i], potential, fmax, steps) for i in batch]
+            for i, rel in zip(batch, out):
+                known[keys[i]] = rel
+                writer.write(keys[i], structure=None if rel.structure is None else rel.structure.as_dict(),
+                             energy_per_atom=rel.energy_per_atom, converged=rel.converged, steps=rel.steps,
+                             error=rel.error)
+            bar.update(len(batch))
+    return [known[k] for k in keys]
+
+
+def _first_of_groups(structures: Sequence[Structure], indices: list[int], workers: int) -> set[int]:
+    if not indices:
+        return set()
+    res = uniqueness([structures[i] for i in indices], workers=workers, progress=False)
+    return {indices[j] for j, u in enumerate(res.is_unique) if u}
+
+
+def sun_rates(
+    e_hull: Sequence[float],
+    structures: Sequence[Structure | None],
+    reference: ReferenceSet | None,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, float], dict[str, list]]:
+    """Stable, metastable, SUN and MSUN rates (see the module docstring for each definition).
+
+    Parameters
+    ----------
+    e_hull
+        Energy above hull (eV/atom) per structure, NaN where unknown (failed relaxation, element off the hull).
+    structures
+        The structures uniqueness and novelty are judged on (the relaxed ones), None where relaxation failed.
+    reference
+        Training set for novelty; without one, SUN rates are not computed.
+
+    Returns
+    -------
+    summary, per_structure
+        Rates, and per-structure flags ``stable``, ``metastable``, ``sun_lemat``, ``msun_lemat``, ``sun_mattergen``.
+    """
+    e = np.array([np.nan if x is None else float(x) for x in e_hull])
+    n = len(e)
+    ok = np.isfinite(e)
+    stable = ok & (e <= STABLE)
+    meta = ok & (e <= METASTABLE)
+    summary: dict[str, float] = {
+        "n": n, "n_with_e_hull": int(ok.sum()),
+        "stable_rate": float(stable.mean()) if n else float("nan"),
+        "metastable_rate": float(meta.mean()) if n else float("nan"),
+        "mean_e_hull": float(np.nanmean(e)) if ok.any() else float("nan"),
+        "median_e_hull": float(np.nanmedian(e)) if ok.any() else float("nan"),
+    }
+    per: dict[str, list] = {"stable": stable.tolist(), "metastable": meta.tolist()}
+    if reference is None:
+        return summary, per
+    usable = [i for i in range(n) if ok[i] and structures[i] is not None]
+    candidates = [i for i in usable if meta[i]]
+    matched = novelty([structures[i] for i in candidates], reference, workers=workers, progress=progress)
+    novel = {i for i, m in zip(candidates, matched) if m < 0}
+    stable_idx = [i for i in usable if stable[i]]
+    meta_only_idx = [i for i in usable if meta[i] and not stable[i]]
+    sun_l = _first_of_groups(structures, stable_idx, workers) & novel
+    msun_l = _first_of_groups(structures, meta_only_idx, workers) & novel
+    unique_all = uniqueness([structures[i] for i in usable], workers=workers, progress=False).is_unique
+    first_all = {i for i, u in zip(usable, unique_all) if u}
+    sun_m = first_all & novel & set(candidates)
+    summary.update(
+        sun_rate_lemat=len(sun_l) / n, msun_rate_lemat=len(msun_l) / n, sun_rate_mattergen=len(sun_m) / n,
+    )
+    tested = set(candidates)
+    per.update(
+        novel_relaxed=[(i in novel) if i in tested else None for i in range(n)],
+        sun_lemat=[i in sun_l for i in range(n)],
+        msun_lemat=[i in msun_l for i in range(n)],
+        sun_mattergen=[i in sun_m for i in range(n)],
+    )
+    return summary, per
