@@ -47,3 +47,7 @@ class CheckpointError(GPSKError, RuntimeError):
 
 class DataError(GPSKError, ValueError):
     """A dataset file or record cannot be read."""
+
+
+class PotentialError(CheckpointError, ValueError):
+    """An interatomic potential cannot be found or loaded (unknown name or backend, missing or unreadable weights)."""

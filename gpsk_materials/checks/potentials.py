@@ -1,0 +1,344 @@
+"""Machine-learned interatomic potentials behind one interface: batched energies and ASE relaxations.
+
+Backends
+--------
+``matgl``
+    Any matgl ``Potential`` (``matgl.load_model``). The default is the TensorNet-MatPES-PBE-v2025.1-PES folder in
+    ``shared/models/matgl`` (stock matgl 4.1.2, offline); its energies are on the MatPES PBE scale.
+``chgnet``
+    The ``chgnet`` package's own CHGNet weights (shipped with the package, offline); Materials Project scale.
+
+Energies of different potentials are on different scales: compare or build hulls only with one potential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monty.json import MSONable
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from tqdm.auto import tqdm
+
+from gpsk_materials.checks._common import as_structures, chunks
+from gpsk_materials.errors import InvalidStructureError, PotentialError
+from gpsk_materials.paths import SHARED_ENV, shared_model
+
+DEFAULT_MATGL_MODEL = "TensorNet-MatPES-PBE-v2025.1-PES"
+BACKENDS = ("matgl", "chgnet")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RelaxResult(MSONable):
+    """Outcome of one relaxation: final structure, its energy (eV/atom), convergence and optimizer steps taken."""
+
+    structure: Structure
+    energy_per_atom: float
+    initial_energy_per_atom: float
+    converged: bool
+    steps: int
+
+    def as_dict(self) -> dict:
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "structure": self.structure.as_dict(),
+            "energy_per_atom": self.energy_per_atom,
+            "initial_energy_per_atom": self.initial_energy_per_atom,
+            "converged": self.converged,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RelaxResult:
+        kw = {k: d[k] for k in cls.__dataclass_fields__}
+        kw["structure"] = Structure.from_dict(d["structure"])
+        return cls(**kw)
+
+
+class Potential:
+    """An interatomic potential: batched energies, relaxations, device placement.
+
+    Build it with :func:`load_potential`. ``name`` identifies the model (used as a cache key, e.g. by
+    :class:`~gpsk_materials.checks.hull.ReferenceHull`); ``spec`` is the ``load_potential`` keyword arguments that
+    rebuild it.
+    """
+
+    backend: str = ""
+
+    def __init__(self, model: torch.nn.Module, name: str, spec: dict) -> None:
+        self.model = model
+        self.name = name
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, device={self.device})"
+
+    # -- to implement per backend -----------------------------------------------------------------------------
+    @property
+    def element_types(self) -> frozenset[str]:
+        raise NotImplementedError
+
+    def _energies_batch(self, structures: list[Structure]) -> np.ndarray:
+        """Total energies (eV) of one batch."""
+        raise NotImplementedError
+
+    def calculator(self):
+        """An ASE calculator (energies in eV, stresses in eV/A^3) for this potential."""
+        raise NotImplementedError
+
+    # -- common --------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Potential:
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    def _check_elements(self, structures: list[Structure]) -> None:
+        known = self.element_types
+        for s in structures:
+            missing = {el.symbol for el in s.composition.elements} - known
+            if missing:
+                raise InvalidStructureError(f"{s.formula}: {self.name} has no parameters for {sorted(missing)}")
+
+    def energies(self, structures: Structure | list[Structure], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Single-point energies in eV/atom, evaluated in batches of ``batch_size`` structures."""
+        structures = as_structures(structures, ordered=True)
+        self._check_elements(structures)
+        out = np.empty(len(structures))
+        batches = chunks(len(structures), max(1, int(batch_size)))
+        for idx in tqdm(batches, desc=f"energies ({self.name})", disable=not progress or len(batches) < 2):
+            batch = [structures[i] for i in idx]
+            out[idx.start : idx.stop] = self._energies_batch(batch) / np.array([len(s) for s in batch])
+        return out
+
+    def relax(
+        self,
+        structures: Structure | list[Structure],
+        fmax: float = 0.05,
+        steps: int = 200,
+        relax_cell: bool = True,
+        optimizer: str = "FIRE",
+        progress: bool = False,
+    ) -> list[RelaxResult]:
+        """Relax positions (and the cell, with ASE's FrechetCellFilter) until forces < ``fmax`` eV/A.
+
+        Parameters
+        ----------
+        steps
+            Maximum optimizer steps; ``converged`` is False if they ran out.
+        optimizer
+            An ``ase.optimize`` class name (FIRE, BFGS, LBFGS, ...).
+        """
+        import ase.optimize
+        from ase.filters import FrechetCellFilter
+
+        structures = as_structures(structures, ordered=True)
+        self._check_elements(structures)
+        try:
+            opt_cls = getattr(ase.optimize, optimizer)
+        except AttributeError as exc:
+            raise PotentialError(f"unknown ASE optimizer {optimizer!r}") from exc
+        calc = self.calculator()
+        results = []
+        for s in tqdm(structures, desc=f"relax ({self.name})", disable=not progress or len(structures) < 2):
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.calc = calc
+            e0 = float(atoms.get_potential_energy()) / len(atoms)
+            target = FrechetCellFilter(atoms) if relax_cell else atoms
+            with contextlib.redirect_stdout(io.StringIO()):
+                opt = opt_cls(target, logfile=None)
+                converged = bool(opt.run(fmax=fmax, steps=steps))
+            final = AseAtomsAdaptor.get_structure(atoms)
+            final.properties = dict(s.properties)
+            results.append(
+                RelaxResult(
+                    structure=final,
+                    energy_per_atom=float(atoms.get_potential_energy()) / len(atoms),
+                    initial_energy_per_atom=e0,
+                    converged=converged,
+                    steps=int(opt.nsteps),
+                )
+            )
+        return results
+
+
+class MatGLPotential(Potential):
+    """A matgl ``Potential`` (TensorNet, M3GNet, CHGNet, ... in matgl's format)."""
+
+    backend = "matgl"
+
+    @property
+    def element_types(self) -> frozenset[str]:
+        return frozenset(self.model.model.element_types)
+
+    def _energies_batch(self, structures: list[Structure]) -> np.ndarray:
+        from matgl.ext.pymatgen import Structure2Graph
+        from torch_geometric.data import Batch
+
+        inner = self.model.model
+        conv = Structure2Graph(inner.element_types, inner.cutoff)
+        graphs, lats, states = [], [], []
+        for s in structures:
+            g, lat, state = conv.get_graph(s)
+            graphs.append(g)
+            lats.append(lat.reshape(1, 3, 3))
+            states.append(torch.as_tensor(np.asarray(state), dtype=lat.dtype))
+        flags = (self.model.calc_forces, self.model.calc_stresses, self.model.calc_hessian)
+        # energies only: switching the derivatives off lets the forward pass run without autograd
+        self.model.calc_forces = self.model.calc_stresses = self.model.calc_hessian = False
+        try:
+            with torch.no_grad():
+                energy = self.model(Batch.from_data_list(graphs), torch.cat(lats), torch.stack(states))[0]
+        finally:
+            self.model.calc_forces, self.model.calc_stresses, self.model.calc_hessian = flags
+        return energy.detach().cpu().double().numpy().reshape(-1)
+
+    def calculator(self):
+        from matgl.ext.ase import PESCalculator
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PESCalculator(self.model, stress_unit="eV/A3")
+
+
+class CHGNetPotential(Potential):
+    """The ``chgnet`` package's CHGNet (its own weights, Materials Project energy scale)."""
+
+    backend = "chgnet"
+
+    @property
+    def element_types(self) -> frozenset[str]:
+        from pymatgen.core import Element
+
+        # CHGNet embeds atomic numbers 1..94
+        return frozenset(Element.from_Z(z).symbol for z in range(1, 95))
+
+    def _energies_batch(self, structures: list[Structure]) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            preds = self.model.predict_structure(structures, task="e", batch_size=len(structures))
+        if isinstance(preds, dict):
+            preds = [preds]
+        return np.array([float(p["e"]) * len(s) for p, s in zip(preds, structures)])
+
+    def calculator(self):
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(self.model, use_device=str(self.device), on_isolated_atoms="ignore")
+
+
+def _load_matgl(model: str | Path | None) -> MatGLPotential:
+    import matgl
+    from matgl.apps.pes import Potential as MatGLPES
+
+    if model is None:
+        path = shared_model("matgl", DEFAULT_MATGL_MODEL)
+        if not (path / "model.json").is_file():
+            raise PotentialError(
+                f"default potential {DEFAULT_MATGL_MODEL} not found at {path}: set ${SHARED_ENV} to the shared folder "
+                "holding models/matgl, or pass a matgl model name or path"
+            )
+        source, name = path, DEFAULT_MATGL_MODEL
+    else:
+        given = Path(model).expanduser()
+        in_shared = shared_model("matgl", str(model))
+        if given.is_dir():
+            source, name = given.resolve(), given.name
+        elif in_shared.is_dir():
+            source, name = in_shared, str(model)
+        elif given.exists():
+            raise PotentialError(f"{given} is not a matgl model folder (model.json, model.pt, state.pt)")
+        else:
+            source, name = str(model), str(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pot = matgl.load_model(source)
+    except Exception as exc:  # matgl wraps every failure in ValueError/RuntimeError
+        raise PotentialError(
+            f"cannot load matgl model {model!r} (not a folder, not in {shared_model('matgl')}, and not "
+            f"available from matgl's hub or cache): {exc}"
+        ) from exc
+    if not isinstance(pot, MatGLPES):
+        raise PotentialError(f"matgl model {model!r} is a {type(pot).__name__}, not an interatomic potential")
+    pot.eval()
+    return MatGLPotential(pot, name=f"matgl:{name}", spec={"backend": "matgl", "model": None if model is None else str(model)})
+
+
+def _load_chgnet(model: str | Path | None) -> CHGNetPotential:
+    from chgnet.model import CHGNet
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if model is not None and Path(model).expanduser().is_file():
+                net = CHGNet.from_file(str(Path(model).expanduser()))
+                name = Path(model).stem
+            else:
+                version = "0.3.0" if model is None else str(model)
+                net = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+                name = version
+    except Exception as exc:
+        raise PotentialError(f"cannot load CHGNet model {model!r}: {exc}") from exc
+    net.eval()
+    return CHGNetPotential(net, name=f"chgnet:{name}", spec={"backend": "chgnet", "model": None if model is None else str(model)})
+
+
+def load_potential(
+    model: str | Path | None = None, backend: str = "matgl", device: str | torch.device | None = None
+) -> Potential:
+    """Load an interatomic potential.
+
+    Parameters
+    ----------
+    model
+        ``backend="matgl"``: None for the shared TensorNet-MatPES folder, a folder path, a folder name inside
+        ``shared/models/matgl``, or a matgl pretrained-model name (hub/cache; set ``HF_HUB_OFFLINE=1`` offline).
+        ``backend="chgnet"``: None (CHGNet 0.3.0 shipped with the package), a CHGNet version name, or a
+        checkpoint file.
+    backend
+        ``"matgl"`` or ``"chgnet"``.
+    device
+        Torch device; CPU by default.
+
+    Raises
+    ------
+    PotentialError
+        Unknown backend or model, or weights that are missing or unreadable.
+    """
+    if backend not in BACKENDS:
+        raise PotentialError(f"unknown potential backend {backend!r}; expected one of {BACKENDS}")
+    pot = _load_matgl(model) if backend == "matgl" else _load_chgnet(model)
+    if device is not None:
+        pot.to(device)
+    return pot
+
+
+def resolve_potential(potential: Potential | str | Path | None) -> Potential:
+    """A Potential as given; None for the default; or a string: ``"chgnet"``, ``"chgnet:<version or file>"``,
+    ``"matgl:<name or path>"`` or a bare matgl model name/path."""
+    if isinstance(potential, Potential):
+        return potential
+    if potential is None:
+        return load_potential()
+    if isinstance(potential, Path):
+        return load_potential(potential)
+    if isinstance(potential, str):
+        backend, sep, rest = potential.partition(":")
+        if backend in BACKENDS and (sep or backend == "chgnet"):
+            return load_potential(rest or None, backend=backend)
+        return load_potential(potential)
+    raise PotentialError(f"expected a Potential, a model name or None, got {type(potential).__name__}")

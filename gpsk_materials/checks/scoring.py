@@ -1,0 +1,184 @@
+"""Best-of-N selection: score generated candidates with the post-checks and keep the best per request.
+
+Score (higher is better), a weighted sum of
+
+* ``-energy``: the potential's energy per atom (after the optional volume scan), eV/atom;
+* ``symmetry``: 1 for a matched requested space group, plus 0.5 for a matched crystal system;
+* ``connectivity``: the fraction of atoms with a neighbour within ``connectivity_factor`` x the sum of covalent radii;
+* ``validity``: 0 for a CDVAE-valid structure, -1 otherwise (a large weight makes invalid structures lose).
+
+Candidates of one request share a composition, so energies per atom compare directly. The breakdown is written to
+``structure.properties["gpsk_scores"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monty.json import MSONable
+from pymatgen.core import Structure
+
+from gpsk_materials.checks._common import as_structures
+from gpsk_materials.checks.potentials import Potential, load_potential, resolve_potential
+from gpsk_materials.checks.symmetry import SymmetryCheck
+from gpsk_materials.checks.validity import ValidityCheck, connectivity
+from gpsk_materials.checks.volume_scan import VolumeScan
+from gpsk_materials.errors import ConditioningError, InvalidStructureError
+
+DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0}
+SCORE_KEY = "gpsk_scores"
+
+
+def _request_value(request: Any, key: str) -> Any:
+    if request is None:
+        return None
+    if isinstance(request, Mapping):
+        return request.get(key)
+    return getattr(request, key, None)
+
+
+class CandidateScorer(MSONable):
+    """Score candidates by validity, energy, symmetry match and connectivity.
+
+    Parameters
+    ----------
+    potential
+        Potential for the energy term (Potential, name, None for the default); False drops the energy term.
+    volume_scan
+        Rescale each candidate with a :class:`VolumeScan` before its energy is taken (True for the default scan
+        with ``potential``, or a configured VolumeScan).
+    weights
+        Overrides of :data:`DEFAULT_WEIGHTS` (keys energy, symmetry, connectivity, validity).
+    connectivity_factor
+        Neighbour cutoff as a multiple of the sum of covalent radii.
+    """
+
+    def __init__(
+        self,
+        potential: Potential | str | None | bool = None,
+        volume_scan: bool | VolumeScan = False,
+        symmetry: SymmetryCheck | None = None,
+        validity: ValidityCheck | None = None,
+        weights: Mapping[str, float] | None = None,
+        connectivity_factor: float = 1.3,
+    ) -> None:
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ConditioningError(f"unknown score weights {sorted(unknown)}; expected {sorted(DEFAULT_WEIGHTS)}")
+        self.potential = None if potential is False else resolve_potential(potential)
+        if isinstance(volume_scan, VolumeScan):
+            self.volume_scan: VolumeScan | None = volume_scan
+        elif volume_scan:
+            if self.potential is None:
+                raise ConditioningError("a volume scan needs a potential")
+            self.volume_scan = VolumeScan(self.potential)
+        else:
+            self.volume_scan = None
+        self.symmetry = symmetry or SymmetryCheck()
+        self.validity = validity or ValidityCheck()
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.connectivity_factor = float(connectivity_factor)
+
+    def as_dict(self) -> dict:
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "potential": None if self.potential is None else self.potential.spec,
+            "volume_scan": None if self.volume_scan is None else self.volume_scan.as_dict(),
+            "symmetry": self.symmetry.as_dict(),
+            "validity": self.validity.as_dict(),
+            "weights": dict(self.weights),
+            "connectivity_factor": self.connectivity_factor,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CandidateScorer:
+        pot = False if d["potential"] is None else load_potential(**d["potential"])
+        vs = VolumeScan.from_dict(d["volume_scan"]) if d.get("volume_scan") else False
+        return cls(
+            potential=pot,
+            volume_scan=vs,
+            symmetry=SymmetryCheck.from_dict(d["symmetry"]),
+            validity=ValidityCheck.from_dict(d["validity"]),
+            weights=d["weights"],
+            connectivity_factor=d["connectivity_factor"],
+        )
+
+    def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
+        """Score ``structures``; return them (volume-scanned copies when a scan is configured) with
+        ``properties["gpsk_scores"]`` filled in. The inputs get the same scores in their properties."""
+        structures = as_structures(structures)
+        sg = _request_value(request, "space_group")
+        cs = _request_value(request, "crystal_system")
+        out = [s.copy() for s in structures]
+        scale = np.ones(len(out))
+        if self.volume_scan is not None:
+            scans = self.volume_scan.scan(out)
+            out = [r.structure for r in scans]
+            scale = np.array([r.scale_factor for r in scans])
+        energies = np.full(len(out), np.nan)
+        if self.potential is not None:
+            try:
+                energies = self.potential.energies(out)
+            except InvalidStructureError:  # e.g. an element the potential lacks: score the others one by one
+                for k, s in enumerate(out):
+                    try:
+                        energies[k] = self.potential.energies([s])[0]
+                    except InvalidStructureError:
+                        pass
+        for k, (orig, s) in enumerate(zip(structures, out)):
+            val = self.validity.check(s)
+            try:
+                sym = self.symmetry.check(s, space_group=sg, crystal_system=cs)
+                sg_found, sg_match, cs_match = sym.space_group_number, sym.space_group_match, sym.crystal_system_match
+            except InvalidStructureError:
+                sg_found, sg_match, cs_match = None, (None if sg is None else False), (None if cs is None and sg is None else False)
+            conn = connectivity(s, self.connectivity_factor)
+            sym_term = float(bool(sg_match)) + 0.5 * float(bool(cs_match))
+            e = float(energies[k])
+            # an energy that could not be computed ranks below any computed one
+            e_term = -e if np.isfinite(e) else -1e3
+            w = self.weights
+            total = (
+                (w["energy"] * e_term if self.potential is not None else 0.0)
+                + w["symmetry"] * sym_term
+                + w["connectivity"] * conn
+                - w["validity"] * float(not val.valid)
+            )
+            scores = {
+                "total": float(total),
+                "energy_per_atom": e if np.isfinite(e) else None,
+                "valid": val.valid,
+                "strict_valid": val.strict_valid,
+                "space_group": sg_found,
+                "space_group_match": sg_match,
+                "crystal_system_match": cs_match,
+                "connectivity": conn,
+                "volume_scale_factor": float(scale[k]),
+            }
+            s.properties = {**s.properties, SCORE_KEY: scores}
+            orig.properties = {**orig.properties, SCORE_KEY: scores}
+        return out
+
+    def score(self, structures: Sequence[Structure], request: Any = None) -> list[float]:
+        """Total scores of ``structures`` for ``request`` (a mapping or object with optional ``space_group`` and
+        ``crystal_system``); breakdowns go to ``structure.properties["gpsk_scores"]``."""
+        return [s.properties[SCORE_KEY]["total"] for s in self.evaluate(structures, request)]
+
+    def select_best(
+        self, candidates_per_request: Sequence[Sequence[Structure]], requests: Sequence[Any] | None = None
+    ) -> list[Structure]:
+        """The highest-scoring candidate of each request (volume-scanned when a scan is configured)."""
+        if requests is not None and len(requests) != len(candidates_per_request):
+            raise ConditioningError(
+                f"{len(requests)} requests for {len(candidates_per_request)} candidate lists"
+            )
+        best = []
+        for k, cands in enumerate(candidates_per_request):
+            if len(cands) == 0:
+                raise InvalidStructureError(f"request {k} has no candidates")
+            scored = self.evaluate(cands, None if requests is None else requests[k])
+            best.append(max(scored, key=lambda s: s.properties[SCORE_KEY]["total"]))
+        return best

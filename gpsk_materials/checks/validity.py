@@ -1,0 +1,236 @@
+"""Structural and compositional validity of crystals.
+
+Two definitions live here:
+
+* the benchmark definitions of CDVAE (Xie et al. 2022), reused by DiffCSP, MatterGen, ...:
+  :func:`structural_validity` (every pairwise distance >= 0.5 A, cell volume >= 0.1 A^3) and
+  :func:`smact_validity` (charge neutrality with the SMACT oxidation states + Pauling electronegativity test,
+  single elements and all-metal alloys valid). These follow ``cdvae/common/eval_utils.py`` line by line so that
+  our numbers are comparable with published ones;
+* our stricter checks in :class:`ValidityCheck`: volume per atom in a plausible range and every interatomic
+  distance at least a fraction of the sum of covalent radii (periodic images of a site included).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import reduce
+from math import gcd
+
+import numpy as np
+import smact
+from monty.json import MSONable
+from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
+from pymatgen.core import Composition, Element, Structure
+
+from gpsk_materials.checks._common import as_structure
+from gpsk_materials.errors import InvalidStructureError
+
+#: CDVAE gives up on compositions whose oxidation-state product exceeds this (and calls them invalid).
+_CDVAE_MAX_OX_COMBOS = 1e7
+
+
+def structural_validity(structure: Structure, min_distance: float = 0.5, min_volume: float = 0.1) -> bool:
+    """CDVAE structural validity: all pairwise site distances >= ``min_distance`` and volume >= ``min_volume``.
+
+    Distances are pymatgen's minimum-image ``distance_matrix`` between distinct sites (a site's distance to its own
+    periodic images is not considered, as in CDVAE).
+    """
+    structure = as_structure(structure)
+    if structure.volume < min_volume:
+        return False
+    dist = structure.distance_matrix + np.eye(len(structure)) * (min_distance + 10.0)
+    return bool(dist.min() >= min_distance)
+
+
+def _integer_counts(composition: Composition | str | Mapping) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    comp = composition if isinstance(composition, Composition) else Composition(composition)
+    if comp.num_atoms <= 0:
+        raise InvalidStructureError("empty composition")
+    items = sorted(comp.get_el_amt_dict().items(), key=lambda kv: Element(kv[0]).Z)
+    amounts = np.array([amt for _, amt in items], dtype=float)
+    counts = np.rint(amounts).astype(int)
+    if np.any(np.abs(amounts - counts) > 1e-6) or np.any(counts <= 0):
+        raise InvalidStructureError(f"{comp.formula}: smact_validity needs integer atom counts")
+    counts = counts // reduce(gcd, counts.tolist())
+    return tuple(el for el, _ in items), tuple(int(c) for c in counts)
+
+
+def _cdvae_pauling_test(ox_states: tuple[int, ...], electronegs: list[float | None]) -> bool:
+    """Pauling test as CDVAE ran it (smact 2.x): a missing electronegativity that has to be compared raises
+    TypeError, which CDVAE reads as "passes". smact >= 3 returns False instead, so smact's own test is not used."""
+    try:
+        for (ox1, en1), (ox2, en2) in itertools.combinations(list(zip(ox_states, electronegs)), 2):
+            if ox1 > 0 and ox2 < 0 and en1 >= en2:  # type: ignore[operator]
+                return False
+            if ox1 < 0 and ox2 > 0 and en1 <= en2:  # type: ignore[operator]
+                return False
+    except TypeError:
+        return True
+    return True
+
+
+def smact_validity(
+    composition: Composition | str | Mapping, use_pauling_test: bool = True, include_alloys: bool = True
+) -> bool:
+    """CDVAE compositional validity (``smact_validity`` of ``cdvae/common/eval_utils.py``).
+
+    Valid if a single element, or (with ``include_alloys``) only metals, or if some combination of the SMACT
+    default oxidation states of 2019 (smact's ``smact14`` set, which was ``Element.oxidation_states`` in the smact 2.x
+    CDVAE used) is charge neutral for the gcd-reduced atom counts and passes the Pauling electronegativity test.
+
+    Parameters
+    ----------
+    composition
+        A pymatgen Composition, a formula or an element -> count mapping (integer counts).
+    """
+    elem_symbols, counts = _integer_counts(composition)
+    if len(set(elem_symbols)) == 1:
+        return True
+    if include_alloys and all(el in smact.metals for el in elem_symbols):
+        return True
+    smact_elems = [smact.Element(el) for el in elem_symbols]
+    electronegs = [e.pauling_eneg for e in smact_elems]
+    ox_combos = [e.oxidation_states_smact14 or [] for e in smact_elems]
+    if np.prod([float(len(o)) for o in ox_combos]) > _CDVAE_MAX_OX_COMBOS:
+        return False
+    stoichs = [(c,) for c in counts]
+    threshold = max(counts)
+    for ox_states in itertools.product(*ox_combos):
+        if not smact.neutral_ratios(ox_states, stoichs=stoichs, threshold=threshold):
+            continue
+        if not use_pauling_test or _cdvae_pauling_test(ox_states, electronegs):
+            return True
+    return False
+
+
+def _covalent_radius(symbol: str) -> float:
+    try:
+        return float(CovalentRadius.radius[symbol])
+    except KeyError:  # elements beyond Cm in Cordero's table
+        return float(Element(symbol).atomic_radius or 1.5)
+
+
+def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndarray:
+    """For each site, the smallest d_ij / (r_i + r_j) over its neighbours (covalent radii, periodic images of the
+    site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum."""
+    structure = as_structure(structure)
+    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
+    cutoff = cutoff_factor * 2.0 * radii.max()
+    centers, points, _, dists = structure.get_neighbor_list(cutoff)
+    ratios = np.full(len(structure), np.inf)
+    if len(centers):
+        r = dists / (radii[centers] + radii[points])
+        np.minimum.at(ratios, centers, r)
+    return ratios
+
+
+def connectivity(structure: Structure, factor: float = 1.3) -> float:
+    """Fraction of atoms with at least one neighbour within ``factor`` times the sum of covalent radii."""
+    ratios = distance_ratios(structure, cutoff_factor=max(factor, 1.0))
+    return float(np.mean(ratios <= factor))
+
+
+@dataclass
+class ValidityResult(MSONable):
+    """Outcome of :meth:`ValidityCheck.check`.
+
+    ``valid`` is the CDVAE definition (structural and compositional); ``strict_valid`` adds our own checks.
+    """
+
+    formula: str
+    structural_valid: bool
+    compositional_valid: bool
+    min_distance: float
+    volume: float
+    volume_per_atom: float
+    volume_per_atom_ok: bool
+    min_distance_ratio: float
+    distance_ratio_ok: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return self.structural_valid and self.compositional_valid
+
+    @property
+    def strict_valid(self) -> bool:
+        return self.valid and self.volume_per_atom_ok and self.distance_ratio_ok
+
+    def as_dict(self) -> dict:
+        d = {"@module": type(self).__module__, "@class": type(self).__name__, **asdict(self)}
+        d.update(valid=self.valid, strict_valid=self.strict_valid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ValidityResult:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+class ValidityCheck(MSONable):
+    """Structural, compositional and stricter geometric validity of a structure.
+
+    Parameters
+    ----------
+    min_distance, min_volume
+        CDVAE structural-validity thresholds (A, A^3).
+    volume_per_atom_range
+        Plausible volume per atom (A^3); the bounds enclose the densest (diamond, 5.7) and loosest ordinary
+        inorganic solids with a margin.
+    min_distance_ratio
+        Smallest allowed d_ij / (r_i + r_j) with Cordero covalent radii (bonds sit near 1.0).
+    """
+
+    def __init__(
+        self,
+        min_distance: float = 0.5,
+        min_volume: float = 0.1,
+        volume_per_atom_range: tuple[float, float] = (4.0, 100.0),
+        min_distance_ratio: float = 0.6,
+    ) -> None:
+        lo, hi = volume_per_atom_range
+        if not 0 <= lo < hi:
+            raise InvalidStructureError(f"volume_per_atom_range must satisfy 0 <= low < high, got {volume_per_atom_range}")
+        self.min_distance = float(min_distance)
+        self.min_volume = float(min_volume)
+        self.volume_per_atom_range = (float(lo), float(hi))
+        self.min_distance_ratio = float(min_distance_ratio)
+
+    def check(self, structure: Structure) -> ValidityResult:
+        """Run every validity check on ``structure``."""
+        structure = as_structure(structure)
+        reasons = []
+        struct_ok = structural_validity(structure, self.min_distance, self.min_volume)
+        dist = structure.distance_matrix + np.eye(len(structure)) * 1e9
+        min_dist = float(dist.min()) if len(structure) > 1 else float("inf")
+        if not struct_ok:
+            reasons.append(f"CDVAE structural: min distance {min_dist:.3f} A or volume {structure.volume:.3f} A^3")
+        if structure.is_ordered:
+            comp_ok = smact_validity(structure.composition)
+        else:  # SMACT needs integer counts; a disordered site has none
+            comp_ok = False
+        if not comp_ok:
+            reasons.append("SMACT: no charge-neutral, electronegativity-ordered oxidation states")
+        vpa = structure.volume / structure.num_sites
+        lo, hi = self.volume_per_atom_range
+        vpa_ok = lo <= vpa <= hi
+        if not vpa_ok:
+            reasons.append(f"volume per atom {vpa:.2f} A^3 outside [{lo}, {hi}]")
+        ratio = float(distance_ratios(structure).min())
+        ratio_ok = ratio >= self.min_distance_ratio
+        if not ratio_ok:
+            reasons.append(f"distance / covalent-radii sum {ratio:.2f} < {self.min_distance_ratio}")
+        return ValidityResult(
+            formula=structure.composition.reduced_formula,
+            structural_valid=struct_ok,
+            compositional_valid=comp_ok,
+            min_distance=min_dist,
+            volume=float(structure.volume),
+            volume_per_atom=float(vpa),
+            volume_per_atom_ok=vpa_ok,
+            min_distance_ratio=ratio,
+            distance_ratio_ok=ratio_ok,
+            reasons=reasons,
+        )
