@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hull", choices=["self", "mp-dft", "both"], default="self",
                    help="self: hull of the same potential's reference energies (default); mp-dft: CHGNet energies "
                         "vs Materials Project DFT formation energies; both")
+    p.add_argument("--hull-mode", choices=["relax", "single_point"], default="relax",
+                   help="reference energies of the self hull: relaxed with the potential (default) or single points "
+                        "of the DFT geometries (faster, E_hull biased low by the residual relaxation energy)")
+    p.add_argument("--hull-max-sites", type=int, help="ignore pool references with more sites")
+    p.add_argument("--reference-energies", type=Path,
+                   help="cached reference energies (JSON, from benchmarks/build_reference_energies.py)")
     p.add_argument("--potential", help="potential for --hull self (default: the shared TensorNet-MatPES model; "
                                        "'chgnet' or 'matgl:<name or path>')")
     p.add_argument("--device", help="torch device for relaxations (cpu, cuda)")
@@ -72,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         coverage_reference_size=args.coverage_reference_size, seed=args.seed, workers=args.workers,
         progress=not args.quiet, cache_dir=str(args.cache_dir or args.out / "cache"), stability=args.stability,
         hull_protocol=args.hull, potential=args.potential, device=args.device, fmax=args.fmax,
-        relax_steps=args.relax_steps, relax_batch=args.relax_batch,
+        relax_steps=args.relax_steps, relax_batch=args.relax_batch, hull_mode=args.hull_mode,
+        hull_max_sites=args.hull_max_sites,
+        reference_energies=None if args.reference_energies is None else str(args.reference_energies),
     )
     report = evaluate(ids, structures, train=train, reference=reference, csp_targets=targets, options=options)
     files = write_report(report, args.out, structures)

@@ -41,6 +41,11 @@ class EvaluationOptions:
     hull_protocol: str = "self"
     potential: str | None = None
     mp_potential: str = "chgnet"
+    #: reference energies of the self-consistent hull: "relax" (relaxed with the potential) or "single_point"
+    hull_mode: str = "relax"
+    hull_max_sites: int | None = None
+    #: JSON file of cached reference energies (checks.hull format); None for checks.hull's default location
+    reference_energies: str | None = None
     device: str | None = None
     fmax: float = 0.05
     relax_steps: int = 500
@@ -205,7 +210,7 @@ def evaluate(
         timings["csp"] = time.perf_counter() - t
 
     if options.stability:
-        from gpsk_materials.evaluation.stability_protocols import run_stability
+        from gpsk_materials.evaluation.stability import run_stability
 
         t = time.perf_counter()
         stab_summary, stab_per, stab_protocols = run_stability(structures, train, options)

@@ -165,3 +165,86 @@ def sun_rates(
         sun_mattergen=[i in sun_m for i in range(n)],
     )
     return summary, per
+
+
+def _e_hull(hull, relaxed: list[Relaxed], to_hull_energy) -> list[float]:
+    from gpsk_materials.errors import GPSKError
+
+    out = []
+    for r in relaxed:
+        if r.structure is None or not np.isfinite(r.energy_per_atom):
+            out.append(float("nan"))
+            continue
+        try:
+            out.append(hull.e_above_hull(r.structure.composition, to_hull_energy(r)))
+        except GPSKError:  # an element outside the reference data: no E_hull
+            out.append(float("nan"))
+    return out
+
+
+def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, options) -> tuple[dict, dict, dict]:
+    """Relax, compute E_hull with the protocol(s) of ``options.hull_protocol``, and the rates.
+
+    Returns
+    -------
+    summary, per_structure, protocols
+        Keys of the MP-DFT protocol are prefixed ``mp_``.
+    """
+    from gpsk_materials.checks.hull import ReferenceHull
+    from gpsk_materials.checks.potentials import load_potential, resolve_potential
+    from gpsk_materials.evaluation.mp_hull import check_mp_scale, formation_energy, mp_dft_hull
+
+    summary: dict = {}
+    per: dict[str, list] = {}
+    protocols: dict[str, str] = {}
+    cache_dir = Path(options.cache_dir) if options.cache_dir else None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def relax(pot) -> list[Relaxed]:
+        if options.device:
+            pot.to(options.device)
+        name = pot.name.replace(":", "_").replace("/", "_")
+        return relax_structures(structures, pot, options.fmax, options.relax_steps, options.relax_batch,
+                                None if cache_dir is None else cache_dir / f"relax_{name}.jsonl", options.progress)
+
+    def record(prefix: str, relaxed: list[Relaxed], e_hull: list[float]) -> None:
+        s, p = sun_rates(e_hull, [r.structure for r in relaxed], train, options.workers, options.progress)
+        s["relax_converged_rate"] = float(np.mean([r.converged for r in relaxed]))
+        s["relax_failed"] = sum(r.structure is None for r in relaxed)
+        summary.update({prefix + k: v for k, v in s.items()})
+        per[prefix + "e_above_hull"] = e_hull
+        per[prefix + "energy_per_atom"] = [r.energy_per_atom for r in relaxed]
+        per[prefix + "relax_converged"] = [r.converged for r in relaxed]
+        per[prefix + "relax_error"] = [r.error for r in relaxed]
+        per.update({prefix + k: v for k, v in p.items()})
+
+    if options.hull_protocol in ("self", "both"):
+        pot = resolve_potential(options.potential)
+        hull = ReferenceHull(pot, cache_path=options.reference_energies, mode=options.hull_mode,
+                             max_sites=options.hull_max_sites, fmax=options.fmax, progress=options.progress)
+        relaxed = relax(pot)
+        record("", relaxed, _e_hull(hull, relaxed, lambda r: r.energy_per_atom))
+        protocols["stability"] = (
+            f"self-consistent hull: candidates relaxed with {pot.name} (FIRE, cell free, fmax {options.fmax} eV/A, "
+            f"<= {options.relax_steps} steps); hull of the same potential's energies of pool.csv.gz structures "
+            f"({options.hull_mode}) of each chemical system, elements included (checks.hull.ReferenceHull). "
+            "stable: E_hull <= 0; metastable: <= 0.1 eV/atom; sun_rate_lemat / msun_rate_lemat: LeMat-GenBench "
+            "(SUN E_hull <= 0; MSUN 0 < E_hull <= 0.1, uniqueness within each set); sun_rate_mattergen: MatterGen "
+            "(E_hull <= 0.1, unique among all, novel); all over every input structure")
+    if options.hull_protocol in ("mp-dft", "both"):
+        pot = (load_potential(backend="chgnet") if options.mp_potential == "chgnet"
+               else resolve_potential(options.mp_potential))
+        check_mp_scale(pot)
+        hull = mp_dft_hull()
+        relaxed = relax(pot)
+        e_form = [formation_energy(r.structure.composition, r.energy_per_atom) if r.structure is not None
+                  else float("nan") for r in relaxed]
+        record("mp_", relaxed, _e_hull(hull, relaxed, lambda r: formation_energy(r.structure.composition,
+                                                                                 r.energy_per_atom)))
+        per["mp_formation_energy"] = e_form
+        protocols["stability_mp_dft"] = (
+            f"MP DFT hull: candidates relaxed with {pot.name} (MP2020-compatible energies); formation energy vs MP "
+            "elemental references; hull of MP DFT formation energies of near-hull MP-20 materials "
+            "(mp20_near_hull_dft.parquet) and the elements; same rate definitions, keys prefixed mp_")
+    return summary, per, protocols
