@@ -100,13 +100,14 @@ class SymmetryCheck(MSONable):
         self, structure: Structure, space_group: int | None = None, crystal_system: str | None = None
     ) -> SymmetryResult:
         """Detect the space group of ``structure`` and compare it with the requested group / crystal system."""
+        structure = as_structure(structure)
         req_sg = None if space_group is None else check_space_group(space_group)
         req_cs = None if crystal_system is None else _check_crystal_system(crystal_system)
         try:
             sga = self._analyzer(structure)
             number = int(sga.get_space_group_number())
             symbol = sga.get_space_group_symbol()
-        except (TypeError, ValueError) as exc:  # spglib gives up on degenerate cells
+        except (TypeError, ValueError) as exc:  # spglib gives up on degenerate cells (after as_structure above)
             raise InvalidStructureError(f"spglib could not analyse {structure.formula}: {exc}") from exc
         cs = crystal_system_of(number)
         if req_cs is None and req_sg is not None:
