@@ -55,6 +55,16 @@ def test_relax_nacl(tensornet):
     assert again.structure == res.structure and again.steps == res.steps
 
 
+def test_on_error_nan_and_atom_limited_batches(tensornet):
+    og = Structure(Lattice.cubic(4.0), ["Og"], [[0, 0, 0]])  # not among the potential's 89 elements
+    structs = [rock_salt(5.64), og, rock_salt(4.2, "Mg", "O"), rock_salt(5.64, primitive=False)]
+    e = tensornet.energies(structs, on_error="nan", max_atoms=4)
+    assert np.isnan(e[1]) and np.all(np.isfinite(e[[0, 2, 3]]))
+    np.testing.assert_allclose(e[[0, 2, 3]], tensornet.energies([structs[i] for i in (0, 2, 3)]), atol=2e-5)
+    with pytest.raises(PotentialError):
+        tensornet.energies(structs, on_error="ignore")
+
+
 def test_relax_fixed_cell_keeps_lattice(tensornet):
     s = rock_salt(5.5)
     s.translate_sites([0], [0.03, 0.0, 0.0])
@@ -71,6 +81,11 @@ def test_chgnet_backend_on_nacl():
     assert 5.5 <= a[np.argmin(e)] <= 5.8
     # Materials Project scale (compatibility-corrected), different from TensorNet-MatPES's -3.356
     assert -3.8 < pot.energies(rock_salt(5.64))[0] < -3.5
+    isolated = Structure(Lattice.cubic(12.0), ["Na"], [[0, 0, 0]])  # CHGNet refuses atoms without neighbours
+    with pytest.raises(InvalidStructureError):
+        pot.energies(isolated)
+    e = pot.energies([isolated, rock_salt(5.64)], on_error="nan")
+    assert np.isnan(e[0]) and e[1] == pytest.approx(pot.energies(rock_salt(5.64))[0], abs=1e-5)
 
 
 def test_errors(tensornet, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from pymatgen.core import Structure
@@ -38,8 +38,3 @@ def as_structures(structures: Structure | Iterable[Structure], *, ordered: bool 
     if isinstance(structures, (str, bytes)) or not isinstance(structures, Iterable):
         raise InvalidStructureError(f"expected a Structure or a sequence of Structures, got {type(structures).__name__}")
     return [as_structure(s, ordered=ordered) for s in structures]
-
-
-def chunks(n: int, size: int) -> Sequence[range]:
-    """Consecutive index ranges of at most ``size`` covering ``range(n)``."""
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]

@@ -191,7 +191,7 @@ class ReferenceHull:
             return
         ts = [s for _, s in todo]
         if self.mode == "single_point":
-            energies = self.potential.energies(ts, progress=self.progress)
+            energies = self.potential.energies(ts, on_error="nan", progress=self.progress)
         else:
             energies = np.array([r.energy_per_atom for r in self.potential.relax(ts, fmax=self.fmax, steps=self.relax_steps, progress=self.progress)])
         for (i, _), e in zip(todo, energies):

@@ -9,6 +9,10 @@ Backends
     The ``chgnet`` package's own CHGNet weights (shipped with the package, offline); Materials Project scale.
 
 Energies of different potentials are on different scales: compare or build hulls only with one potential.
+
+CPU note: relaxations with ASE's FrechetCellFilter call SciPy's matrix exponential/logarithm on 3x3 matrices at every
+step; on a loaded machine OpenBLAS threads make these 3-15x slower. Set ``OPENBLAS_NUM_THREADS=1`` (and, for graphs of
+a few atoms, ``torch.set_num_threads(1)``) when relaxing many small cells on a shared CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
-from gpsk_materials.checks._common import as_structures, chunks
+from gpsk_materials.checks._common import as_structures
 from gpsk_materials.errors import InvalidStructureError, PotentialError
 from gpsk_materials.paths import SHARED_ENV, shared_model
 
@@ -106,22 +110,54 @@ class Potential:
         self.model.to(device)
         return self
 
-    def _check_elements(self, structures: list[Structure]) -> None:
-        known = self.element_types
-        for s in structures:
-            missing = {el.symbol for el in s.composition.elements} - known
-            if missing:
-                raise InvalidStructureError(f"{s.formula}: {self.name} has no parameters for {sorted(missing)}")
+    def _unsupported(self, structure: Structure) -> list[str]:
+        return sorted({el.symbol for el in structure.composition.elements} - self.element_types)
 
-    def energies(self, structures: Structure | list[Structure], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Single-point energies in eV/atom, evaluated in batches of ``batch_size`` structures."""
+    def _check_elements(self, structures: list[Structure]) -> None:
+        for s in structures:
+            if missing := self._unsupported(s):
+                raise InvalidStructureError(f"{s.formula}: {self.name} has no parameters for {missing}")
+
+    def energies(
+        self,
+        structures: Structure | list[Structure],
+        batch_size: int = 64,
+        max_atoms: int = 2048,
+        on_error: str = "raise",
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Single-point energies in eV/atom, evaluated in batches.
+
+        Parameters
+        ----------
+        batch_size, max_atoms
+            A batch holds at most ``batch_size`` structures and ``max_atoms`` atoms (memory grows with both).
+        on_error
+            ``"raise"``: an InvalidStructureError for a structure the potential cannot evaluate (an element it
+            lacks, an isolated atom for CHGNet, ...); ``"nan"``: NaN for that structure, the others evaluated.
+        """
+        if on_error not in ("raise", "nan"):
+            raise PotentialError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
         structures = as_structures(structures, ordered=True)
-        self._check_elements(structures)
-        out = np.empty(len(structures))
-        batches = chunks(len(structures), max(1, int(batch_size)))
+        if on_error == "raise":
+            self._check_elements(structures)
+        out = np.full(len(structures), np.nan)
+        todo = [i for i, s in enumerate(structures) if not self._unsupported(s)]
+        batches: list[list[int]] = []
+        for i in todo:
+            n = len(structures[i])
+            if not batches or len(batches[-1]) >= batch_size or sum(len(structures[j]) for j in batches[-1]) + n > max_atoms:
+                batches.append([])
+            batches[-1].append(i)
         for idx in tqdm(batches, desc=f"energies ({self.name})", disable=not progress or len(batches) < 2):
             batch = [structures[i] for i in idx]
-            out[idx.start : idx.stop] = self._energies_batch(batch) / np.array([len(s) for s in batch])
+            try:
+                out[idx] = self._energies_batch(batch) / np.array([len(s) for s in batch])
+            except (ValueError, RuntimeError, KeyError) as exc:
+                if on_error == "raise":
+                    raise InvalidStructureError(f"{self.name} cannot evaluate this batch: {exc}") from exc
+                if len(batch) > 1:  # find the culprit(s): one by one
+                    out[idx] = [self.energies(s, on_error="nan")[0] for s in batch]
         return out
 
     def relax(
@@ -256,6 +292,8 @@ def _load_matgl(model: str | Path | None) -> MatGLPotential:
         given = Path(model).expanduser()
         in_shared = shared_model("matgl", str(model))
         if given.is_dir():
+            if not (given / "model.json").is_file():
+                raise PotentialError(f"{given} is not a matgl model folder (model.json, model.pt, state.pt)")
             source, name = given.resolve(), given.name
         elif in_shared.is_dir():
             source, name = in_shared, str(model)

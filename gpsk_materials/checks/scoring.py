@@ -120,14 +120,7 @@ class CandidateScorer(MSONable):
             scale = np.array([r.scale_factor for r in scans])
         energies = np.full(len(out), np.nan)
         if self.potential is not None:
-            try:
-                energies = self.potential.energies(out)
-            except InvalidStructureError:  # e.g. an element the potential lacks: score the others one by one
-                for k, s in enumerate(out):
-                    try:
-                        energies[k] = self.potential.energies([s])[0]
-                    except InvalidStructureError:
-                        pass
+            energies = self.potential.energies(out, on_error="nan")
         for k, (orig, s) in enumerate(zip(structures, out)):
             val = self.validity.check(s)
             try:

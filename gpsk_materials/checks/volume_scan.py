@@ -124,7 +124,11 @@ class VolumeScan(MSONable):
     def _evaluate(self, structures: list[Structure], grids: list[np.ndarray]) -> list[np.ndarray]:
         """Energies (eV/atom) of every structure at every volume of its grid, in one batched call."""
         jobs = [_scaled(s, v) for s, grid in zip(structures, grids) for v in grid]
-        flat = self.potential.energies(jobs, batch_size=self.batch_size, progress=self.progress) if jobs else np.array([])
+        flat = (
+            self.potential.energies(jobs, batch_size=self.batch_size, on_error="nan", progress=self.progress)
+            if jobs
+            else np.array([])
+        )
         return np.split(flat, np.cumsum([len(g) for g in grids])[:-1])
 
     def scan(self, structures: Structure | list[Structure]) -> list[VolumeScanResult]:
@@ -164,7 +168,9 @@ class VolumeScan(MSONable):
         ok = np.isfinite(best_v)
         final_e = np.full(len(structures), np.nan)
         if ok.any():
-            final_e[ok] = self.potential.energies([final[k] for k in np.flatnonzero(ok)], batch_size=self.batch_size)
+            final_e[ok] = self.potential.energies(
+                [final[k] for k in np.flatnonzero(ok)], batch_size=self.batch_size, on_error="nan"
+            )
 
         results = []
         for k, s in enumerate(final):
