@@ -273,7 +273,8 @@ class CHGNetPotential(Potential):
     def calculator(self):
         from chgnet.model.dynamics import CHGNetCalculator
 
-        return CHGNetCalculator(self.model, use_device=str(self.device), on_isolated_atoms="ignore")
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the device
+            return CHGNetCalculator(self.model, use_device=str(self.device), on_isolated_atoms="ignore")
 
 
 def _load_matgl(model: str | Path | None) -> MatGLPotential:
