@@ -77,9 +77,10 @@ def smact_validity(
 ) -> bool:
     """CDVAE compositional validity (``smact_validity`` of ``cdvae/common/eval_utils.py``).
 
-    Valid if a single element, or (with ``include_alloys``) only metals, or if some combination of the SMACT
-    default oxidation states of 2019 (smact's ``smact14`` set, which was ``Element.oxidation_states`` in the smact 2.x
-    CDVAE used) is charge neutral for the gcd-reduced atom counts and passes the Pauling electronegativity test.
+    Valid if a single element, or (with ``include_alloys``) only metals, or if some combination of SMACT's original
+    default oxidation states (the ``smact14`` set, which was ``Element.oxidation_states`` in the smact 2.x CDVAE used;
+    smact >= 3 defaults to ICSD-2024 states instead) is charge neutral for the gcd-reduced atom counts and passes the
+    Pauling electronegativity test.
 
     Parameters
     ----------
