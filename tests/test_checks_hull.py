@@ -81,3 +81,11 @@ def test_bad_input(nacl_hull):
         hull.e_above_hull(3.0, -1.0)
     with pytest.raises(InvalidStructureError):
         hull.e_above_hull("NaCl", float("nan"))
+
+
+def test_relax_mode_lowers_reference_energies(tensornet, tmp_path):
+    single = ReferenceHull(tensornet, cache_path=False, max_sites=1).entries(["Na"])
+    relaxed = ReferenceHull(tensornet, cache_path=False, max_sites=1, mode="relax", relax_steps=30).entries(["Na"])
+    by_name = {e.name: e.energy_per_atom for e in single}
+    pool = [e for e in relaxed if not e.name.startswith("prototype-")]
+    assert pool and all(e.energy_per_atom <= by_name[e.name] + 1e-6 for e in pool)
