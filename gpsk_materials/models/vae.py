@@ -131,9 +131,11 @@ class GridVAE(nn.Module):
         h = self.decoder(self.dec_in(latent))
         coords = self._coords(latent.shape[0], h)
         out = self.dec_out(torch.cat([F.silu(self.dec_norm(h)), coords], dim=1))
-        coef = self.metric_head(latent.mean(dim=(2, 3, 4)))  # (B, 6)
-        metric = torch.einsum("bk,kxyz->bxyz", coef, coords[0, 3:].to(coef.dtype))
-        return torch.cat([out[:, :2], out[:, 2:3] + metric.unsqueeze(1).to(out.dtype)], dim=1)
+        # the lattice channel is assembled in float32 even under bf16 autocast: it must stay near-lossless
+        with torch.autocast(latent.device.type, enabled=False):
+            coef = self.metric_head(latent.float().mean(dim=(2, 3, 4)))  # (B, 6)
+            metric = torch.einsum("bk,kxyz->bxyz", coef, self.coords[3:].float())
+            return torch.cat([out[:, :2].float(), out[:, 2:3].float() + metric.unsqueeze(1)], dim=1)
 
     def forward(self, grid: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, LatentDistribution]:
         posterior = self.encode(grid)
@@ -141,7 +143,10 @@ class GridVAE(nn.Module):
 
     def loss(self, grid: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted reconstruction MSE + ``kl_weight`` * KL; returns the loss and its detached parts."""
-        recon, posterior = self(grid, generator)
+        return self.loss_from(grid, *self(grid, generator))
+
+    def loss_from(self, grid: Tensor, recon: Tensor, posterior: LatentDistribution) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`loss` from a forward pass already made (e.g. through a DDP wrapper)."""
         err = (recon.float() - grid.float()).pow(2).mean(dim=(0, 2, 3, 4))  # per channel
         w = torch.tensor(self.config.channel_weights, device=err.device, dtype=err.dtype)
         kl = posterior.kl().float().mean()

@@ -1,0 +1,101 @@
+"""Resumable training checkpoints: safetensors shards + JSON, one folder per checkpoint, written atomically.
+
+``OUT/checkpoints/<stage>-<step>/`` holds the tensor sets ``model`` (live weights), ``ema``, ``optimizer`` (its
+tensors flattened to ``<param index>.<key>``) and ``rng`` (every rank's generator state), plus ``state.json``
+(stage, step, data order, scheduler, optimizer hyper-parameters, configs). A folder is built under a temporary
+name and renamed into place; ``OUT/latest.json`` then points at it (atomic replace) and older folders are pruned.
+No file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from gpsk_materials.errors import CheckpointError
+from gpsk_materials.models.io import load_tensors, read_json, save_tensors, write_json_atomic
+
+STATE_FORMAT = "gpsk-train-state/1"
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Flatten ``optimizer.state_dict()`` into tensors and a JSON-able remainder."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_to_tensors` (raises :class:`CheckpointError` if it does not fit)."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"optimizer state does not fit this model: {exc}") from exc
+
+
+def save_checkpoint(
+    out: str | Path, name: str, tensor_sets: Mapping[str, Mapping[str, Tensor]], state: Mapping[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write ``OUT/checkpoints/NAME`` atomically, point ``OUT/latest.json`` at it, keep the newest ``keep``."""
+    root = Path(out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        for set_name, tensors in tensor_sets.items():
+            save_tensors(tmp, set_name, tensors)
+        write_json_atomic(tmp / "state.json", {"format": STATE_FORMAT, **state})
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json_atomic(Path(out) / "latest.json", {"checkpoint": f"checkpoints/{name}"})
+    done = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
+    for old in done[:-keep]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The checkpoint folder named by ``OUT/latest.json``, or None if there is none."""
+    pointer = Path(out) / "latest.json"
+    if not pointer.exists():
+        return None
+    folder = Path(out) / read_json(pointer)["checkpoint"]
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} points at {folder}, which does not exist")
+    return folder
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
+    """Read ``state.json`` and every tensor set of a checkpoint folder (hashes checked)."""
+    folder = Path(folder)
+    state = read_json(folder / "state.json")
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{folder} is not a training checkpoint ({STATE_FORMAT})")
+    sets = {}
+    for index in sorted(folder.glob("*.json")):
+        if index.name != "state.json":
+            sets[index.stem] = load_tensors(folder, index.stem, device=device)[0]
+    return state, sets

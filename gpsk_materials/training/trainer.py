@@ -1,0 +1,499 @@
+"""The GPSK-300 trainer: GridVAE stage, latent caching, rectified-flow MMDiT stage, export of a model folder.
+
+Runs from an :class:`~gpsk_materials.datasets.cache.ArrayCache` with torch + numpy + safetensors only: grids are
+featurised on the fly on the training device with the batched torch featurizer. Every stage is resumable
+exactly (weights, EMA, optimizer, scheduler, data order and every rank's RNG are checkpointed), and
+``max_minutes`` stops cleanly after a checkpoint so that training can run in time-limited chunks.
+
+Output folder::
+
+    OUT/checkpoints/<stage>-<step>/   resumable state (latest two kept; OUT/latest.json points at the newest)
+    OUT/vae/                          model folder with the EMA VAE (after the VAE stage)
+    OUT/latents.json + shards         posterior-mean latents of train + val rows (float16), with their statistics
+    OUT/model/                        final model folder (EMA VAE + EMA MMDiT + statistics) for sampling
+    OUT/metrics.jsonl, OUT/curves.png metrics log and plot
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from gpsk_materials.datasets.cache import ArrayCache
+from gpsk_materials.datasets.splits import split_indices
+from gpsk_materials.errors import CheckpointError, DataError
+from gpsk_materials.models import rectified_flow as rf
+from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
+from gpsk_materials.models.configs import ModelConfig, get_config
+from gpsk_materials.models.io import (
+    load_model_folder,
+    load_module_weights,
+    load_tensors,
+    module_tensors,
+    read_json,
+    save_model_folder,
+    save_tensors,
+)
+from gpsk_materials.models.mmdit import MMDiT
+from gpsk_materials.models.vae import GridVAE
+from gpsk_materials.training import distributed as D
+from gpsk_materials.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from gpsk_materials.training.ema import EMA
+from gpsk_materials.training.metrics import MetricsLog, plot_curves
+
+STAGES = ("vae", "latents", "flow", "done")
+#: TrainConfig fields that may change between a checkpoint and its resumption without breaking exactness
+MUTABLE = {"log_every", "eval_every", "ckpt_every", "compile", "keep_checkpoints", "val_size"}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (saved with every checkpoint)."""
+
+    model: str = "default"
+    vae_steps: int = 20_000
+    flow_steps: int = 60_000
+    batch_size: int = 64
+    vae_lr: float = 2e-4
+    flow_lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    cond_dropout: float = 0.1
+    timestep_schedule: str = "logit_normal"
+    val_fraction: float = 0.05
+    split_by: str = "material_id"
+    seed: int = 0
+    precision: str = "auto"
+    log_every: int = 20
+    eval_every: int = 500
+    ckpt_every: int = 1000
+    val_size: int = 256
+    compile: bool = False
+    keep_checkpoints: int = 2
+
+    def check(self) -> None:
+        get_config(self.model)
+        if self.batch_size < 1 or self.vae_steps < 0 or self.flow_steps < 0:
+            raise ValueError("batch_size must be >= 1 and step counts >= 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+def cache_fingerprint(cache: ArrayCache) -> str:
+    """SHA-256 over ids and structure arrays: a resumed run must see the same data."""
+    h = hashlib.sha256()
+    h.update("\n".join(cache.material_id.tolist()).encode())
+    for name in ("lattice", "frac_coords", "numbers", "occupancy", "band_gap", "formation_energy", "e_above_hull",
+                 "space_group", "magnetic_ordering"):
+        h.update(np.ascontiguousarray(getattr(cache, name)).tobytes())
+    return h.hexdigest()
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+class Trainer:
+    """Train GridVAE then MMDiT on an array cache; see the module docstring for the output layout.
+
+    Parameters
+    ----------
+    cache
+        Training data (evaluation materials already removed).
+    out
+        Output folder.
+    config
+        Hyper-parameters.
+    info
+        Rank and device (:func:`gpsk_materials.training.distributed.setup`).
+    max_minutes
+        Stop cleanly (checkpoint, return ``"time_limit"``) once this much wall time has passed.
+    progress
+        Show progress bars on rank 0.
+    """
+
+    def __init__(self, cache: ArrayCache, out: str | Path, config: TrainConfig, info: D.DistInfo | None = None,
+                 max_minutes: float | None = None, progress: bool = True):
+        config.check()
+        self.cache, self.out, self.cfg = cache, Path(out), config
+        self.info = info or D.DistInfo()
+        self.model_config: ModelConfig = get_config(config.model)
+        self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
+        self.progress = progress and self.info.is_main
+        self.device = self.info.device
+        self.t0 = time.monotonic()
+        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.is_main)
+        if config.batch_size % self.info.world_size:
+            raise ValueError(f"batch size {config.batch_size} is not divisible by {self.info.world_size} ranks")
+        splits = split_indices(cache, {"train": 1 - config.val_fraction, "val": config.val_fraction}, config.seed, config.split_by)
+        self.train_idx, self.val_idx = splits["train"], splits["val"][: config.val_size]
+        if len(self.train_idx) < config.batch_size:
+            raise DataError(f"{len(self.train_idx)} training rows are fewer than the batch size {config.batch_size}")
+        self.fingerprint = cache_fingerprint(cache)
+        self.stats = ConditionStats.fit({k: v[self.train_idx] for k, v in cache.labels().items()})
+        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # the whole cache lives on the device; batches are gathered by index and featurised there
+        t = lambda a, dt: torch.as_tensor(np.asarray(a), dtype=dt, device=self.device)  # noqa: E731
+        self.lattice = t(cache.lattice, torch.float32)
+        self.frac = t(cache.frac_coords, torch.float32)
+        self.numbers = t(cache.numbers, torch.long)
+        self.occupancy = t(cache.occupancy, torch.float32)
+        self.space_group = t(cache.space_group, torch.long)
+        self.magnetic = t(cache.magnetic_ordering, torch.long)
+        self.scalars = t(np.stack([self.stats.normalize(k, getattr(cache, k)) for k in SCALARS], 1), torch.float32)
+        self.stage, self.step, self.epoch, self.batch_in_epoch = "vae", 0, 0, 0
+        self.gen = torch.Generator(device=self.device).manual_seed(config.seed * 1000 + self.info.rank)
+        self._eval_models: dict[str, nn.Module] = {}
+        self.rank_checksums: dict[str, list[list[float]]] = {}
+
+    # ------------------------------------------------------------------ data
+    def grids(self, idx: Tensor) -> Tensor:
+        """Featurise cache rows ``idx`` on the device -> (B, 3, 32, 32, 32)."""
+        from gpsk_materials.representations.reciprocal import featurize_batch
+
+        return featurize_batch(self.lattice[idx], self.frac[idx], self.numbers[idx], self.occupancy[idx])
+
+    def conditions(self, idx: Tensor) -> ConditionBatch:
+        return ConditionBatch.from_labels(
+            self.numbers[idx], self.occupancy[idx], self.space_group[idx], self.scalars[idx], self.magnetic[idx],
+            self.model_config.mmdit.max_elements,
+        )
+
+    def next_batch(self) -> Tensor:
+        """This rank's share of the next global batch (deterministic in seed, stage, epoch and position)."""
+        b, w, r = self.cfg.batch_size, self.info.world_size, self.info.rank
+        n_batches = len(self.train_idx) // b
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + STAGES.index(self.stage) * 10_007 + self.epoch)
+        perm = torch.randperm(len(self.train_idx), generator=g)
+        start = self.batch_in_epoch * b + r * (b // w)
+        rows = torch.as_tensor(self.train_idx)[perm[start : start + b // w]]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == n_batches:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return rows.to(self.device)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def time_is_up(self) -> bool:
+        over = self.max_seconds is not None and time.monotonic() - self.t0 > self.max_seconds
+        return D.any_flag(over, self.info)
+
+    def _state(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "train_config": asdict(self.cfg),
+            "model_config": self.model_config.to_dict(),
+            "data_fingerprint": self.fingerprint,
+            "condition_stats": self.stats.to_dict(),
+            "world_size": self.info.world_size,
+            **extra,
+        }
+
+    def checkpoint(self, model: nn.Module | None = None, ema: EMA | None = None,
+                   opt: torch.optim.Optimizer | None = None, sched=None) -> None:
+        """Save the resumable state of the current stage (collective: every rank must call it)."""
+        rng = D.gather_objects(self.gen.get_state(), self.info)
+        if model is not None and self.info.enabled:
+            D.assert_in_sync(model, self.info)
+        if not self.info.is_main:
+            D.barrier(self.info)
+            return
+        sets: dict[str, dict[str, Tensor]] = {"rng": {f"rank{r}": s for r, s in enumerate(rng)}}
+        extra: dict[str, Any] = {}
+        if model is not None:
+            sets["model"] = module_tensors(model)
+            sets["ema"] = ema.state_tensors()
+            opt_tensors, opt_meta = optimizer_to_tensors(opt)
+            sets["optimizer"] = opt_tensors
+            sd = sched.state_dict()
+            sd.pop("lr_lambdas", None)
+            extra = {"optimizer": opt_meta, "scheduler": sd, "ema_updates": ema.updates}
+        save_checkpoint(self.out, f"{self.stage}-{self.step:08d}", sets, self._state(**extra), self.cfg.keep_checkpoints)
+        plot_curves(self.log.read(), self.out / "curves.png")
+        D.barrier(self.info)
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load the latest checkpoint's position; return its full state (tensors under ``"_sets"``) or None."""
+        folder = latest_checkpoint(self.out)
+        if folder is None:
+            return None
+        state, sets = load_checkpoint(folder, device="cpu")
+        if state["model_config"] != self.model_config.to_dict():
+            raise CheckpointError(
+                f"{folder} was written for model config {state['model_config'].get('name')!r}, "
+                f"not {self.model_config.name!r}"
+            )
+        saved = state["train_config"]
+        now = asdict(self.cfg)
+        diff = {k: (saved.get(k), now[k]) for k in now if k not in MUTABLE and saved.get(k) != now[k]}
+        if diff:
+            raise CheckpointError(f"cannot resume {folder}: training options changed (saved, now): {diff}")
+        if state["data_fingerprint"] != self.fingerprint:
+            raise CheckpointError(f"cannot resume {folder}: the training data differ from the checkpoint's")
+        if state["world_size"] != self.info.world_size:
+            raise CheckpointError(f"{folder} was written by {state['world_size']} ranks, not {self.info.world_size}")
+        self.stage, self.step = state["stage"], state["step"]
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.gen.set_state(sets["rng"][f"rank{self.info.rank}"])
+        self.log.truncate_after(list(STAGES), self.stage, self.step)
+        state["_sets"] = sets
+        return state
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> str:
+        """Train every remaining stage; return ``"done"`` or ``"time_limit"``."""
+        state = self.resume() if resume else None
+        if state is None and latest_checkpoint(self.out) is not None:
+            raise CheckpointError(f"{self.out} already holds a run; pass resume=True (--resume) to continue it")
+        while self.stage != "done":
+            if self.stage == "vae":
+                status = self._train_stage("vae", state)
+            elif self.stage == "latents":
+                status = self._cache_latents()
+            else:
+                status = self._train_stage("flow", state)
+            state = None
+            if status == "time_limit":
+                return status
+        if self.info.is_main:
+            plot_curves(self.log.read(), self.out / "curves.png")
+        return "done"
+
+    def _advance(self, stage: str) -> None:
+        self.stage, self.step, self.epoch, self.batch_in_epoch = stage, 0, 0, 0
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _build(self, stage: str) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        cfg = self.model_config
+        return (GridVAE(cfg.vae) if stage == "vae" else MMDiT(cfg.mmdit)).to(self.device)
+
+    def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
+        cfg = self.cfg
+        total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
+        model = self._build(stage)
+        lr = cfg.vae_lr if stage == "vae" else cfg.flow_lr
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
+        ema = EMA(model, cfg.ema_decay)
+        if state is not None and "model" in state["_sets"]:
+            sets = state["_sets"]
+            load_module_weights(model, sets["model"], "checkpoint model")
+            ema.load_state_tensors(sets["ema"], state["ema_updates"])
+            optimizer_from_tensors(opt, sets["optimizer"], state["optimizer"])
+            sched.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
+        flow_ctx = self._flow_context() if stage == "flow" else None
+        wrapped = self._wrap(model)
+        bar = tqdm(total=total, initial=self.step, desc=stage, disable=not self.progress, dynamic_ncols=True)
+        acc: dict[str, float] = {}
+        while self.step < total:
+            model.train()
+            idx = self.next_batch()
+            with torch.autocast(**self.autocast):
+                if stage == "vae":
+                    grid = self.grids(idx)
+                    recon, post = wrapped(grid, self.gen)
+                    loss, parts = model.loss_from(grid, recon, post)
+                else:
+                    loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update(model)
+            self.step += 1
+            for k, v in {"loss": loss.detach(), "grad_norm": gnorm, **parts}.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            acc["n"] = acc.get("n", 0) + 1
+            if self.step % cfg.log_every == 0 or self.step == total:
+                n = acc.pop("n")
+                means = D.mean_scalars({k: v / n for k, v in acc.items()}, self.info)
+                self.log.write({"stage": stage, "split": "train", "step": self.step, "lr": sched.get_last_lr()[0],
+                                "time": round(time.monotonic() - self.t0, 2), **means})
+                bar.set_postfix(loss=f"{means['loss']:.4g}")
+                acc = {}
+            if self.step % cfg.eval_every == 0 or self.step == total:
+                self._evaluate(stage, ema, flow_ctx)
+            bar.update(1)
+            last = self.step == total
+            if last or self.step % cfg.ckpt_every == 0 or self.time_is_up():
+                if last:
+                    # every rank's own in-memory weights, for the DDP sync report
+                    self.rank_checksums[stage] = D.gather_objects(D.parameter_checksum(model), self.info)
+                    self._finish_stage(stage, ema, flow_ctx)
+                    self._advance("latents" if stage == "vae" else "done")
+                    self.checkpoint()
+                else:
+                    self.checkpoint(model, ema, opt, sched)
+                if last:
+                    break
+                if self.time_is_up():
+                    bar.close()
+                    return "time_limit"
+        bar.close()
+        if total == 0:
+            self._finish_stage(stage, ema, flow_ctx)
+            self._advance("latents" if stage == "vae" else "done")
+            self.checkpoint()
+        return "continue"
+
+    # ------------------------------------------------------------------ VAE stage end and latent cache
+    def _finish_stage(self, stage: str, ema: EMA, flow_ctx: dict[str, Any] | None) -> None:
+        if not self.info.is_main:
+            return
+        if stage == "vae":
+            vae = GridVAE(self.model_config.vae)
+            ema.copy_to(vae)
+            save_model_folder(self.out / "vae", self.model_config, vae, None, self.stats.to_dict(), None, None)
+        else:
+            mmdit = MMDiT(self.model_config.mmdit)
+            ema.copy_to(mmdit)
+            save_model_folder(
+                self.out / "model", self.model_config, flow_ctx["vae"], mmdit, self.stats.to_dict(),
+                flow_ctx["latent_mean"].cpu(), flow_ctx["latent_std"].cpu(),
+                extra={"trained_on": {"rows": len(self.cache), "train": len(self.train_idx),
+                                      "data_fingerprint": self.fingerprint, "train_config": asdict(self.cfg)}},
+            )
+
+    def _vae_digest(self) -> str:
+        """Identity of the exported VAE (its index holds the SHA-256 of every shard)."""
+        return hashlib.sha256((self.out / "vae" / "vae.json").read_bytes()).hexdigest()
+
+    def _cache_latents(self) -> str:
+        """The ``latents`` stage: write the latent cache, then move on to the flow stage."""
+        self._write_latents()
+        self._advance("flow")
+        self.checkpoint()
+        return "continue"
+
+    def _write_latents(self) -> None:
+        """Encode train + val rows with the EMA VAE (posterior mean) into ``OUT/latents`` (float16); rank 0 writes,
+        every rank waits."""
+        if self.info.is_main:
+            vae = load_model_folder(self.out / "vae", self.device, expect=self.model_config).vae
+            rows = np.concatenate([self.train_idx, self.val_idx])
+            chunks = []
+            with torch.no_grad():
+                for start in tqdm(range(0, len(rows), 64), desc="latents", disable=not self.progress):
+                    idx = torch.as_tensor(rows[start : start + 64], device=self.device)
+                    with torch.autocast(**self.autocast):
+                        chunks.append(vae.encode(self.grids(idx)).mean.float().half().cpu())
+            z = torch.cat(chunks)
+            ztrain = z[: len(self.train_idx)].float()
+            mean = ztrain.mean(dim=(0, 2, 3, 4))
+            std = ztrain.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)
+            save_tensors(self.out, "latents", {"latents": z, "rows": torch.as_tensor(rows), "mean": mean, "std": std},
+                         metadata={"vae": self._vae_digest(), "data_fingerprint": self.fingerprint},
+                         max_shard_bytes=2**31)
+        D.barrier(self.info)
+
+    def _flow_context(self) -> dict[str, Any]:
+        """Latents on the device (normalised), the row -> latent index map, and the VAE for export."""
+        path = self.out / "latents.json"
+        stale = False
+        if self.info.is_main:
+            stale = not path.exists() or read_json(path)["metadata"].get("vae") != self._vae_digest()
+        if D.any_flag(stale, self.info):  # a fresh machine (or a new VAE): rebuild the deterministic cache
+            self._write_latents()
+        tensors, meta = load_tensors(self.out, "latents")
+        if meta.get("data_fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{path} was computed on other data")
+        lookup = torch.full((len(self.cache),), -1, dtype=torch.long)
+        lookup[tensors["rows"]] = torch.arange(len(tensors["rows"]))
+        mean, std = tensors["mean"].to(self.device), tensors["std"].to(self.device)
+        z = ((tensors["latents"].to(self.device).float() - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
+        vae = load_model_folder(self.out / "vae", "cpu", expect=self.model_config).vae
+        return {"latents": z, "lookup": lookup.to(self.device), "latent_mean": mean, "latent_std": std, "vae": vae}
+
+    def _flow_loss(self, model, idx: Tensor, ctx: dict[str, Any], dropout: bool, gen: torch.Generator | None = None):
+        x0 = ctx["latents"][ctx["lookup"][idx]]
+        cond = self.conditions(idx)
+        gen = gen or self.gen
+        if dropout:
+            cond = cond.with_present(drop_modalities(cond.present, self.cfg.cond_dropout, gen))
+        loss = rf.flow_loss(model, x0, cond, gen, self.cfg.timestep_schedule)
+        return loss, {}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def _evaluate(self, stage: str, ema: EMA, flow_ctx: dict[str, Any] | None) -> None:
+        """Validation metrics of the EMA weights on a fixed val subset (fixed noise), rank 0 only."""
+        if not self.info.is_main or len(self.val_idx) == 0:
+            return
+        if stage not in self._eval_models:
+            self._eval_models[stage] = self._build(stage)
+        model = self._eval_models[stage]
+        ema.copy_to(model)
+        model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(12345)
+        totals: dict[str, float] = {}
+        count = 0
+        for start in range(0, len(self.val_idx), 64):
+            idx = torch.as_tensor(self.val_idx[start : start + 64], device=self.device)
+            with torch.autocast(**self.autocast):
+                if stage == "vae":
+                    grid = self.grids(idx)
+                    post = model.encode(grid)
+                    loss, parts = model.loss_from(grid, model.decode(post.mean), post)
+                else:
+                    loss, parts = self._flow_loss(model, idx, flow_ctx, dropout=False, gen=gen)
+            n = len(idx)
+            for k, v in {"loss": loss, **parts}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            count += n
+        self.log.write({"stage": stage, "split": "val", "step": self.step, **{k: v / count for k, v in totals.items()}})
+
+
+def config_from_args(args: Any) -> TrainConfig:
+    """TrainConfig from an argparse namespace holding any of its fields (others keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    return TrainConfig(**values)
+
+
+def describe(cfg: TrainConfig) -> str:
+    return json.dumps(asdict(cfg), sort_keys=True)
