@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ class ArrayCache:
                 meta = json.loads(str(data["meta"]))
         except FileNotFoundError as exc:
             raise DataError(f"array cache {path} not found") from exc
-        except (KeyError, ValueError, OSError, EOFError) as exc:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{path} is not a readable gpsk array cache: {exc}") from exc
         if meta.get("format") != FORMAT:
             raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")

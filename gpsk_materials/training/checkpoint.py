@@ -45,6 +45,15 @@ def optimizer_from_tensors(
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for pid, st in state.items():
+        if pid >= len(params):
+            raise CheckpointError(f"optimizer state holds parameter {pid}; the model has {len(params)}")
+        for key, value in st.items():
+            if torch.is_tensor(value) and value.ndim and value.shape != params[pid].shape:
+                raise CheckpointError(
+                    f"optimizer state {pid}.{key} has shape {tuple(value.shape)}, the parameter {tuple(params[pid].shape)}"
+                )
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as exc:

@@ -254,7 +254,7 @@ class Trainer:
         if folder is None:
             return None
         state, sets = load_checkpoint(folder, device="cpu")
-        if state["model_config"] != self.model_config.to_dict():
+        if state["model_config"] != json.loads(self.model_config.to_json()):
             raise CheckpointError(
                 f"{folder} was written for model config {state['model_config'].get('name')!r}, "
                 f"not {self.model_config.name!r}"

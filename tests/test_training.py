@@ -1,0 +1,195 @@
+"""The training loop on the tiny config: featurize -> VAE -> latents -> flow -> sample -> decode, exact resume,
+DDP with two gloo ranks, checkpoint errors, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpsk_materials.datasets import ArrayCache, cache_from_structures
+from gpsk_materials.errors import CheckpointError, DecodingError
+from gpsk_materials.models.io import load_model_folder, load_tensors
+from gpsk_materials.training import TrainConfig, Trainer
+from gpsk_materials.training.checkpoint import latest_checkpoint, optimizer_from_tensors, optimizer_to_tensors
+from gpsk_materials.training.ema import EMA
+from gpsk_materials.training.metrics import MetricsLog
+
+from test_datasets import toy_structures  # noqa: E402  (tests/ is on sys.path)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> ArrayCache:
+    structures, labels = toy_structures()
+    return cache_from_structures(structures, labels, [f"toy-{i}" for i in range(len(structures))], progress=False)
+
+
+@pytest.fixture(scope="module")
+def cache_path(cache, tmp_path_factory) -> Path:
+    return cache.save(tmp_path_factory.mktemp("data") / "toy.npz")
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model="tiny", vae_steps=8, flow_steps=6, batch_size=4, vae_lr=2e-3, flow_lr=1e-3, warmup_steps=2,
+                log_every=1, eval_every=4, ckpt_every=3, val_fraction=0.2, val_size=4, ema_decay=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _train_losses(out: Path, stage: str) -> list[float]:
+    return [r["loss"] for r in MetricsLog(out / "metrics.jsonl").read() if r["stage"] == stage and r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_whole_loop_losses_fall_and_samples_decode(cache, tmp_path):
+    cfg = _cfg(vae_steps=36, flow_steps=36, batch_size=8, eval_every=12, ckpt_every=12, val_fraction=0.15)
+    assert Trainer(cache, tmp_path, cfg, progress=False).run() == "done"
+    for stage in ("vae", "flow"):
+        losses = _train_losses(tmp_path, stage)
+        assert len(losses) == 36
+        assert np.mean(losses[-8:]) < 0.75 * np.mean(losses[:8]), (stage, losses)
+    val = [r for r in MetricsLog(tmp_path / "metrics.jsonl").read() if r["split"] == "val"]
+    assert {r["stage"] for r in val} == {"vae", "flow"} and all("mse_metric" in r for r in val if r["stage"] == "vae")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    model = load_model_folder(tmp_path / "model", expect="tiny")
+    assert model.latent_std.shape == (64,) and model.stats.count["band_gap"] > 0
+    conds = [{"composition": "NaCl", "space_group": 225}, {"composition": {"Ga": 1, "As": 1}, "band_gap": 1.4}, {}]
+    grids = model.sample_grids(conds, steps=4, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert grids.shape == (3, 3, 32, 32, 32) and torch.isfinite(grids).all()
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+    from pymatgen.core import Structure
+
+    decoder = ReciprocalGridDecoder()
+    out = decoder.decode_many(grids, ["NaCl", "GaAs", None], errors="none")
+    assert len(out) == 3 and all(s is None or isinstance(s, Structure) for s in out)
+    assert all((s is None) == (err is not None) for s, err in zip(out, decoder.last_errors))
+    if any(s is None for s in out):  # an untrained tiny model may not decode; errors="raise" says why
+        with pytest.raises(DecodingError):
+            decoder.decode_many(grids, ["NaCl", "GaAs", None])
+
+
+def test_resumed_run_matches_uninterrupted(cache, tmp_path):
+    cfg = _cfg()
+    full = tmp_path / "full"
+    assert Trainer(cache, full, cfg, progress=False).run() == "done"
+    chunked = tmp_path / "chunked"
+    status, chunks = "", 0
+    while status != "done":  # max_minutes=0: every chunk does one step, checkpoints and stops
+        status = Trainer(cache, chunked, cfg, max_minutes=0, progress=False).run(resume=chunks > 0)
+        chunks += 1
+    assert chunks == cfg.vae_steps + cfg.flow_steps - 1  # a stage's last step runs on into the next stage
+    for name in ("vae", "mmdit"):
+        a, _ = load_tensors(full / "model", name)
+        b, _ = load_tensors(chunked / "model", name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for stage in ("vae", "flow"):
+        assert _train_losses(full, stage) == _train_losses(chunked, stage)
+
+
+def test_time_limit_checkpoint_contents_and_errors(cache, tmp_path):
+    cfg = _cfg(vae_steps=4)
+    assert Trainer(cache, tmp_path, cfg, max_minutes=0, progress=False).run() == "time_limit"
+    folder = latest_checkpoint(tmp_path)
+    assert folder.name == "vae-00000001"
+    names = sorted(p.name for p in folder.iterdir())
+    assert {"model.json", "ema.json", "optimizer.json", "rng.json", "state.json"} <= set(names)
+    assert all(p.stat().st_size <= 15 * 2**20 for p in folder.iterdir())
+    assert not any(n.endswith((".pt", ".pth", ".pkl")) for n in names)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["stage"] == "vae" and state["step"] == 1 and state["batch_in_epoch"] == 1
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Trainer(cache, tmp_path, cfg, progress=False).run()
+    with pytest.raises(CheckpointError, match="model config"):
+        Trainer(cache, tmp_path, replace(cfg, model="default"), progress=False).run(resume=True)
+    with pytest.raises(CheckpointError, match="options changed"):
+        Trainer(cache, tmp_path, replace(cfg, vae_lr=1e-4), progress=False).run(resume=True)
+    with pytest.raises(CheckpointError, match="data differ"):
+        Trainer(cache.subset(np.arange(len(cache) - 1)), tmp_path, cfg, progress=False).run(resume=True)
+    shard = folder / "optimizer-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Trainer(cache, tmp_path, cfg, progress=False).run(resume=True)
+
+
+def test_optimizer_and_ema_state_roundtrip():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        opt.step()
+    tensors, meta = optimizer_to_tensors(opt)
+    meta = json.loads(json.dumps(meta))
+    opt2 = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=5.0)
+    optimizer_from_tensors(opt2, tensors, meta)
+    assert opt2.param_groups[0]["lr"] == 1e-2
+    for s1, s2 in zip(opt.state.values(), opt2.state.values()):
+        assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(CheckpointError):
+        optimizer_from_tensors(torch.optim.AdamW(torch.nn.Linear(5, 3).parameters()), tensors, meta)
+    ema = EMA(model, decay=0.5)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # warm-up decay min(0.5, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], 0.1 * before["weight"] + 0.9 * model.weight)
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=600, **kw)
+
+
+def test_cli_trains_from_cache_and_from_csv(cache_path, tmp_path):
+    from gpsk_materials.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(cache_path), "--out", str(out), "--model", "tiny", "--vae-steps", "2",
+            "--flow-steps", "2", "--batch-size", "4", "--no-progress", "--exclude-ids", str(tmp_path / "ids.txt")]
+    (tmp_path / "ids.txt").write_text("toy-0\ntoy-1\n")
+    assert main(args) == 0
+    assert load_model_folder(out / "model").mmdit is not None
+    assert main(args) == 1  # the folder holds a finished run and --resume was not given
+    assert main([*args, "--resume"]) == 0  # nothing left to do
+    # CSV source: parsed into OUT/data.npz, evaluation ids removed, then stop
+    from test_datasets import _write_csv
+
+    structures, _ = toy_structures(6)
+    csv_path = tmp_path / "pool.csv"
+    _write_csv(csv_path, structures, [{"band_gap": "1.0"}] * 6)
+    eval_csv = tmp_path / "eval.csv"
+    _write_csv(eval_csv, structures[:1], [{"band_gap": "1.0"}])
+    out2 = tmp_path / "csvrun"
+    r = _run([sys.executable, "-m", "gpsk_materials.training", "--data", str(csv_path), "--out", str(out2),
+              "--cache-only", "--exclude-csv", str(eval_csv), "--workers", "1", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    built = ArrayCache.load(out2 / "data.npz")
+    assert len(built) == 5 and "mp-0" not in built.material_id.tolist() and built.meta["excluded"] == 1
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_stay_in_sync(cache_path, tmp_path):
+    out = tmp_path / "ddp"
+    r = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "gpsk_materials.training", "--data", str(cache_path), "--out", str(out), "--model", "tiny",
+              "--device", "cpu", "--vae-steps", "4", "--flow-steps", "4", "--batch-size", "4", "--ckpt-every", "2",
+              "--warmup-steps", "1", "--no-progress"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sync = json.loads((out / "sync.json").read_text())
+    assert sync["world_size"] == 2 and sync["in_sync"]
+    for stage in ("vae", "flow"):
+        ranks = sync["checksums"][stage]
+        assert len(ranks) == 2 and ranks[0] == ranks[1] and len(ranks[0]) > 10
+    assert load_model_folder(out / "model").mmdit is not None
+    logged = [r["step"] for r in MetricsLog(out / "metrics.jsonl").read() if r["split"] == "train"]
+    assert logged == [4, 4]  # rank 0 alone writes the (rank-averaged) log: one record per stage end
