@@ -85,6 +85,8 @@ class ReciprocalGridDecoder(MSONable):
         Most sites extracted when the composition is unknown.
     newton_steps, polish_steps, swap_rounds : int
         Iterations of position refinement, joint polish, and element-swap search.
+    interim_polish : int
+        Polish iterations of the atoms placed so far after each peeling step (0: polish only at the end).
     min_gain : float
         Without a composition, a peak becomes an atom only if it explains this fraction of the atom's own
         ||f||^2 beyond break-even (0 = any improvement).
@@ -103,8 +105,9 @@ class ReciprocalGridDecoder(MSONable):
         min_distance: float = 0.5,
         max_sites: int = 64,
         newton_steps: int = 4,
-        polish_steps: int = 8,
+        polish_steps: int = 12,
         swap_rounds: int = 4,
+        interim_polish: int = 2,
         min_gain: float = 0.5,
         device: str = "cpu",
         dtype: str = "float64",
@@ -121,6 +124,7 @@ class ReciprocalGridDecoder(MSONable):
         self.newton_steps = newton_steps
         self.polish_steps = polish_steps
         self.swap_rounds = swap_rounds
+        self.interim_polish = interim_polish
         self.min_gain = min_gain
         self.device = device
         self.dtype = dtype
@@ -130,7 +134,7 @@ class ReciprocalGridDecoder(MSONable):
     def as_dict(self) -> dict:
         d = {"@module": type(self).__module__, "@class": type(self).__name__}
         for key in ("method", "max_residual", "min_distance", "max_sites", "newton_steps", "polish_steps",
-                    "swap_rounds", "min_gain", "device", "dtype", "batch_size"):
+                    "swap_rounds", "interim_polish", "min_gain", "device", "dtype", "batch_size"):
             d[key] = getattr(self, key)
         return d
 
@@ -334,14 +338,21 @@ class ReciprocalGridDecoder(MSONable):
         R = F.clone()
         active = cnt.sum(1) > 0
         ar = torch.arange(B, device=eng.device)
+        n = eng.n
+        metric = torch.linalg.inv(gstar)  # real-space metric, for distances on the voxel mesh
+        mesh = torch.stack(torch.meshgrid(*[torch.arange(n, device=eng.device, dtype=eng.dtype) / n] * 3,
+                                          indexing="ij"), -1).reshape(-1, 3)
+        blocked = torch.zeros((B, n**3), dtype=torch.bool, device=eng.device)
         for step in range(nmax):
             if not bool(active.any()):
                 break
             a = ar[active]
             Ra = R[a]
             rho = eng.density(Ra).reshape(len(a), -1)
+            # a voxel closer than min_distance to a placed atom cannot host another one: truncation ripples
+            # of heavy atoms would otherwise outshine light atoms (e.g. H beside Ir)
+            rho = torch.where(blocked[a], torch.full_like(rho, -torch.inf), rho)
             idx = rho.argmax(1)
-            n = eng.n
             x0 = torch.stack([idx // (n * n), (idx // n) % n, idx % n], -1).to(eng.dtype) / n
             xa = eng.newton(Ra, x0, None, self.newton_steps)
             gain, best = self._element_gain(eng, Ra, xa, f[a], norm2[a], cnt[a])
@@ -357,6 +368,17 @@ class ReciprocalGridDecoder(MSONable):
             x[a, step] = torch.where(take[:, None], xa, x[a, step])
             p[a, step] = torch.where(take, best2, p[a, step])
             cnt[a, best2] -= take.to(cnt.dtype)
+            if self.interim_polish and step > 0:
+                # re-fit the placed atoms so that their errors do not leave peaks that outshine light atoms
+                sub = slice(0, step + 1)
+                xs, _ = self._polish(eng, F[a], f[a], x[a, sub], p[a, sub], p[a, sub] >= 0, self.interim_polish)
+                x[a, sub] = xs
+                R[a] = F[a] - (self._site_factors(f[a], p[a, sub], p[a, sub] >= 0) * eng.phases(xs)).sum(1)
+                xa = xs[:, step]
+            dx = mesh[None] - xa[:, None, :]
+            dx = dx - torch.round(dx)
+            d2 = torch.einsum("bvi,bij,bvj->bv", dx, metric[a], dx)
+            blocked[a] |= (d2 < self.min_distance**2) & take[:, None]
             done = ~take | (cnt[a].sum(1) <= 0)
             active[a[done]] = False
         valid = p >= 0
@@ -389,27 +411,33 @@ class ReciprocalGridDecoder(MSONable):
         E = eng.phases(x)
         return F - (fj * E).sum(1), fj, E
 
-    def _polish(self, eng, F, f, x, p, valid):
-        """Joint Gauss-Newton refinement of all positions, elements fixed."""
+    def _polish(self, eng, F, f, x, p, valid, steps: int | None = None):
+        """Refine all positions against the full residual, elements fixed.
+
+        Gauss-Newton with the atom-diagonal blocks of J^H W J: the block of atom j, (2 pi)^2 sum w f_j^2 h h^T,
+        does not depend on its position, and the off-diagonal blocks (template overlaps of resolved atoms)
+        are small, so the iteration converges in a few steps at O(N M) cost instead of O(N^2 M).
+        """
         import torch
 
         B, N, _ = x.shape
-        if self.polish_steps == 0 or N == 0:
+        steps = self.polish_steps if steps is None else steps
+        if steps == 0 or N == 0:
             return x, p
-        hkl = eng.hkl.T.to(F.dtype)  # (3, M)
-        eye = torch.eye(3 * N, device=x.device, dtype=x.dtype)
-        vmask = valid.repeat_interleave(3, 1)
-        for _ in range(self.polish_steps):
-            R, fj, E = self._model_residual(eng, F, f, x, p, valid)
-            U = ((fj * E)[:, :, None, :] * hkl[None, None]).reshape(B, 3 * N, -1)
-            V = U.conj() * eng.w
-            A = (2 * np.pi) ** 2 * torch.bmm(V, U.transpose(1, 2)).real
-            g = 2 * np.pi * torch.bmm(V, R[:, :, None])[..., 0].imag
-            A = torch.where(vmask[:, :, None] & vmask[:, None, :], A, eye.expand(B, -1, -1) * 1.0)
-            g = g * vmask
-            damp = 1e-6 * torch.diagonal(A, dim1=1, dim2=2).abs().amax(1)[:, None, None] * eye
-            step = torch.linalg.solve(A + damp, g[..., None])[..., 0].reshape(B, N, 3)
+        fj = self._site_factors(f, p, valid)
+        block = (2 * np.pi) ** 2 * torch.einsum("bjm,mi,mk->bjik", fj * fj * eng.w, eng.hkl, eng.hkl)
+        eye = torch.eye(3, device=x.device, dtype=x.dtype)
+        block = torch.where(valid[:, :, None, None], block, eye)
+        inv_block = torch.linalg.inv(block)
+        hkl = eng.hkl.to(F.dtype)
+        for _ in range(steps):
+            T = fj * eng.phases(x)
+            R = F - T.sum(1)
+            g = 2 * np.pi * ((T.conj() * (R * eng.w)[:, None, :]) @ hkl).imag  # (B, N, 3)
+            step = torch.einsum("bjik,bjk->bji", inv_block, g) * valid[:, :, None]
             x = (x + step.clamp(-0.5 / eng.n, 0.5 / eng.n)) % 1.0
+            if float(step.abs().max()) < 1e-9:
+                break
         return x, p
 
     def _swap(self, eng, F, f, x, p, valid):
@@ -444,7 +472,7 @@ class ReciprocalGridDecoder(MSONable):
             b = torch.arange(B, device=x.device)[improve]
             pi, pj = p[b, i[improve]].clone(), p[b, j[improve]].clone()
             p[b, i[improve]], p[b, j[improve]] = pj, pi
-            x, p = self._polish(eng, F, f, x, p, valid)
+            x[b], p[b] = self._polish(eng, F[b], f[b], x[b], p[b], valid[b])
         return x, p
 
     # -- assemble --------------------------------------------------------
