@@ -115,13 +115,13 @@ def canonical_setting(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray
     return best
 
 
-def canonical_structure(structure, primitive: bool = True):
+def canonical_structure(structure, primitive: bool = True, primitive_tolerance: float = 0.02):
     """Return the canonical cell of ``structure`` (primitive, Niggli-reduced, canonical setting and origin)."""
     from pymatgen.core import Structure
 
     structure = as_structure(structure)
     if primitive:
-        structure = structure.get_primitive_structure()
+        structure = structure.get_primitive_structure(tolerance=primitive_tolerance)
     reduced = structure.get_reduced_structure("niggli")
     dominant = np.array([max(site.species.items(), key=lambda kv: kv[1])[0].Z for site in reduced])
     frac = canonical_setting(reduced.lattice.matrix, reduced.frac_coords, dominant)

@@ -24,7 +24,7 @@ def check_cell(
     n: int = G.GRID_SIZE,
     max_sites: int = 256,
     min_volume_per_atom: float = 1.0,
-    max_resolution: float = 0.75,
+    max_resolution: float = 1.6,
 ) -> None:
     """Raise if a cell cannot be represented faithfully on an n^3 grid.
 
@@ -254,7 +254,7 @@ class ReciprocalGridFeaturizer(MSONable):
         seed: int | None = None,
         allow_disorder: bool = True,
         max_sites: int = 256,
-        max_resolution: float = 0.75,
+        max_resolution: float = 1.6,
         backend: str = "numpy",
         device: str = "cpu",
         batch_size: int = 256,
