@@ -17,6 +17,8 @@ def read_structures(relpath: str, limit: int | None = None, workers: int = 1):
     import pandas as pd
 
     path = Path(relpath) if Path(relpath).exists() else shared_data(relpath)
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
     df = pd.read_csv(path, nrows=limit)
     with Pool(workers) as pool:
         structures = pool.map(_parse, list(df["cif"]), chunksize=64)

@@ -50,6 +50,21 @@ def check_cell(
         )
 
 
+def validated_arrays(
+    structure, canonicalize: bool = True, allow_disorder: bool = True, n: int = G.GRID_SIZE, max_sites: int = 256,
+    max_resolution: float = 1.6,
+) -> dict[str, np.ndarray]:
+    """Arrays of ``structure`` (its canonical cell if ``canonicalize``) after every input check of the featurizers."""
+    arrays = structure_to_arrays(structure, allow_disorder=allow_disorder)
+    if canonicalize:
+        # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError
+        check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites=len(arrays["numbers"]),
+                   max_resolution=np.inf)
+        arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=allow_disorder)
+    check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution)
+    return arrays
+
+
 def featurize_arrays(
     lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, occupancy: np.ndarray | None = None,
     n: int = G.GRID_SIZE,
@@ -86,7 +101,7 @@ def featurize_batch(
     occupancy : Tensor (B, N), optional
         Site occupancies (default 1).
     chunk_size : int, optional
-        Structures per pass, bounding memory (default: all on CUDA, 64 on CPU).
+        Structures per pass, bounding memory (default 2048 on CUDA, 64 on CPU).
 
     Computation is in the dtype of ``lattice`` if it is float64, else float32; the output is float32.
     """
@@ -111,7 +126,7 @@ def featurize_batch(
     occ = (numbers > 0).to(dtype) if occupancy is None else torch.as_tensor(occupancy, device=device).to(dtype)
     occ = occ * (numbers > 0)
     if chunk_size is None:
-        chunk_size = len(lattice) if device.type == "cuda" else 64
+        chunk_size = 2048 if device.type == "cuda" else 64
     table = torch_coefficient_table(device, dtype)
     out = torch.empty((len(lattice), 3, n, n, n), device=device, dtype=torch.float32)
     for start in range(0, len(lattice), max(1, chunk_size)):
@@ -276,11 +291,8 @@ class ReciprocalGridFeaturizer(MSONable):
 
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
-        arrays = structure_to_arrays(structure, allow_disorder=self.allow_disorder)  # validates the input
-        if self.canonicalize:
-            arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=self.allow_disorder)
-        check_cell(arrays["lattice"], arrays["frac_coords"], self.grid_size, self.max_sites,
-                   max_resolution=self.max_resolution)
+        arrays = validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
+                                  self.max_resolution)
         if self.random_origin:
             arrays["frac_coords"] = (arrays["frac_coords"] + self._rng.random(3)) % 1.0
         return arrays
