@@ -93,6 +93,31 @@ def test_vae_metric_head_spans_the_quadratic_form():
     np.testing.assert_allclose(feats * 256.0, metric_design_matrix(32))
 
 
+def test_vae_density_transform_and_metric_fit_are_exact(vae):
+    from gpsk_materials.representations.grid import metric_design_matrix
+
+    torch.manual_seed(0)
+    g = torch.randn(2, 6, dtype=torch.float64)
+    metric = torch.as_tensor(metric_design_matrix(32)) @ g.T  # exact quadratic forms
+    sf = torch.randn(2, 2, 32, 32, 32)
+    grid = torch.cat([sf, metric.T.reshape(2, 1, 32, 32, 32).float() / 256.0 * 16], dim=1)
+    assert torch.allclose(vae.from_density(vae.to_density(grid)), sf, atol=1e-4)
+    fit = vae.metric_coefficients(grid)
+    assert torch.allclose(torch.einsum("bk,kxyz->bxyz", fit, vae.coords[3:]), grid[:, 2], atol=1e-4)
+
+
+def test_reciprocal_domain_vae():
+    from dataclasses import replace
+
+    v = GridVAE(replace(TINY.vae, domain="reciprocal"))
+    grid = torch.randn(1, 3, 32, 32, 32)
+    assert v.decode(v.encode(grid).mean).shape == grid.shape
+    assert all(m.padding_mode == "zeros" for m in v.modules() if isinstance(m, torch.nn.Conv3d))
+    assert all(m.padding_mode == "circular" for m in GridVAE(TINY.vae).modules() if isinstance(m, torch.nn.Conv3d))
+    with pytest.raises(ValueError, match="domain"):
+        GridVAE(replace(TINY.vae, domain="fourier"))
+
+
 def test_vae_parameter_count_matches_blog():
     n = sum(p.numel() for p in GridVAE(CONFIGS["default"].vae).parameters())
     assert 2.2e6 < n < 2.7e6  # "about 2.4M parameters"

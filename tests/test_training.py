@@ -120,6 +120,13 @@ def test_time_limit_checkpoint_contents_and_errors(cache, tmp_path):
         Trainer(cache, tmp_path, cfg, progress=False).run(resume=True)
 
 
+def test_bf16_autocast_run(cache, tmp_path):
+    # the CUDA default; on CPU it checks that featurizer, metric head and losses keep full precision
+    cfg = _cfg(vae_steps=2, flow_steps=2, precision="bf16", eval_every=2)
+    assert Trainer(cache, tmp_path, cfg, progress=False).run() == "done"
+    assert all(np.isfinite(_train_losses(tmp_path, s)).all() for s in ("vae", "flow"))
+
+
 def test_optimizer_and_ema_state_roundtrip():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

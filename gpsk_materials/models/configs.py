@@ -38,6 +38,9 @@ class VAEConfig:
     channel_weights
         MSE weight per grid channel (Re F, Im F, metric); the metric channel is weighted up because the lattice is
         recovered from it by least squares and must stay near-lossless.
+    domain
+        ``"real"``: convolve the inverse-FFT density with circular padding; ``"reciprocal"``: convolve the Miller
+        grid with zero padding (see :mod:`gpsk_materials.models.vae`).
     """
 
     channels: tuple[int, int, int] = (32, 64, 96)
@@ -48,6 +51,7 @@ class VAEConfig:
     grid_size: int = GRID_SIZE
     kl_weight: float = 1e-6
     channel_weights: tuple[float, float, float] = (1.0, 1.0, 10.0)
+    domain: str = "real"
 
 
 @dataclass(frozen=True)

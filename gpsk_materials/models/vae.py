@@ -1,16 +1,24 @@
 """GridVAE: a KL-regularised 3D convolutional VAE between the 32^3 x 3 reciprocal grid and an 8^3 x 64 latent.
 
-Padding. Grid axis index i holds Miller index i - 16, so the grid is neither an image with a meaningful
-translation symmetry nor periodic: circular padding would make h = -16 a neighbour of h = 15, an adjacency the
-FFT convention invents but the physics does not have, and the metric channel (a quadratic form centred on index 16)
-is not translation invariant either. Zero padding is used, and the absolute Miller coordinates are given to the
-network explicitly (CoordConv channels at the input and output) so that no position information has to be
-inferred from the borders.
+Where the convolutions run (``VAEConfig.domain``):
+
+- ``"real"`` (default): the structure-factor channels are expanded to F(h) and inverse-FFT'd to the (complex,
+  almost real) density of the cell on a 32^3 fractional-coordinate grid; the convolutions run there with
+  **circular padding**, which is exactly right because the density is periodic in the cell. The decoder predicts
+  the density and FFTs it back to F. An atom is a local peak in real space but a plane wave spread over the whole
+  Miller grid, and 3x3x3 convolutions with stride cannot demodulate ~20 superposed plane waves: trained on the
+  grid directly (``"reciprocal"``), the Re/Im reconstruction barely improved in 600 GPU steps, while the real-space
+  encoder learns them. The FFT pair is fixed, exact and differentiable, so the VAE still maps grid <-> latent.
+- ``"reciprocal"``: convolutions on the Miller grid itself. Axis index i holds Miller index i - 16, so the grid
+  is not periodic: circular padding would make h = -16 a neighbour of h = 15, an adjacency the FFT convention
+  invents but the physics does not have. Zero padding is used, with the absolute Miller coordinates as extra
+  (CoordConv) channels.
 
 Metric channel. Channel 2 is exactly the quadratic form Q'(h) = D(h) . g with six coefficients g (see
-``gpsk_materials.representations.grid``). The decoder predicts those six numbers from the latent and writes
-D(h) . g into channel 2 in closed form, plus a convolutional residual; together with the up-weighted MSE this keeps
-the lattice channel near-lossless.
+``gpsk_materials.representations.grid``). The encoder receives g, computed in closed form by least squares, as
+six constant input channels; the decoder predicts the six numbers from the pooled latent and writes D(h) . g into
+channel 2 (plus a convolutional residual in the reciprocal domain). Together with the up-weighted MSE this keeps
+the lattice channel near-lossless, and it is assembled in float32 even under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ from torch import Tensor, nn
 
 from gpsk_materials.errors import GridError
 from gpsk_materials.models.configs import VAEConfig
+from gpsk_materials.representations.grid import compress_structure_factor, expand_structure_factor
+
+#: density scale of the real-space domain: rho = ifftn(F) / DENSITY_SCALE enters asinh (peaks of heavy atoms
+#: reach a few hundred, the background ~1)
+DENSITY_SCALE = 0.01
+#: bound of the decoder's asinh-density output (sinh(12) ~ 8e4 covers any physical cell)
+DENSITY_CLAMP = 12.0
 
 
 def miller_features(n: int, device=None, dtype=None) -> Tensor:
@@ -51,12 +66,12 @@ def check_grid(grid: Tensor, size: int = 32, channels: int = 3) -> None:
 class ResBlock3d(nn.Module):
     """GroupNorm-SiLU-Conv3d twice with a residual connection (1x1x1 projection when widths differ)."""
 
-    def __init__(self, cin: int, cout: int, groups: int):
+    def __init__(self, cin: int, cout: int, groups: int, padding_mode: str = "zeros"):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin)
-        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1, padding_mode=padding_mode)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, padding_mode=padding_mode)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,36 +104,73 @@ class GridVAE(nn.Module):
         self.config = config
         c0, c1, c2 = config.channels
         g, nb = config.groups, config.blocks_per_level
+        if config.domain not in ("real", "reciprocal"):
+            raise ValueError(f"VAE domain must be 'real' or 'reciprocal', got {config.domain!r}")
+        self.real = config.domain == "real"
+        pad = "circular" if self.real else "zeros"
         self.register_buffer("coords", miller_features(config.grid_size), persistent=False)
+        design = self.coords[3:].reshape(6, -1).double()
+        self.register_buffer("metric_pinv", torch.linalg.pinv(design.T).float(), persistent=False)  # (6, n^3)
         nc = self.coords.shape[0]
+        # real: Re/Im density + the six metric coefficients; reciprocal: the grid + Miller coordinates
+        n_in = 2 + 6 if self.real else config.grid_channels + nc
 
-        self.enc_in = nn.Conv3d(config.grid_channels + nc, c0, 3, padding=1)
+        def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
+            return nn.Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=pad)
+
+        self.enc_in = conv(n_in, c0)
         enc: list[nn.Module] = []
         for cin, cout in ((c0, c1), (c1, c2)):
-            enc += [ResBlock3d(cin, cin, g) for _ in range(nb)]
-            enc.append(nn.Conv3d(cin, cout, 3, stride=2, padding=1))
-        enc += [ResBlock3d(c2, c2, g) for _ in range(nb)]
+            enc += [ResBlock3d(cin, cin, g, pad) for _ in range(nb)]
+            enc.append(conv(cin, cout, stride=2))
+        enc += [ResBlock3d(c2, c2, g, pad) for _ in range(nb)]
         self.encoder = nn.Sequential(*enc)
-        self.enc_out = nn.Sequential(nn.GroupNorm(g, c2), nn.SiLU(), nn.Conv3d(c2, 2 * config.latent_channels, 3, padding=1))
+        self.enc_out = nn.Sequential(nn.GroupNorm(g, c2), nn.SiLU(), conv(c2, 2 * config.latent_channels))
 
-        self.dec_in = nn.Conv3d(config.latent_channels, c2, 3, padding=1)
-        dec: list[nn.Module] = [ResBlock3d(c2, c2, g) for _ in range(nb)]
+        self.dec_in = conv(config.latent_channels, c2)
+        dec: list[nn.Module] = [ResBlock3d(c2, c2, g, pad) for _ in range(nb)]
         for cin, cout in ((c2, c1), (c1, c0)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv3d(cin, cout, 3, padding=1)]
-            dec += [ResBlock3d(cout, cout, g) for _ in range(nb)]
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), conv(cin, cout)]
+            dec += [ResBlock3d(cout, cout, g, pad) for _ in range(nb)]
         self.decoder = nn.Sequential(*dec)
         self.dec_norm = nn.GroupNorm(g, c0)
-        self.dec_out = nn.Conv3d(c0 + nc, config.grid_channels, 3, padding=1)
+        self.dec_out = conv(c0, 2) if self.real else conv(c0 + nc, config.grid_channels)
         # closed-form metric head: six quadratic-form coefficients from the pooled latent
         self.metric_head = nn.Sequential(nn.Linear(config.latent_channels, c2), nn.SiLU(), nn.Linear(c2, 6))
 
     def _coords(self, batch: int, like: Tensor) -> Tensor:
         return self.coords.to(like.dtype).expand(batch, -1, -1, -1, -1)
 
+    def metric_coefficients(self, grid: Tensor) -> Tensor:
+        """Least-squares coefficients (B, 6) of the metric channel on the quadratic features."""
+        with torch.autocast(grid.device.type, enabled=False):
+            return grid[:, 2].float().flatten(1) @ self.metric_pinv.T
+
+    def to_density(self, grid: Tensor) -> Tensor:
+        """Structure-factor channels -> (B, 2, n, n, n) asinh-compressed Re/Im of the inverse FFT (the density)."""
+        with torch.autocast(grid.device.type, enabled=False):
+            re, im = expand_structure_factor(grid[:, 0].float(), grid[:, 1].float())
+            F_h = torch.fft.ifftshift(torch.complex(re, im), dim=(-3, -2, -1))  # h = 0 at index 0
+            rho = torch.fft.ifftn(F_h, dim=(-3, -2, -1)) / DENSITY_SCALE
+            return torch.asinh(torch.stack([rho.real, rho.imag], dim=1))
+
+    def from_density(self, y: Tensor) -> Tensor:
+        """Inverse of :meth:`to_density`: (B, 2, n, n, n) -> compressed (Re F, Im F) channels (B, 2, n, n, n)."""
+        with torch.autocast(y.device.type, enabled=False):
+            y = y.float().clamp(-DENSITY_CLAMP, DENSITY_CLAMP)
+            rho = torch.complex(torch.sinh(y[:, 0]), torch.sinh(y[:, 1])) * DENSITY_SCALE
+            F_h = torch.fft.fftshift(torch.fft.fftn(rho, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+            re, im = compress_structure_factor(F_h.real, F_h.imag)
+            return torch.stack([re, im], dim=1)
+
     def encode(self, grid: Tensor) -> LatentDistribution:
         """Posterior over latents (B, 64, 8, 8, 8) of a batch of grids."""
         check_grid(grid, self.config.grid_size, self.config.grid_channels)
-        x = torch.cat([grid, self._coords(grid.shape[0], grid)], dim=1)
+        if self.real:
+            coef = self.metric_coefficients(grid)
+            x = torch.cat([self.to_density(grid), coef[:, :, None, None, None].expand(-1, -1, *grid.shape[2:])], 1)
+        else:
+            x = torch.cat([grid, self._coords(grid.shape[0], grid)], dim=1)
         h = self.enc_out(self.encoder(self.enc_in(x)))
         mean, logvar = h.chunk(2, dim=1)
         return LatentDistribution(mean, logvar.clamp(-30.0, 20.0))
@@ -128,14 +180,17 @@ class GridVAE(nn.Module):
         c, n = self.config.latent_channels, self.config.grid_size // 4
         if latent.ndim != 5 or tuple(latent.shape[1:]) != (c, n, n, n):
             raise GridError(f"latent must have shape (B, {c}, {n}, {n}, {n}), got {tuple(latent.shape)}")
-        h = self.decoder(self.dec_in(latent))
-        coords = self._coords(latent.shape[0], h)
-        out = self.dec_out(torch.cat([F.silu(self.dec_norm(h)), coords], dim=1))
+        h = F.silu(self.dec_norm(self.decoder(self.dec_in(latent))))
+        if self.real:
+            sf, residual = self.from_density(self.dec_out(h)), 0.0
+        else:
+            out = self.dec_out(torch.cat([h, self._coords(latent.shape[0], h)], dim=1)).float()
+            sf, residual = out[:, :2], out[:, 2]
         # the lattice channel is assembled in float32 even under bf16 autocast: it must stay near-lossless
         with torch.autocast(latent.device.type, enabled=False):
             coef = self.metric_head(latent.float().mean(dim=(2, 3, 4)))  # (B, 6)
-            metric = torch.einsum("bk,kxyz->bxyz", coef, self.coords[3:].float())
-            return torch.cat([out[:, :2].float(), out[:, 2:3].float() + metric.unsqueeze(1)], dim=1)
+            metric = torch.einsum("bk,kxyz->bxyz", coef, self.coords[3:].float()) + residual
+            return torch.cat([sf.float(), metric.unsqueeze(1)], dim=1)
 
     def forward(self, grid: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, LatentDistribution]:
         posterior = self.encode(grid)

@@ -68,6 +68,7 @@ def save_checkpoint(
     root = Path(out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    os.chmod(tmp, 0o755)
     try:
         for set_name, tensors in tensor_sets.items():
             save_tensors(tmp, set_name, tensors)

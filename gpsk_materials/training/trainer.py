@@ -185,7 +185,8 @@ class Trainer:
         """Featurise cache rows ``idx`` on the device -> (B, 3, 32, 32, 32)."""
         from gpsk_materials.representations.reciprocal import featurize_batch
 
-        return featurize_batch(self.lattice[idx], self.frac[idx], self.numbers[idx], self.occupancy[idx])
+        with torch.autocast(self.device.type, enabled=False):  # the featurizer needs full precision
+            return featurize_batch(self.lattice[idx], self.frac[idx], self.numbers[idx], self.occupancy[idx])
 
     def conditions(self, idx: Tensor) -> ConditionBatch:
         return ConditionBatch.from_labels(
