@@ -15,8 +15,8 @@ from monty.json import MSONable
 
 from gpsk_materials.errors import DecodingError, GridError
 from gpsk_materials.representations import grid as G
-from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
-from gpsk_materials.representations.reciprocal import check_cell
+from gpsk_materials.representations.canonical import as_structure, canonical_structure
+from gpsk_materials.representations.reciprocal import validated_arrays
 
 CITATION = (
     "@inproceedings{xiang2025trellis,\n"
@@ -80,7 +80,7 @@ class RealSpaceDensityFeaturizer(MSONable):
         canonicalize: bool = True,
         allow_disorder: bool = True,
         max_sites: int = 256,
-        max_resolution: float = 0.75,
+        max_resolution: float = 1.6,
     ):
         G.miller_axis(grid_size)
         if not (np.isfinite(sigma) and sigma > 0):
@@ -98,12 +98,8 @@ class RealSpaceDensityFeaturizer(MSONable):
 
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
-        arrays = structure_to_arrays(structure, allow_disorder=self.allow_disorder)
-        if self.canonicalize:
-            arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=self.allow_disorder)
-        check_cell(arrays["lattice"], arrays["frac_coords"], self.grid_size, self.max_sites,
-                   max_resolution=self.max_resolution)
-        return arrays
+        return validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
+                                self.max_resolution)
 
     def featurize(self, structure) -> np.ndarray:
         """Density of one structure, shape (1, n, n, n), float32."""
