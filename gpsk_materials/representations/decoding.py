@@ -82,7 +82,8 @@ class ReciprocalGridDecoder(MSONable):
     min_distance : float
         Smallest accepted interatomic distance (Angstrom) of a decoded structure.
     max_sites : int
-        Most sites extracted when the composition is unknown.
+        Most sites extracted when the composition is unknown; with a composition, an F(000) asking for more
+        formula units than fit in ``max_sites`` is a ``DecodingError``.
     newton_steps, polish_steps, swap_rounds : int
         Iterations of position refinement, joint polish, and element-swap search.
     interim_polish : int
@@ -268,7 +269,10 @@ class ReciprocalGridDecoder(MSONable):
                 pal.append(list(range(1, MAX_Z + 1))), counts.append([np.inf] * MAX_Z), known.append(False)
                 continue
             try:
-                cnt, _ = cell_counts(parse_composition(comp), f000[i])
+                cnt, units = cell_counts(parse_composition(comp), f000[i])
+                if sum(cnt.values()) > self.max_sites:
+                    raise DecodingError(f"F(000) = {f000[i]:.1f} e asks for {units} formula units, "
+                                        f"{sum(cnt.values())} sites > max_sites={self.max_sites}")
             except DecodingError as exc:
                 fail[i] = DecodingError(f"grid {i}: {exc}")
                 pal.append([1]), counts.append([0]), known.append(True)
