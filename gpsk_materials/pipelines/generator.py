@@ -1,0 +1,633 @@
+"""CrystalGenerator: the GPSK-300 pipeline from conditions to checked pymatgen Structures.
+
+Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS sense):
+
+1. requests are validated (:mod:`gpsk_materials.pipelines.requests`); a bad request becomes a result carrying its
+   error, the others go on;
+2. every candidate latent of every request goes through the rectified-flow sampler in fixed-size batches of mixed
+   conditions, then through the VAE decoder (grids);
+3. the closed-form decoder turns each request's grids into Structures (the requested composition, scaled to the
+   number of formula units F(000) indicates); a grid that does not decode is a failed candidate, never returned;
+4. the post-checks (``checks=``) score the candidates and the best ``n`` of ``n * best_of`` are kept.
+
+Reproducibility: the noise of request ``i`` comes from its own ``torch.Generator`` seeded with ``seed + i`` (or the
+request's own seed), and the sampler always runs batches of exactly ``batch_size`` latents (padded), because CPU
+kernels (GEMV vs GEMM, oneDNN convolution algorithms) give results that depend on the batch size in the last bits.
+Decoding and checks run per request. Hence on the CPU a batched run equals the requests run one by one, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monty.json import MSONable
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
+from gpsk_materials.models import rectified_flow
+from gpsk_materials.models.generative import GPSKModel
+from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
+
+logger = logging.getLogger(__name__)
+
+#: check names accepted by ``checks=`` (a name, a comma/plus-separated string, or a list of names)
+CHECKS = ("none", "basic", "energy", "volume_scan", "relax", "hull")
+#: cells a model folder is assumed to support when its config.json does not say (the default training cache)
+DEFAULT_MAX_SITES = 20
+#: sampler batch when none is set: small on the CPU (a lone request pays for a whole padded batch), large on GPUs
+CPU_BATCH_SIZE = 8
+GPU_BATCH_SIZE = 64
+PROPERTY_KEY = "gpsk"
+_GRID_PREFIX = re.compile(r"^grid \d+: ")
+
+
+def default_model_dir() -> Path:
+    """Folder of the model shipped in the package (``gpsk_materials/weights/default``)."""
+    from importlib.resources import files
+
+    return Path(str(files("gpsk_materials"))) / "weights" / "default"
+
+
+def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
+    """Normalise ``checks=``: None -> basic; ``"energy"``, ``"volume_scan"``, ``"relax"`` and ``"hull"`` imply
+    ``"basic"`` and the potential energy; ``"none"`` alone skips every check."""
+    if checks is None:
+        return frozenset({"basic"})
+    names = checks.replace("+", ",").split(",") if isinstance(checks, str) else list(checks)
+    flags = {str(c).strip().lower().replace("-", "_") for c in names if str(c).strip()}
+    unknown = flags - set(CHECKS)
+    if unknown or not flags:
+        raise ConditioningError(f"unknown checks {sorted(unknown) or checks!r}; choose from {CHECKS}")
+    if flags == {"none"}:
+        return frozenset()
+    if "none" in flags:
+        raise ConditioningError(f"checks 'none' cannot be combined with {sorted(flags - {'none'})}")
+    if flags & {"volume_scan", "relax", "hull"}:
+        flags.add("energy")
+    return frozenset(flags | {"basic"})
+
+
+def _plain(x: Any) -> Any:
+    """JSON-friendly copy (NumPy scalars and arrays to Python, tuples to lists, NaN to None)."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer, int)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    return x
+
+
+@dataclass
+class GenerationResult:
+    """Outcome of one request of :meth:`CrystalGenerator.run`.
+
+    ``structures`` (pymatgen Structures or ASE Atoms) are the kept candidates, best first when ``best_of > 1``;
+    ``error`` is the request's validation error (then nothing was generated); ``candidates`` / ``decoded`` count
+    the grids sampled and those that decoded; ``failures`` holds the decoder's reasons for the others.
+    """
+
+    index: int
+    request: GenerationRequest
+    structures: list = field(default_factory=list)
+    error: GPSKError | None = None
+    seed: int | None = None
+    candidates: int = 0
+    decoded: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def failed(self) -> int:
+        """Candidates that did not decode."""
+        return self.candidates - self.decoded
+
+    def raise_for_error(self) -> GenerationResult:
+        """Raise the request's error, if any; return self."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class CrystalGenerator(MSONable):
+    """Generate crystals with a GPSK model: ``CrystalGenerator.from_pretrained().generate("Fe2O3", n=4)``.
+
+    Parameters
+    ----------
+    model
+        A loaded :class:`~gpsk_materials.models.generative.GPSKModel` (VAE + MMDiT).
+    model_path
+        The model folder it was loaded from (None: the packaged default, or an in-memory model when
+        ``model_hash`` is also None); :meth:`as_dict` points at it.
+    max_sites
+        Largest cell the model generates (the training cells' limit); compositions beyond it are refused.
+    batch_size
+        Latents per sampler call (None: 8 on the CPU, 64 on a GPU). Part of the reproducibility key.
+    decoder
+        A configured :class:`~gpsk_materials.representations.decoding.ReciprocalGridDecoder`.
+    potential
+        Interatomic potential of the energy checks: None (the default TensorNet-MatPES), a name/spec accepted by
+        :func:`~gpsk_materials.checks.potentials.resolve_potential`, or a loaded Potential. Loaded on first use.
+    symprec
+        spglib tolerance of the symmetry check, Angstrom.
+    relax_steps, fmax
+        Settings of the ``"relax"`` check.
+    model_hash
+        Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
+    """
+
+    def __init__(
+        self,
+        model: GPSKModel,
+        *,
+        model_path: str | Path | None = None,
+        max_sites: int = DEFAULT_MAX_SITES,
+        batch_size: int | None = None,
+        decoder: Any = None,
+        potential: Any = None,
+        symprec: float = 0.1,
+        relax_steps: int = 200,
+        fmax: float = 0.05,
+        model_hash: str | None = None,
+    ) -> None:
+        from gpsk_materials.checks.potentials import Potential
+        from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+        if model.mmdit is None:
+            raise CheckpointError("the model holds no MMDiT weights (a VAE-only folder cannot generate)")
+        if isinstance(max_sites, bool) or not isinstance(max_sites, (int, np.integer)) or max_sites < 1:
+            raise ConditioningError(f"max_sites must be a positive integer, got {max_sites!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ConditioningError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.model = model
+        self.model_path = None if model_path is None else Path(model_path)
+        self.max_sites = int(max_sites)
+        self.batch_size = batch_size
+        self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(max_sites=self.max_sites)
+        self.decoder.to(str(self.device))
+        self._potential = potential if isinstance(potential, Potential) else None
+        self.potential_spec = potential.spec if isinstance(potential, Potential) else potential
+        self.symprec = float(symprec)
+        self.relax_steps = int(relax_steps)
+        self.fmax = float(fmax)
+        self.model_hash = model_hash if model_hash is not None else _tensor_hash(model)
+        self._in_memory = model_hash is None
+        self._scorers: dict[frozenset[str], Any] = {}
+        self._hull = None
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path | None = None, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> CrystalGenerator:
+        """Load a model folder (as written by :func:`~gpsk_materials.models.io.save_model_folder`); None loads the
+        model shipped in the package. Keyword arguments go to the constructor (``max_sites`` overrides the
+        folder's own value)."""
+        from gpsk_materials.models.io import load_model_folder, read_json
+
+        if path is None:
+            folder = default_model_dir()
+            if not (folder / "config.json").is_file():
+                raise CheckpointError(
+                    f"the default GPSK model is not installed: {folder} holds no model (config.json missing). "
+                    "Pass the folder of a trained model, CrystalGenerator.from_pretrained('path/to/model'), "
+                    "or `gpsk generate --model PATH`."
+                )
+        else:
+            folder = Path(path).expanduser()
+            if not folder.is_dir():
+                raise CheckpointError(f"model folder {folder} does not exist")
+        model = load_model_folder(folder, device)
+        meta = read_json(folder / "config.json")
+        if "max_sites" not in kwargs:
+            trained = meta.get("trained_on") if isinstance(meta.get("trained_on"), Mapping) else {}
+            kwargs["max_sites"] = int(meta.get("max_sites") or trained.get("max_sites") or DEFAULT_MAX_SITES)
+        return cls(model, model_path=None if path is None else folder.resolve(), model_hash=folder_hash(folder), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device: str | torch.device) -> CrystalGenerator:
+        """Move the model, the decoder and a loaded potential to ``device``; returns self."""
+        device = torch.device(device)
+        self.model.vae.to(device)
+        self.model.mmdit.to(device)
+        self.decoder.to(str(device))
+        if self._potential is not None:
+            self._potential.to(device)
+        return self
+
+    def as_dict(self) -> dict:
+        """Configuration and a pointer to the weights (folder path, None for the packaged model, and hash)."""
+        if self._in_memory:
+            raise CheckpointError(
+                "this generator wraps an in-memory model; save it with save_model_folder and load it with "
+                "CrystalGenerator.from_pretrained(path) to serialise the generator"
+            )
+        potential = self.potential_spec if not isinstance(self.potential_spec, Path) else str(self.potential_spec)
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "model_path": None if self.model_path is None else str(self.model_path),
+            "model_hash": self.model_hash,
+            "device": str(self.device),
+            "max_sites": self.max_sites,
+            "batch_size": self.batch_size,
+            "decoder": self.decoder.as_dict(),
+            "potential": potential,
+            "symprec": self.symprec,
+            "relax_steps": self.relax_steps,
+            "fmax": self.fmax,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CrystalGenerator:
+        """Reload the weights ``d`` points at; :class:`CheckpointError` if they changed since."""
+        from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+        gen = cls.from_pretrained(
+            d.get("model_path"),
+            device=d.get("device", "cpu"),
+            max_sites=d["max_sites"],
+            batch_size=d.get("batch_size"),
+            decoder=ReciprocalGridDecoder.from_dict(d["decoder"]),
+            symprec=d.get("symprec", 0.1),
+            relax_steps=d.get("relax_steps", 200),
+            fmax=d.get("fmax", 0.05),
+            potential=d.get("potential"),
+        )
+        expected = d.get("model_hash")
+        if expected is not None and expected != gen.model_hash:
+            raise CheckpointError(
+                f"the weights at {d.get('model_path') or default_model_dir()} changed since this generator was "
+                f"serialised (hash {gen.model_hash[:12]}, expected {expected[:12]})"
+            )
+        return gen
+
+    def __repr__(self) -> str:
+        where = "packaged default" if self.model_path is None else str(self.model_path)
+        return (f"CrystalGenerator(model={self.model.config.name!r} from {where}, device={self.device}, "
+                f"max_sites={self.max_sites})")
+
+    # ------------------------------------------------------------------------------------------ lazy checkers
+    @property
+    def potential(self):
+        """The interatomic potential of the energy checks, loaded on first use and kept."""
+        if self._potential is None:
+            from gpsk_materials.checks.potentials import load_potential, resolve_potential
+
+            spec = self.potential_spec
+            self._potential = load_potential(**spec) if isinstance(spec, Mapping) else resolve_potential(spec)
+            if self.device.type != "cpu":
+                self._potential.to(self.device)
+        return self._potential
+
+    def _scorer(self, flags: frozenset[str]):
+        from gpsk_materials.checks.scoring import CandidateScorer
+        from gpsk_materials.checks.symmetry import SymmetryCheck
+
+        key = flags & {"energy", "volume_scan"}
+        if key not in self._scorers:
+            self._scorers[key] = CandidateScorer(
+                potential=self.potential if "energy" in key else False,
+                volume_scan="volume_scan" in key,
+                symmetry=SymmetryCheck(symprec=self.symprec),
+            )
+        return self._scorers[key]
+
+    def _reference_hull(self):
+        from gpsk_materials.checks.hull import ReferenceHull
+
+        if self._hull is None:
+            hull = ReferenceHull(self.potential)
+            if not hull.pool_path.is_file():
+                raise DataError(f"the 'hull' check needs the reference pool {hull.pool_path} (set $GPSK_SHARED_DIR)")
+            self._hull = hull
+        return self._hull
+
+    # ------------------------------------------------------------------------------------------ public verbs
+    def generate(
+        self,
+        composition: Any,
+        n: int = 1,
+        *,
+        crystal_system: str | None = None,
+        space_group: int | None = None,
+        band_gap: float | None = None,
+        formation_energy: float | None = None,
+        e_above_hull: float | None = None,
+        magnetic_ordering: str | None = None,
+        guidance: float = 2.0,
+        steps: int = 50,
+        seed: int | None = None,
+        best_of: int = 1,
+        checks: str | Iterable[str] | None = "basic",
+        output: str = "structure",
+        progress: bool | None = None,
+    ) -> list:
+        """Generate ``n`` structures of one composition; raise the request's error if it is invalid.
+
+        Returns pymatgen Structures (``output="ase"``: ASE Atoms) with their provenance in
+        ``properties["gpsk"]``; fewer than ``n`` when not enough candidates decoded (the count of failures is in
+        the provenance, and a warning is logged).
+        """
+        request = GenerationRequest(
+            composition, n, crystal_system, space_group, band_gap, formation_energy, e_above_hull,
+            magnetic_ordering, guidance, steps, best_of,
+        )
+        result = self.run([request], seed=seed, checks=checks, output=output, progress=progress)[0]
+        return result.raise_for_error().structures
+
+    def generate_many(
+        self,
+        requests: Sequence[Any],
+        *,
+        seed: int | None = None,
+        checks: str | Iterable[str] | None = "basic",
+        output: str = "structure",
+        progress: bool | None = None,
+        **defaults: Any,
+    ) -> list[GenerationResult]:
+        """Batched generation for screening loops: ``requests`` are compositions, dicts of request fields or
+        :class:`GenerationRequest` s; ``defaults`` (``n``, ``space_group``, ``best_of``, ...) fill what each
+        request leaves unset. See :meth:`run`."""
+        GenerationRequest.coerce(None, **defaults)  # unknown default fields fail the whole call
+        built: list[Any] = []
+        for r in requests:
+            try:
+                built.append(GenerationRequest.coerce(r, **defaults))
+            except (ConditioningError, TypeError):
+                built.append(r)  # run() reports it as that request's error
+        return self.run(built, seed=seed, checks=checks, output=output, progress=progress)
+
+    def run(
+        self,
+        requests: Sequence[GenerationRequest | Mapping[str, Any] | Any],
+        *,
+        seed: int | None = None,
+        checks: str | Iterable[str] | None = "basic",
+        output: str = "structure",
+        progress: bool | None = None,
+    ) -> list[GenerationResult]:
+        """Run many requests at once; one :class:`GenerationResult` per request, in order.
+
+        Parameters
+        ----------
+        requests
+            :class:`GenerationRequest` s, mappings of their fields, or bare compositions.
+        seed
+            Base seed; request ``i`` uses ``seed + i`` unless it sets its own. None draws one from torch's global
+            generator (recorded in the results).
+        checks
+            ``"none"``, ``"basic"`` (validity + symmetry; the default), ``"energy"`` (+ potential energy),
+            ``"volume_scan"`` (+ GPSK-05 volume scan, the returned cells are rescaled), ``"relax"`` (+ relaxation
+            of the kept structures), ``"hull"`` (+ energy above the reference hull); combine with commas.
+        output
+            ``"structure"`` (pymatgen) or ``"ase"``.
+        progress
+            tqdm bars; None shows them for runs longer than one sampler batch.
+
+        A request that fails validation gets its error in its result; the other requests still run.
+        """
+        if output not in ("structure", "ase"):
+            raise ConditioningError(f"output must be 'structure' or 'ase', got {output!r}")
+        flags = parse_checks(checks)
+        if "hull" in flags:
+            self._reference_hull()
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConditioningError(f"seed must be a non-negative integer, got {seed!r}")
+        results: list[GenerationResult] = []
+        resolved: list[ResolvedRequest] = []
+        for i, raw in enumerate(requests):
+            try:
+                req = GenerationRequest.coerce(raw)
+            except (ConditioningError, TypeError) as exc:
+                err = ConditioningError(f"request {i}: {exc}")
+                results.append(GenerationResult(i, GenerationRequest(), error=err))
+                logger.warning("%s", err)
+                continue
+            try:
+                r = resolve_request(req, i, int(seed), self.max_sites, self.model.config.mmdit.max_elements)
+            except ConditioningError as exc:
+                results.append(GenerationResult(i, req, error=exc))
+                logger.warning("%s", exc)
+                continue
+            resolved.append(r)
+            results.append(GenerationResult(i, r.request, seed=r.seed, candidates=r.candidates))
+        if not resolved:
+            return results
+        if progress is None:
+            progress = sum(r.candidates for r in resolved) > self._batch_size()
+        grids = self._sample_grids(resolved, progress)
+        for r, g in tqdm(list(zip(resolved, grids)), desc="decode + checks", unit="request",
+                         disable=not progress or len(resolved) < 2):
+            res = results[r.index]
+            self._finish_request(r, g, flags, res)
+            if output == "ase":
+                from pymatgen.io.ase import AseAtomsAdaptor
+
+                res.structures = [AseAtomsAdaptor.get_atoms(s) for s in res.structures]
+        return results
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return CPU_BATCH_SIZE if self.device.type == "cpu" else GPU_BATCH_SIZE
+
+    @torch.no_grad()
+    def sample_grids(self, requests: Sequence[Any], seed: int | None = None, progress: bool = False) -> list[Tensor]:
+        """Stage 2 alone: the raw grids (candidates, 3, 32, 32, 32) of each request (``n * best_of`` each);
+        raises the first invalid request's error."""
+        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+        resolved = [
+            resolve_request(GenerationRequest.coerce(r), i, seed, self.max_sites, self.model.config.mmdit.max_elements)
+            for i, r in enumerate(requests)
+        ]
+        return self._sample_grids(resolved, progress)
+
+    @torch.no_grad()
+    def _sample_grids(self, resolved: list[ResolvedRequest], progress: bool) -> list[Tensor]:
+        cfg = self.model.config.mmdit
+        shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
+        size = self.model.config.vae.grid_size
+        device = self.device
+        batch = self._batch_size()
+        # drawn on the CPU from each request's own generator: the same noise on every device and in every batch
+        noise = [torch.randn((r.candidates, *shape), generator=torch.Generator().manual_seed(r.seed)) for r in resolved]
+        cond_all = self.model.condition_batch([r.conditions for r in resolved])
+        out = [torch.empty((r.candidates, 3, size, size, size), device=device) for r in resolved]
+        groups: dict[tuple[float, int], list[tuple[int, int]]] = {}
+        for k, r in enumerate(resolved):
+            key = (float(r.request.guidance), int(r.request.steps))
+            groups.setdefault(key, []).extend((k, j) for j in range(r.candidates))
+        with tqdm(total=sum(r.candidates for r in resolved), desc="sampling", unit="sample", disable=not progress) as bar:
+            for (guidance, steps), rows in groups.items():
+                for start in range(0, len(rows), batch):
+                    chunk = rows[start : start + batch]
+                    padded = chunk + [chunk[-1]] * (batch - len(chunk))
+                    cond = cond_all.index(torch.tensor([k for k, _ in padded], device=cond_all.present.device))
+                    x1 = torch.stack([noise[k][j] for k, j in padded]).to(device)
+                    z = rectified_flow.sample(self.model.mmdit, cond, steps, guidance, noise=x1, device=device)
+                    g = self.model.vae.decode(self.model.denormalize_latents(z)).float()
+                    for (k, j), grid in zip(chunk, g[: len(chunk)]):
+                        out[k][j] = grid
+                    bar.update(len(chunk))
+        return out
+
+    def _finish_request(self, r: ResolvedRequest, grids: Tensor, flags: frozenset[str], res: GenerationResult) -> None:
+        """Stages 3 and 4 for one request: decode, check, select, annotate (fills ``res``)."""
+        comp = None if r.cell is None else dict(r.cell)
+        decoded = self.decoder.decode_many(grids, [comp] * len(grids), errors="none")
+        reasons = list(self.decoder.last_errors)
+        cands = [(j, s) for j, s in enumerate(decoded) if s is not None]
+        res.decoded = len(cands)
+        res.failures = [f"sample {j}: {_GRID_PREFIX.sub('', e)}" for j, e in enumerate(reasons) if e is not None]
+        want = r.request.n
+        if len(cands) < want:
+            logger.warning(
+                "request %d (%s): %d of %d candidates decoded, %d structures wanted",
+                r.index, r.formula, len(cands), len(grids), want,
+            )
+        structures = [s for _, s in cands]
+        samples = [j for j, _ in cands]
+        scores: list[dict | None] = [None] * len(structures)
+        if "basic" in flags and structures:
+            structures = self._scorer(flags).evaluate(structures, r.conditions)
+            from gpsk_materials.checks.scoring import SCORE_KEY
+
+            scores = [dict(s.properties[SCORE_KEY]) for s in structures]
+            if r.request.best_of > 1:
+                order = sorted(range(len(structures)), key=lambda i: -scores[i]["total"])
+                structures = [structures[i] for i in order]
+                samples = [samples[i] for i in order]
+                scores = [scores[i] for i in order]
+        structures, samples, scores = structures[:want], samples[:want], scores[:want]
+        checks = [self._check_record(sc, flags) for sc in scores]
+        if "relax" in flags and structures:
+            structures = self._relax(structures, checks, r)
+        if "hull" in flags:
+            hull = self._reference_hull()
+            for s, rec in zip(structures, checks):
+                e = rec.get("energy_per_atom")
+                try:
+                    rec["e_above_hull"] = None if e is None else hull.e_above_hull(s, e)
+                except GPSKError as exc:
+                    rec["e_above_hull"], rec["e_above_hull_error"] = None, str(exc)
+        for rank, (s, j, sc, rec) in enumerate(zip(structures, samples, scores, checks)):
+            s.properties = {**s.properties, PROPERTY_KEY: self._provenance(r, s, j, rank, sc, rec, flags, res)}
+        res.structures = list(structures)
+
+    @staticmethod
+    def _check_record(scores: dict | None, flags: frozenset[str]) -> dict[str, Any]:
+        if scores is None:
+            return {}
+        rec = {k: scores.get(k) for k in ("valid", "strict_valid", "space_group", "space_group_match",
+                                            "crystal_system_match", "connectivity")}
+        if "energy" in flags:
+            rec["energy_per_atom"] = scores.get("energy_per_atom")
+        if "volume_scan" in flags:
+            rec["volume_scale_factor"] = scores.get("volume_scale_factor")
+        return rec
+
+    def _relax(self, structures: list, checks: list[dict], r: ResolvedRequest) -> list:
+        from gpsk_materials.checks.symmetry import SymmetryCheck
+        from gpsk_materials.checks.validity import ValidityCheck
+
+        try:
+            relaxed = self.potential.relax(structures, fmax=self.fmax, steps=self.relax_steps)
+        except GPSKError as exc:
+            for rec in checks:
+                rec["relaxed"], rec["relax_error"] = False, str(exc)
+            return structures
+        sym, val = SymmetryCheck(symprec=self.symprec), ValidityCheck()
+        out = []
+        for res, rec in zip(relaxed, checks):
+            s = res.structure
+            v = val.check(s)
+            rec.update(relaxed=True, relax_converged=res.converged, relax_steps=res.steps,
+                       energy_per_atom=res.energy_per_atom, valid=v.valid, strict_valid=v.strict_valid)
+            try:
+                sr = sym.check(s, space_group=r.conditions.space_group, crystal_system=r.conditions.crystal_system)
+                rec.update(space_group=sr.space_group_number, space_group_match=sr.space_group_match,
+                           crystal_system_match=sr.crystal_system_match)
+            except GPSKError:
+                rec.update(space_group=None, space_group_match=None if r.conditions.space_group is None else False)
+            out.append(s)
+        return out
+
+    def _provenance(self, r: ResolvedRequest, s, sample: int, rank: int, scores: dict | None, checks: dict,
+                    flags: frozenset[str], res: GenerationResult) -> dict[str, Any]:
+        units = None
+        if r.reduced is not None:
+            units = len(s) // max(1, sum(r.reduced.values()))
+        return _plain({
+            "request_index": r.index,
+            "request": r.request.to_dict(),
+            "conditions": asdict(r.conditions),
+            "seed": r.seed,
+            "sample_index": sample,
+            "rank": rank,
+            "guidance": float(r.request.guidance),
+            "steps": int(r.request.steps),
+            "best_of": int(r.request.best_of),
+            "batch_size": self._batch_size(),
+            "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed},
+            "decode": {
+                "method": s.properties.get("decode_method"),
+                "relative_residual": s.properties.get("decode_relative_residual"),
+                "confidence": s.properties.get("decode_confidence"),
+                "formula_units": units,
+            },
+            "checks": sorted(flags),
+            "check_results": checks,
+            "scores": scores,
+            "model": {
+                "name": self.model.config.name,
+                "path": None if self.model_path is None else str(self.model_path),
+                "hash": self.model_hash,
+            },
+            "device": str(self.device),
+        })
+
+
+def folder_hash(folder: str | Path) -> str:
+    """SHA-256 of a model folder's JSON indices (which hold the SHA-256 of every weight shard)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "vae.json", "mmdit.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _tensor_hash(model: GPSKModel) -> str:
+    h = hashlib.sha256()
+    for module in (model.vae, model.mmdit):
+        for key, t in sorted(module.state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,124 @@
+"""Writing generation results: one CIF per structure, one extxyz of all, and a summary table (CSV and text)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from gpsk_materials.pipelines.generator import PROPERTY_KEY, GenerationResult
+
+#: columns of ``summary.csv`` (one row per written structure)
+SUMMARY_COLUMNS = (
+    "file", "request_index", "request", "formula", "nsites", "space_group_requested", "space_group",
+    "space_group_match", "energy_per_atom", "e_above_hull", "valid", "strict_valid", "score",
+    "decode_residual", "seed", "sample_index",
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _structure(obj: Any):
+    """A pymatgen Structure of a result item (Structure or ASE Atoms)."""
+    from pymatgen.core import Structure
+
+    if isinstance(obj, Structure):
+        return obj
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_structure(obj)
+
+
+def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
+    """The summary row of one generated structure (from its ``properties["gpsk"]`` provenance)."""
+    s = _structure(structure)
+    prov = s.properties.get(PROPERTY_KEY, {})
+    checks = prov.get("check_results") or {}
+    scores = prov.get("scores") or {}
+    request = prov.get("request") or {}
+    return {
+        "file": file,
+        "request_index": prov.get("request_index"),
+        "request": request.get("composition"),
+        "formula": s.composition.reduced_formula,
+        "nsites": len(s),
+        "space_group_requested": request.get("space_group"),
+        "space_group": checks.get("space_group"),
+        "space_group_match": checks.get("space_group_match"),
+        "energy_per_atom": checks.get("energy_per_atom"),
+        "e_above_hull": checks.get("e_above_hull"),
+        "valid": checks.get("valid"),
+        "strict_valid": checks.get("strict_valid"),
+        "score": scores.get("total"),
+        "decode_residual": (prov.get("decode") or {}).get("relative_residual"),
+        "seed": prov.get("seed"),
+        "sample_index": prov.get("sample_index"),
+    }
+
+
+def _flat_info(record: dict[str, Any]) -> dict[str, Any]:
+    """extxyz-friendly per-frame info: scalars only, no None."""
+    return {k: v for k, v in record.items() if v is not None and isinstance(v, (str, int, float, bool))}
+
+
+def write_results(results: Sequence[GenerationResult], folder: str | Path) -> list[dict[str, Any]]:
+    """Write ``folder/<formula>_<i>.cif`` per structure, ``folder/structures.extxyz`` and ``folder/summary.csv``.
+
+    ``<formula>`` is the request's formula (the structure's own for a free composition) and ``i`` counts the
+    structures written under that name. Returns the summary rows.
+    """
+    from ase.io import write as ase_write
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+    frames = []
+    for res in results:
+        for item in res.structures:
+            s = _structure(item)
+            label = (res.request.to_dict().get("composition") or s.composition.reduced_formula)
+            name = _UNSAFE.sub("_", label) or "structure"
+            i = counts.get(name, 0)
+            counts[name] = i + 1
+            fname = f"{name}_{i}.cif"
+            CifWriter(s).write_file(folder / fname)
+            rec = summary_record(s, fname)
+            records.append(rec)
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.info = _flat_info(rec)
+            frames.append(atoms)
+    xyz = folder / "structures.extxyz"
+    if frames:
+        ase_write(xyz, frames, format="extxyz")
+    else:
+        xyz.write_text("")
+    with open(folder / "summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS))
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: "" if rec.get(k) is None else rec[k] for k in SUMMARY_COLUMNS})
+    return records
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Text table of summary rows: file, formula, space group requested/found, energy, E_hull, validity."""
+    cols = [("file", "file"), ("formula", "formula"), ("space_group_requested", "SG req"), ("space_group", "SG found")]
+    if any(r.get("energy_per_atom") is not None for r in records):
+        cols.append(("energy_per_atom", "E (eV/atom)"))
+    cols += [("e_above_hull", "E_hull"), ("valid", "valid"), ("strict_valid", "strict"), ("score", "score")]
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "-" if v is None else str(v)
+
+    rows = [[fmt(r.get(k)) for k, _ in cols] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)

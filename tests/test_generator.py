@@ -1,0 +1,257 @@
+"""CrystalGenerator: seeds, batch invariance, MSONable round trip, bad input, provenance, checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monty.json import MontyDecoder, MontyEncoder
+from pymatgen.core import Composition, Structure
+
+from gpsk_materials.errors import CheckpointError, ConditioningError
+from gpsk_materials.models import load_model_folder, save_model_folder
+from gpsk_materials.pipelines import CrystalGenerator, GenerationRequest, parse_checks
+from gpsk_materials.pipelines import generator as generator_module
+from gpsk_materials.pipelines.requests import integer_cell
+from test_generator_helpers import make_tiny_model, rock_salt_decode, tiny_model_dir  # noqa: F401
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_model_dir) -> CrystalGenerator:  # noqa: F811
+    return CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+
+
+MIXED = [
+    {"composition": "Fe2O3", "n": 2, "space_group": 167, "steps": STEPS},
+    {"composition": "NaCl", "n": 1, "band_gap": 4.0, "magnetic_ordering": "NM", "steps": STEPS},
+    {"composition": {"Ti": 1, "O": 2}, "n": 3, "guidance": 1.0, "steps": STEPS},
+    {"composition": "LiFePO4", "n": 1, "formation_energy": -2.0, "guidance": 3.0, "steps": 2},
+]
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(gen):
+    a = gen.sample_grids(MIXED[:2], seed=11)
+    b = gen.sample_grids(MIXED[:2], seed=11)
+    c = gen.sample_grids(MIXED[:2], seed=12)
+    assert [g.shape[0] for g in a] == [2, 1]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    # the conditions reach the grids: same seed, other space group
+    d = gen.sample_grids([{**MIXED[0], "space_group": 12}], seed=11)
+    assert not torch.equal(a[0], d[0])
+
+
+def test_batched_grids_equal_one_by_one_bit_for_bit(gen):
+    batched = gen.sample_grids(MIXED, seed=5)
+    for i, req in enumerate(MIXED):
+        alone = gen.sample_grids([req], seed=5 + i)[0]
+        assert torch.equal(batched[i], alone), f"request {i} differs"
+    # a request's own seed overrides seed + index, wherever it stands in the batch
+    own = gen.sample_grids([MIXED[1], {**MIXED[0], "seed": 5}], seed=99)
+    assert torch.equal(own[1], batched[0])
+
+
+def test_batched_structures_equal_one_by_one(gen, rock_salt_decode):  # noqa: F811
+    reqs = [{"composition": "NaCl", "n": 3, "steps": STEPS}, {"composition": "NaCl", "n": 2, "best_of": 2,
+                                                               "space_group": 225, "steps": STEPS}]
+    batched = gen.run(reqs, seed=21)
+    single = [gen.run([r], seed=21 + i)[0] for i, r in enumerate(reqs)]
+    for b, s in zip(batched, single):
+        assert b.ok and s.ok and b.seed == s.seed
+        assert (b.candidates, b.decoded, b.failures) == (s.candidates, s.decoded, s.failures)
+        assert len(b.structures) == len(s.structures) > 0
+        for x, y in zip(b.structures, s.structures):
+            assert np.array_equal(x.lattice.matrix, y.lattice.matrix)
+            assert np.array_equal(x.frac_coords, y.frac_coords)
+            px, py = dict(x.properties["gpsk"]), dict(y.properties["gpsk"])
+            assert px.pop("request_index") == b.index and py.pop("request_index") == 0
+            assert px == py
+    # the rock-salt decode gives sample-dependent cells: the samples are not all alike
+    lat = [s.lattice.a for r in batched for s in r.structures]
+    assert len(set(lat)) > 1
+
+
+def test_generate_returns_structures_with_provenance(gen, rock_salt_decode):  # noqa: F811
+    out = gen.generate("NaCl", n=2, space_group=225, best_of=3, steps=STEPS, seed=4)
+    assert 1 <= len(out) <= 2 and all(isinstance(s, Structure) for s in out)
+    totals = [s.properties["gpsk"]["scores"]["total"] for s in out]
+    assert totals == sorted(totals, reverse=True)
+    p = out[0].properties["gpsk"]
+    assert p["seed"] == 4 and p["steps"] == STEPS and p["best_of"] == 3 and p["guidance"] == 2.0
+    assert p["request"]["composition"] == "NaCl" and p["request"]["space_group"] == 225
+    assert p["conditions"]["composition"] == {"Na": 1.0, "Cl": 1.0}
+    assert p["candidates"]["drawn"] == 6 and p["candidates"]["decoded"] + p["candidates"]["failed"] == 6
+    assert p["decode"]["method"] == "reciprocal" and p["decode"]["relative_residual"] < 0.3
+    assert p["check_results"]["space_group"] == 225 and p["check_results"]["valid"] is True
+    assert p["model"]["name"] == "tiny" and p["model"]["hash"] == gen.model_hash
+    assert 0 <= p["sample_index"] < 6
+    json.dumps(out[0].as_dict())  # provenance is plain JSON
+    atoms = gen.generate("NaCl", n=1, best_of=4, steps=STEPS, seed=4, output="ase")
+    assert atoms and atoms[0].info["gpsk"]["seed"] == 4
+
+
+def test_failed_candidates_are_counted_never_returned(gen, rock_salt_decode):  # noqa: F811
+    # KBr asked of rock-salt grids, and NaCl: whatever does not decode is counted, never returned
+    res = gen.run([{"composition": "KBr", "n": 4, "steps": STEPS}, {"composition": "NaCl", "n": 4, "steps": STEPS}], seed=1)
+    for r in res:
+        assert r.ok and r.candidates == 4
+        assert len(r.structures) == r.decoded == 4 - len(r.failures)
+        assert all(f.startswith("sample ") for f in r.failures)
+        for s in r.structures:
+            assert s.properties["gpsk"]["candidates"]["failed"] == r.failed
+    assert res[1].failed > 0 and res[1].decoded > 0  # the fixture makes about half the latents fail
+
+
+def test_untrained_model_failures_are_recorded_cleanly(gen):
+    res = gen.run([{"composition": "Fe2O3", "n": 2, "steps": 2}], seed=0)[0]
+    assert res.ok and res.candidates == 2
+    assert res.decoded == len(res.structures)
+    assert len(res.failures) == res.failed
+    with pytest.raises(ValueError):
+        gen.generate("Fe2O3", n=1, steps=2, output="cif")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"composition": "Xx2O3"}, "unknown element 'Xx'"),
+        ({"composition": {"Fe": 2, "Q": 3}}, "unknown element 'Q'"),
+        ({"composition": "Ca10P6O25H2"}, "smallest formula unit has 43 atoms; .* at most 20"),
+        ({"composition": "Fe10O15"}, "holds 25 atoms; .* at most 20 .* Fe2O3"),
+        ({"composition": "NaCl", "space_group": 0}, "space group"),
+        ({"composition": "NaCl", "space_group": 231}, "space group"),
+        ({"composition": "SiO2", "space_group": 230}, "space group 230 cannot hold SiO2"),
+        ({"composition": "NaCl", "space_group": 225, "crystal_system": "hexagonal"}, "cubic, not hexagonal"),
+        ({"composition": "NaCl", "band_gap": -0.5}, "band_gap must be >= 0"),
+        ({"composition": "NaCl", "magnetic_ordering": "ferro"}, "magnetic ordering"),
+        ({"composition": "NaCl", "n": 0}, "n must be an integer >= 1"),
+        ({"composition": "NaCl", "best_of": 1.5}, "best_of must be an integer"),
+        ({"composition": "NaCl", "guidance": float("nan")}, "guidance must be a finite number"),
+        ({"composition": "fe2o3"}, "cannot parse formula"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(gen, kwargs, match):
+    comp = kwargs.pop("composition")
+    with pytest.raises(ConditioningError, match=match):
+        gen.generate(comp, steps=1, **kwargs)
+
+
+def test_batch_with_a_bad_request_reports_it_and_returns_the_rest(gen):
+    reqs = ["NaCl", {"composition": "NaCl", "band_gap": -1.0}, "Xx", {"composition": "KCl", "colour": "red"}, "KBr"]
+    res = gen.generate_many(reqs, n=1, steps=1, seed=3)
+    assert [r.ok for r in res] == [True, False, False, False, True]
+    assert "request 1 (NaCl)" in str(res[1].error) and "band_gap" in str(res[1].error)
+    assert "request 2 (Xx)" in str(res[2].error)
+    assert "colour" in str(res[3].error)
+    assert res[4].candidates == 1 and res[4].seed == 7  # seeds keep their places: seed + index
+    with pytest.raises(ConditioningError):
+        res[1].raise_for_error()
+    # the good requests are the same as without the bad ones in between
+    alone = gen.sample_grids([{"composition": "KBr", "steps": 1}], seed=7)[0]
+    again = gen.sample_grids([{"composition": "NaCl", "steps": 1}, {"composition": "KBr", "steps": 1, "seed": 7}], seed=3)
+    assert torch.equal(alone, again[1])
+
+
+def test_missing_weights_raise_checkpoint_errors(tmp_path, monkeypatch, tiny_model_dir):  # noqa: F811
+    monkeypatch.setattr(generator_module, "default_model_dir", lambda: tmp_path / "weights" / "default")
+    with pytest.raises(CheckpointError, match="default GPSK model is not installed"):
+        CrystalGenerator.from_pretrained()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        CrystalGenerator.from_pretrained(tmp_path / "nowhere")
+    model = load_model_folder(tiny_model_dir)
+    save_model_folder(tmp_path / "vae_only", model.config, model.vae, None, model.stats.to_dict(), None, None)
+    with pytest.raises(CheckpointError, match="no MMDiT"):
+        CrystalGenerator.from_pretrained(tmp_path / "vae_only")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    with pytest.raises(CheckpointError):
+        CrystalGenerator.from_pretrained(tmp_path / "broken")
+
+
+def test_from_pretrained_default_loads_the_packaged_folder(tmp_path, monkeypatch, tiny_model_dir):  # noqa: F811
+    import shutil
+
+    folder = tmp_path / "weights" / "default"
+    shutil.copytree(tiny_model_dir, folder)
+    monkeypatch.setattr(generator_module, "default_model_dir", lambda: folder)
+    g = CrystalGenerator.from_pretrained()
+    assert g.model_path is None and g.as_dict()["model_path"] is None
+    assert CrystalGenerator.from_dict(g.as_dict()).model_hash == g.model_hash
+
+
+def test_msonable_round_trip(tmp_path, gen):
+    d = gen.as_dict()
+    text = json.dumps(gen, cls=MontyEncoder)
+    back = json.loads(text, cls=MontyDecoder)
+    assert isinstance(back, CrystalGenerator)
+    assert back.as_dict() == d
+    assert d["model_path"] == str(gen.model_path) and d["batch_size"] == 4 and d["max_sites"] == 20
+    req = [{"composition": "NaCl", "n": 2, "steps": 2}]
+    assert torch.equal(back.sample_grids(req, seed=1)[0], gen.sample_grids(req, seed=1)[0])
+    # other weights at the same path: refused
+    make_tiny_model(tmp_path / "m", seed=1)
+    d2 = CrystalGenerator.from_pretrained(tmp_path / "m").as_dict()
+    make_tiny_model(tmp_path / "m", seed=2)
+    with pytest.raises(CheckpointError, match="changed"):
+        CrystalGenerator.from_dict(d2)
+    # an in-memory model cannot be pointed at
+    with pytest.raises(CheckpointError, match="in-memory"):
+        CrystalGenerator(gen.model).as_dict()
+
+
+def test_request_coercion_and_compositions():
+    assert GenerationRequest.coerce("Fe2O3").composition == "Fe2O3"
+    assert GenerationRequest.coerce({"Fe": 2, "O": 3}).composition == {"Fe": 2, "O": 3}
+    assert GenerationRequest.coerce(Composition("Fe2O3"), n=3).n == 3
+    assert GenerationRequest.coerce({"composition": "NaCl", "n": 2}, n=5, space_group=225) == GenerationRequest(
+        "NaCl", n=2, space_group=225)
+    with pytest.raises(ConditioningError, match="unknown request fields"):
+        GenerationRequest.coerce("NaCl", colour="red")
+    assert integer_cell({"Li": 0.5, "Co": 1, "O": 2}, 20) == {"Li": 1, "Co": 2, "O": 4}
+    assert integer_cell({"Fe": 4, "O": 6}, 20) == {"Fe": 4, "O": 6}
+    with pytest.raises(ConditioningError, match="ratio of integers"):
+        integer_cell({"Fe": 1, "O": 0.123457}, 20)
+
+
+def test_composition_forms_give_the_same_conditions(gen):
+    from gpsk_materials.pipelines.requests import resolve_request
+
+    forms = ["Fe2O3", Composition("Fe2O3"), {"Fe": 2, "O": 3}, {"O": 3.0, "Fe": 2.0}, "Fe1O1.5"]
+    resolved = [resolve_request(GenerationRequest(f), 0, 0, 20, 8) for f in forms]
+    assert all(r.conditions == resolved[0].conditions for r in resolved)
+    assert resolved[0].reduced == {"Fe": 2, "O": 3} and resolved[0].formula == "Fe2O3"
+    free = resolve_request(GenerationRequest(None, space_group=225), 0, 0, 20, 8)
+    assert free.cell is None and free.formula == "free"
+
+
+def test_parse_checks():
+    assert parse_checks(None) == {"basic"}
+    assert parse_checks("none") == frozenset()
+    assert parse_checks("volume-scan") == {"basic", "energy", "volume_scan"}
+    assert parse_checks("relax,hull") == {"basic", "energy", "relax", "hull"}
+    assert parse_checks(["energy"]) == {"basic", "energy"}
+    for bad in ("fast", "none,energy", ""):
+        with pytest.raises(ConditioningError):
+            parse_checks(bad)
+
+
+def test_checks_none_keeps_sample_order(gen, rock_salt_decode):  # noqa: F811
+    out = gen.run([{"composition": "NaCl", "n": 4, "steps": STEPS}], seed=21, checks="none")[0]
+    idx = [s.properties["gpsk"]["sample_index"] for s in out.structures]
+    assert idx == sorted(idx) and all(s.properties["gpsk"]["scores"] is None for s in out.structures)
+
+
+@pytest.mark.slow
+def test_energy_and_volume_scan_checks(tiny_model_dir, matgl_model_dir, rock_salt_decode):  # noqa: F811
+    g = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4, potential=str(matgl_model_dir))
+    out = g.generate("NaCl", n=1, best_of=2, steps=STEPS, seed=21, checks="volume_scan")
+    assert out
+    rec = out[0].properties["gpsk"]["check_results"]
+    assert rec["energy_per_atom"] < -2.5
+    # the decoded primitive cell of a = 5.64 A rock salt is already near the potential's minimum
+    assert 0.9 < rec["volume_scale_factor"] < 1.1
+    assert g._potential is not None and g.potential is g._potential  # loaded once, kept
