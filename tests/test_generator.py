@@ -255,3 +255,21 @@ def test_energy_and_volume_scan_checks(tiny_model_dir, matgl_model_dir, rock_sal
     # the decoded primitive cell of a = 5.64 A rock salt is already near the potential's minimum
     assert 0.9 < rec["volume_scale_factor"] < 1.1
     assert g._potential is not None and g.potential is g._potential  # loaded once, kept
+
+
+@pytest.mark.slow
+def test_relax_and_hull_checks(tiny_model_dir, matgl_model_dir, rock_salt_decode):  # noqa: F811
+    from gpsk_materials.checks.hull import ReferenceHull
+
+    # fixed references on the potential's scale: NaCl at -3.0 eV/atom, so a relaxed rock salt lies below it
+    hull = ReferenceHull.from_entries([("Na", -1.3), ("Cl", -1.8), ("NaCl", -3.0)])
+    g = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4, potential=str(matgl_model_dir),
+                                         reference_hull=hull, relax_steps=30)
+    res = g.run([{"composition": "NaCl", "n": 1, "best_of": 2, "space_group": 225, "steps": STEPS}],
+                seed=21, checks="relax,hull")[0]
+    assert res.structures
+    rec = res.structures[0].properties["gpsk"]["check_results"]
+    assert rec["relaxed"] is True and rec["relax_steps"] <= 30
+    assert rec["space_group"] == 225 and rec["valid"] is True
+    assert rec["e_above_hull"] == pytest.approx(rec["energy_per_atom"] - (-3.0), abs=1e-6)
+    assert sorted(res.structures[0].properties["gpsk"]["checks"]) == ["basic", "energy", "hull", "relax"]

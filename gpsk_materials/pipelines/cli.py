@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         label = res.request.to_dict().get("composition")
         if res.error is not None:
             bad += 1
-            print(f"gpsk generate: request {res.index} ({label}) rejected: {res.error}", file=sys.stderr)
+            print(f"gpsk generate: rejected {res.error}", file=sys.stderr)
         elif len(res.structures) < res.request.n:
             reason = f"; first failure: {res.failures[0]}" if res.failures else ""
             print(f"gpsk generate: request {res.index} ({label}): {len(res.structures)} of {res.request.n} structures "

@@ -151,6 +151,9 @@ class CrystalGenerator(MSONable):
         spglib tolerance of the symmetry check, Angstrom.
     relax_steps, fmax
         Settings of the ``"relax"`` check.
+    reference_hull
+        A :class:`~gpsk_materials.checks.hull.ReferenceHull` for the ``"hull"`` check (on the potential's energy
+        scale); None builds the pool hull of ``potential`` on first use. Not part of :meth:`as_dict`.
     model_hash
         Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
     """
@@ -167,6 +170,7 @@ class CrystalGenerator(MSONable):
         symprec: float = 0.1,
         relax_steps: int = 200,
         fmax: float = 0.05,
+        reference_hull: Any = None,
         model_hash: str | None = None,
     ) -> None:
         from gpsk_materials.checks.potentials import Potential
@@ -192,7 +196,7 @@ class CrystalGenerator(MSONable):
         self.model_hash = model_hash if model_hash is not None else _tensor_hash(model)
         self._in_memory = model_hash is None
         self._scorers: dict[frozenset[str], Any] = {}
-        self._hull = None
+        self._hull = reference_hull
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
