@@ -75,4 +75,6 @@ def test_default_model_missing_is_a_clear_cli_error(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(generator, "default_model_dir", lambda: tmp_path / "weights" / "default")
     assert main(["generate", "NaCl", "--out", str(tmp_path / "o")]) == 1
     assert "default GPSK model is not installed" in capsys.readouterr().err
-    assert default_model_dir().name == "default"
+    import gpsk_materials
+
+    assert default_model_dir() == Path(gpsk_materials.__file__).resolve().parent / "weights" / "default"

@@ -150,6 +150,8 @@ def test_batch_with_a_bad_request_reports_it_and_returns_the_rest(gen):
     assert res[4].candidates == 1 and res[4].seed == 7  # seeds keep their places: seed + index
     with pytest.raises(ConditioningError):
         res[1].raise_for_error()
+    lone = gen.run({"composition": "NaCl", "steps": 1}, seed=3)  # a lone request is a list of one
+    assert len(lone) == 1 and lone[0].ok and lone[0].candidates == 1
     # the good requests are the same as without the bad ones in between
     alone = gen.sample_grids([{"composition": "KBr", "steps": 1}], seed=7)[0]
     again = gen.sample_grids([{"composition": "NaCl", "steps": 1}, {"composition": "KBr", "steps": 1, "seed": 7}], seed=3)

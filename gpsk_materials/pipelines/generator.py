@@ -356,8 +356,9 @@ class CrystalGenerator(MSONable):
         the provenance, and a warning is logged).
         """
         request = GenerationRequest(
-            composition, n, crystal_system, space_group, band_gap, formation_energy, e_above_hull,
-            magnetic_ordering, guidance, steps, best_of,
+            composition=composition, n=n, crystal_system=crystal_system, space_group=space_group, band_gap=band_gap,
+            formation_energy=formation_energy, e_above_hull=e_above_hull, magnetic_ordering=magnetic_ordering,
+            guidance=guidance, steps=steps, best_of=best_of,
         )
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress)[0]
         return result.raise_for_error().structures
@@ -398,7 +399,8 @@ class CrystalGenerator(MSONable):
         Parameters
         ----------
         requests
-            :class:`GenerationRequest` s, mappings of their fields, or bare compositions.
+            :class:`GenerationRequest` s, mappings of their fields, or bare compositions (a lone request is
+            taken as a list of one).
         seed
             Base seed; request ``i`` uses ``seed + i`` unless it sets its own. None draws one from torch's global
             generator (recorded in the results).
@@ -413,6 +415,8 @@ class CrystalGenerator(MSONable):
 
         A request that fails validation gets its error in its result; the other requests still run.
         """
+        if isinstance(requests, (str, Mapping, GenerationRequest)) or not isinstance(requests, Iterable):
+            requests = [requests]
         if output not in ("structure", "ase"):
             raise ConditioningError(f"output must be 'structure' or 'ase', got {output!r}")
         flags = parse_checks(checks)

@@ -18,8 +18,6 @@ import numpy as np
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.models.conditioning import MODALITIES, Conditions, parse_formula
 
-#: settings of a request that are not model conditions
-SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed")
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_STEPS = 50
 
