@@ -25,7 +25,7 @@ from gpsk_materials.models.conditioning import (
 from gpsk_materials.models.configs import CONFIGS, ModelConfig, get_config
 from gpsk_materials.models.io import load_model_folder, load_tensors, save_model_folder, save_tensors
 from gpsk_materials.models.mmdit import MMDiT, DoubleStreamBlock, PatchEmbed3d, SingleStreamBlock
-from gpsk_materials.models.vae import GridVAE, miller_features
+from gpsk_materials.models.vae import GridVAE, PeriodicConv3d, miller_features
 
 TINY = CONFIGS["tiny"]
 
@@ -112,10 +112,18 @@ def test_reciprocal_domain_vae():
     v = GridVAE(replace(TINY.vae, domain="reciprocal"))
     grid = torch.randn(1, 3, 32, 32, 32)
     assert v.decode(v.encode(grid).mean).shape == grid.shape
-    assert all(m.padding_mode == "zeros" for m in v.modules() if isinstance(m, torch.nn.Conv3d))
-    assert all(m.padding_mode == "circular" for m in GridVAE(TINY.vae).modules() if isinstance(m, torch.nn.Conv3d))
+    assert not any(isinstance(m, PeriodicConv3d) for m in v.modules())
+    convs = [m for m in GridVAE(TINY.vae).modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(isinstance(m, PeriodicConv3d) for m in convs)
     with pytest.raises(ValueError, match="domain"):
         GridVAE(replace(TINY.vae, domain="fourier"))
+
+
+def test_periodic_conv_matches_circular_padding():
+    conv = PeriodicConv3d(2, 3, 3, stride=2)
+    x = torch.randn(1, 2, 8, 8, 8)
+    ref = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1,) * 6, mode="circular"), conv.weight, conv.bias, stride=2)
+    assert torch.allclose(conv(x), ref, atol=1e-6) and conv(x).shape == (1, 3, 4, 4, 4)
 
 
 def test_vae_parameter_count_matches_blog():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gpsk_materials.datasets import ArrayCache, cache_from_structures
-from gpsk_materials.errors import CheckpointError, DecodingError
+from gpsk_materials.errors import CheckpointError
 from gpsk_materials.models.io import load_model_folder, load_tensors
 from gpsk_materials.training import TrainConfig, Trainer
 from gpsk_materials.training.checkpoint import latest_checkpoint, optimizer_from_tensors, optimizer_to_tensors
@@ -51,11 +51,11 @@ def _train_losses(out: Path, stage: str) -> list[float]:
 
 @pytest.mark.slow
 def test_whole_loop_losses_fall_and_samples_decode(cache, tmp_path):
-    cfg = _cfg(vae_steps=36, flow_steps=36, batch_size=8, eval_every=12, ckpt_every=12, val_fraction=0.15)
+    cfg = _cfg(vae_steps=30, flow_steps=30, batch_size=4, eval_every=15, ckpt_every=15, val_fraction=0.15)
     assert Trainer(cache, tmp_path, cfg, progress=False).run() == "done"
     for stage in ("vae", "flow"):
         losses = _train_losses(tmp_path, stage)
-        assert len(losses) == 36
+        assert len(losses) == 30
         assert np.mean(losses[-8:]) < 0.75 * np.mean(losses[:8]), (stage, losses)
     val = [r for r in MetricsLog(tmp_path / "metrics.jsonl").read() if r["split"] == "val"]
     assert {r["stage"] for r in val} == {"vae", "flow"} and all("mse_metric" in r for r in val if r["stage"] == "vae")
@@ -71,14 +71,12 @@ def test_whole_loop_losses_fall_and_samples_decode(cache, tmp_path):
     decoder = ReciprocalGridDecoder()
     out = decoder.decode_many(grids, ["NaCl", "GaAs", None], errors="none")
     assert len(out) == 3 and all(s is None or isinstance(s, Structure) for s in out)
-    assert all((s is None) == (err is not None) for s, err in zip(out, decoder.last_errors))
-    if any(s is None for s in out):  # an untrained tiny model may not decode; errors="raise" says why
-        with pytest.raises(DecodingError):
-            decoder.decode_many(grids, ["NaCl", "GaAs", None])
+    # an untrained tiny model may not decode: each failure is a DecodingError whose reason is recorded
+    assert all((s is None) == isinstance(err, str) and (s is not None or err) for s, err in zip(out, decoder.last_errors))
 
 
 def test_resumed_run_matches_uninterrupted(cache, tmp_path):
-    cfg = _cfg()
+    cfg = _cfg(vae_steps=5, flow_steps=4, ckpt_every=2, eval_every=2)
     full = tmp_path / "full"
     assert Trainer(cache, full, cfg, progress=False).run() == "done"
     chunked = tmp_path / "chunked"

@@ -63,15 +63,41 @@ def check_grid(grid: Tensor, size: int = 32, channels: int = 3) -> None:
         raise GridError("grid contains NaN or inf")
 
 
+def periodic_pad(x: Tensor, p: int) -> Tensor:
+    """Wrap-around padding of the last three axes by ``p`` (as ``F.pad(mode="circular")``, whose backward is
+    several times slower on CPU)."""
+    for dim in (2, 3, 4):
+        n = x.shape[dim]
+        x = torch.cat([x.narrow(dim, n - p, p), x, x.narrow(dim, 0, p)], dim=dim)
+    return x
+
+
+class PeriodicConv3d(nn.Conv3d):
+    """Conv3d with circular ("same") padding of an odd kernel: the field is periodic in the cell."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1):
+        super().__init__(cin, cout, kernel, stride=stride, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(periodic_pad(x, self.kernel_size[0] // 2))
+
+
+def conv3d(cin: int, cout: int, periodic: bool, stride: int = 1) -> nn.Conv3d:
+    """3x3x3 convolution keeping the size (halving it with stride 2), periodic or zero padded."""
+    if periodic:
+        return PeriodicConv3d(cin, cout, 3, stride)
+    return nn.Conv3d(cin, cout, 3, stride=stride, padding=1)
+
+
 class ResBlock3d(nn.Module):
     """GroupNorm-SiLU-Conv3d twice with a residual connection (1x1x1 projection when widths differ)."""
 
-    def __init__(self, cin: int, cout: int, groups: int, padding_mode: str = "zeros"):
+    def __init__(self, cin: int, cout: int, groups: int, periodic: bool = False):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin)
-        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1, padding_mode=padding_mode)
+        self.conv1 = conv3d(cin, cout, periodic)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, padding_mode=padding_mode)
+        self.conv2 = conv3d(cout, cout, periodic)
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,7 +133,7 @@ class GridVAE(nn.Module):
         if config.domain not in ("real", "reciprocal"):
             raise ValueError(f"VAE domain must be 'real' or 'reciprocal', got {config.domain!r}")
         self.real = config.domain == "real"
-        pad = "circular" if self.real else "zeros"
+        pad = self.real  # periodic padding in real space
         self.register_buffer("coords", miller_features(config.grid_size), persistent=False)
         design = self.coords[3:].reshape(6, -1).double()
         self.register_buffer("metric_pinv", torch.linalg.pinv(design.T).float(), persistent=False)  # (6, n^3)
@@ -116,7 +142,7 @@ class GridVAE(nn.Module):
         n_in = 2 + 6 if self.real else config.grid_channels + nc
 
         def conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
-            return nn.Conv3d(cin, cout, 3, stride=stride, padding=1, padding_mode=pad)
+            return conv3d(cin, cout, pad, stride)
 
         self.enc_in = conv(n_in, c0)
         enc: list[nn.Module] = []
