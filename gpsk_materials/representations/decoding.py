@@ -63,6 +63,9 @@ def cell_counts(comp: dict[int, float], f000: float) -> tuple[dict[int, int], in
     reduced = ints // g
     f_unit = float(np.dot(reduced, form_factor_at_zero(np.array(list(comp)))))
     units = int(round(f000 / f_unit)) if np.isfinite(f000) else 0
+    # a generated grid may under-shoot F(000); half a formula unit or more still means one unit
+    if units < 1 and np.isfinite(f000) and f000 >= 0.5 * f_unit:
+        units = 1
     if units < 1:
         raise DecodingError(f"F(000) = {f000:.2f} e cannot hold one formula unit ({f_unit:.2f} e)")
     return {z: int(r) * units for z, r in zip(comp, reduced)}, units
@@ -367,6 +370,16 @@ class ReciprocalGridDecoder(MSONable):
             take = gain > self.min_gain * norm2[a, best2]
             take = take | known[a]  # with a given composition every count must be placed
             take = take & torch.isfinite(gain)
+            retry = torch.zeros_like(take)
+            if step > 0:
+                # refinement can slide a weak candidate onto a placed atom (a ghost beside a heavy atom):
+                # without a composition, skip it and search elsewhere
+                dxp = x[a, :step] - xa[:, None, :]
+                dxp = dxp - torch.round(dxp)
+                d2p = torch.einsum("bji,bik,bjk->bj", dxp, metric[a], dxp)
+                clash = ((d2p < self.min_distance**2) & (p[a, :step] >= 0)).any(1)
+                retry = clash & take & ~known[a]
+                take = take & ~retry
             T = fa * eng.phases(xa)
             R[a] = Ra - T * take[:, None]
             x[a, step] = torch.where(take[:, None], xa, x[a, step])
@@ -383,7 +396,11 @@ class ReciprocalGridDecoder(MSONable):
             dx = dx - torch.round(dx)
             d2 = torch.einsum("bvi,bij,bvj->bv", dx, metric[a], dx)
             blocked[a] |= (d2 < self.min_distance**2) & take[:, None]
-            done = ~take | (cnt[a].sum(1) <= 0)
+            dx0 = mesh[None] - x0[:, None, :]
+            dx0 = dx0 - torch.round(dx0)
+            d20 = torch.einsum("bvi,bij,bvj->bv", dx0, metric[a], dx0)
+            blocked[a] |= (d20 < (0.5 * self.min_distance) ** 2) & retry[:, None]
+            done = (~take & ~retry) | (cnt[a].sum(1) <= 0)
             active[a[done]] = False
         valid = p >= 0
         x, p = self._polish(eng, F, f, x, p, valid)
@@ -514,6 +531,7 @@ class ReciprocalGridDecoder(MSONable):
             denom = norm2.gather(1, p[:, j : j + 1].clamp(min=0))[:, 0]
             margins[:, j] = ((own - other) / denom.clamp(min=1e-12)).clamp(-1e3, 1e3).cpu().numpy()
         xs, ps, vs = x.cpu().numpy(), p.cpu().numpy(), valid.cpu().numpy()
+        xs = np.where(xs >= 1.0, 0.0, xs)  # x % 1.0 of a tiny negative number rounds to 1.0
         pal_np = pal.cpu().numpy()
         out: list = []
         for b in range(B):
