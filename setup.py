@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["gpsk_materials", "gpsk_materials.*"]),
     include_package_data=True,
     package_data={
-        "gpsk_materials": ["weights/*.safetensors", "weights/*.json", "data/*", "evaluation/data/*",
+        "gpsk_materials": ["weights/*/*.safetensors", "weights/*/*.json", "data/*", "evaluation/data/*",
                            "evaluation/data/magpie_elementdata/*"]
     },
     python_requires=">=3.10",
