@@ -23,6 +23,23 @@ _SUBCOMMANDS = [
 ]
 
 
+def format_table(records, cols) -> str:
+    """Left-aligned text table of ``records`` (dicts) for ``cols``, a list of (key, header) pairs."""
+
+    def fmt(v) -> str:
+        if isinstance(v, bool) or type(v).__name__ == "bool_":
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "-" if v is None else str(v)
+
+    rows = [[fmt(r.get(k)) for k, _ in cols] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
+    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``gpsk`` argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(prog="gpsk", description="GPSK-300 crystal generation toolkit.")

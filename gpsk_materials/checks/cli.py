@@ -134,15 +134,6 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("volume_scale_factor", "a_new/a_old"))
     cols += [("structural_valid", "struct"), ("compositional_valid", "SMACT"), ("strict_valid", "strict")]
 
-    def fmt(v) -> str:
-        if isinstance(v, (bool, np.bool_)):
-            return "yes" if v else "no"
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return "-" if v is None else str(v)
+    from gpsk_materials.cli import format_table
 
-    rows = [[fmt(r.get(k)) for k, _ in cols] for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
-    print("  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(format_table(records, cols))

@@ -413,6 +413,8 @@ class CrystalGenerator(MSONable):
         progress
             tqdm bars; None shows them for runs longer than one sampler batch.
 
+        Notes
+        -----
         A request that fails validation gets its error in its result; the other requests still run.
         """
         if isinstance(requests, (str, Mapping, GenerationRequest)) or not isinstance(requests, Iterable):

@@ -110,15 +110,6 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         cols.append(("energy_per_atom", "E (eV/atom)"))
     cols += [("e_above_hull", "E_hull"), ("valid", "valid"), ("strict_valid", "strict"), ("score", "score")]
 
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return "-" if v is None else str(v)
+    from gpsk_materials.cli import format_table as _format
 
-    rows = [[fmt(r.get(k)) for k, _ in cols] for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+    return _format(records, cols)

@@ -135,12 +135,6 @@ class ReciprocalGridDecoder(MSONable):
         self.batch_size = batch_size
         self._engines: dict = {}
 
-    def as_dict(self) -> dict:
-        d = {"@module": type(self).__module__, "@class": type(self).__name__}
-        for key in ("method", "max_residual", "min_distance", "max_sites", "newton_steps", "polish_steps",
-                    "swap_rounds", "interim_polish", "min_gain", "device", "dtype", "batch_size"):
-            d[key] = getattr(self, key)
-        return d
 
     def to(self, device: str) -> "ReciprocalGridDecoder":
         """Move decoding to ``device``; returns self."""

@@ -128,11 +128,6 @@ class RealSpaceDensityFeaturizer(MSONable):
     def implementors(self) -> list[str]:
         return ["gpsk_materials developers"]
 
-    def as_dict(self) -> dict:
-        d = {"@module": type(self).__module__, "@class": type(self).__name__}
-        for key in ("grid_size", "sigma", "canonicalize", "allow_disorder", "max_sites", "max_resolution"):
-            d[key] = getattr(self, key)
-        return d
 
 
 def _as_density(grid: Any) -> np.ndarray:

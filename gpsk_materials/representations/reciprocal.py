@@ -103,6 +103,8 @@ def featurize_batch(
     chunk_size : int, optional
         Structures per pass, bounding memory (default 2048 on CUDA, 64 on CPU).
 
+    Notes
+    -----
     Computation is in the dtype of ``lattice`` if it is float64, else float32; the output is float32.
     """
     import torch
@@ -346,9 +348,3 @@ class ReciprocalGridFeaturizer(MSONable):
     def implementors(self) -> list[str]:
         return ["gpsk_materials developers"]
 
-    def as_dict(self) -> dict:
-        d = {"@module": type(self).__module__, "@class": type(self).__name__}
-        for key in ("grid_size", "canonicalize", "random_origin", "seed", "allow_disorder", "max_sites",
-                    "max_resolution", "backend", "device", "batch_size"):
-            d[key] = getattr(self, key)
-        return d
