@@ -319,3 +319,17 @@ def test_decoder_msonable():
     assert back.as_dict() == dec.as_dict()
     with pytest.raises(ValueError):
         ReciprocalGridDecoder(method="nonsense")
+
+
+def test_no_ghost_atom_beside_heavy_atom_without_composition():
+    """A weak candidate that refines onto a placed heavy atom is skipped, not stacked on it (CsYbBr3)."""
+    from pymatgen.core import Lattice, Structure
+
+    from gpsk_materials import ReciprocalGridDecoder, ReciprocalGridFeaturizer
+
+    s = Structure(Lattice.cubic(5.737), ["Cs", "Yb", "Br", "Br", "Br"],
+                  [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]])
+    out = ReciprocalGridDecoder().decode(ReciprocalGridFeaturizer().featurize(s))
+    assert len(out) == 5
+    assert out.distance_matrix[np.triu_indices(5, 1)].min() > 2.0
+    assert out.properties["decode_relative_residual"] < 0.05
