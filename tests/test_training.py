@@ -198,3 +198,18 @@ def test_ddp_two_gloo_ranks_stay_in_sync(cache_path, tmp_path):
     assert load_model_folder(out / "model").mmdit is not None
     logged = [r["step"] for r in MetricsLog(out / "metrics.jsonl").read() if r["split"] == "train"]
     assert logged == [4, 4]  # rank 0 alone writes the (rank-averaged) log: one record per stage end
+
+
+def test_init_vae_skips_the_vae_stage_and_ships_that_vae(cache, tmp_path):
+    first = tmp_path / "vae_run"
+    assert Trainer(cache, first, _cfg(vae_steps=4, flow_steps=2), progress=False).run() == "done"
+    second = tmp_path / "flow_run"
+    trainer = Trainer(cache, second, _cfg(vae_steps=4, flow_steps=3), progress=False, init_vae=first / "vae")
+    assert trainer.run() == "done"
+    assert not [r for r in MetricsLog(second / "metrics.jsonl").read() if r["stage"] == "vae"]
+    assert len(_train_losses(second, "flow")) == 3
+    shipped = json.loads((second / "model" / "vae.json").read_text())
+    adopted = json.loads((first / "vae" / "vae.json").read_text())
+    assert shipped["shards"] == adopted["shards"]  # the same weights, by SHA-256
+    with pytest.raises(CheckpointError):
+        Trainer(cache, tmp_path / "bad", _cfg(model="default"), progress=False, init_vae=first / "vae").run()

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if it has none)")
     p.add_argument("--max-minutes", type=float, default=None, help="checkpoint and exit 0 after this much wall time")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--init-vae", type=Path, default=None,
+                   help="model folder whose trained VAE a fresh run adopts, skipping the VAE stage")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("data preparation (CSV / ASE sources need pymatgen)")
     g.add_argument("--cache-only", action="store_true", help="write OUT/data.npz and stop")
@@ -122,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if len(cache) == 0:
             raise DataError("no training data left after exclusions")
-        trainer = Trainer(cache, args.out, cfg, info, max_minutes=args.max_minutes, progress=not args.no_progress)
+        trainer = Trainer(cache, args.out, cfg, info, max_minutes=args.max_minutes, progress=not args.no_progress,
+                          init_vae=args.init_vae)
         status = trainer.run(resume=args.resume)
         if info.is_main:
             if status == "time_limit":

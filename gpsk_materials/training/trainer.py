@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,8 +145,9 @@ class Trainer:
     """
 
     def __init__(self, cache: ArrayCache, out: str | Path, config: TrainConfig, info: D.DistInfo | None = None,
-                 max_minutes: float | None = None, progress: bool = True):
+                 max_minutes: float | None = None, progress: bool = True, init_vae: str | Path | None = None):
         config.check()
+        self.init_vae = None if init_vae is None else Path(init_vae)
         self.cache, self.out, self.cfg = cache, Path(out), config
         self.info = info or D.DistInfo()
         self.model_config: ModelConfig = get_config(config.model)
@@ -282,6 +285,8 @@ class Trainer:
         state = self.resume() if resume else None
         if state is None and latest_checkpoint(self.out) is not None:
             raise CheckpointError(f"{self.out} already holds a run; pass resume=True (--resume) to continue it")
+        if state is None and self.init_vae is not None:
+            self._adopt_vae(self.init_vae)
         while self.stage != "done":
             if self.stage == "vae":
                 status = self._train_stage("vae", state)
@@ -295,6 +300,19 @@ class Trainer:
         if self.info.is_main:
             plot_curves(self.log.read(), self.out / "curves.png")
         return "done"
+
+    def _adopt_vae(self, folder: Path) -> None:
+        """Start a fresh run at the latent stage with the VAE of a model folder (a trained VAE can come back from
+        a time-limited GPU call as a 10 MB folder, while a whole training state cannot)."""
+        load_model_folder(folder, "cpu", expect=self.model_config)  # checks config, sizes and hashes
+        if self.info.is_main:
+            tmp = self.out / ".vae.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(folder, tmp)
+            shutil.rmtree(self.out / "vae", ignore_errors=True)
+            os.replace(tmp, self.out / "vae")
+        D.barrier(self.info)
+        self._advance("latents")
 
     def _advance(self, stage: str) -> None:
         self.stage, self.step, self.epoch, self.batch_in_epoch = stage, 0, 0, 0
