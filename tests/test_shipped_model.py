@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from gpsk_materials.paths import PACKAGE_DIR, REPO_DIR

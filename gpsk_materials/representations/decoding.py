@@ -199,7 +199,6 @@ class ReciprocalGridDecoder(MSONable):
         import torch
 
         g = as_grid_batch(grid)[:1]
-        n = g.shape[-1]
         t = torch.as_tensor(np.asarray(g, dtype=np.float64) if isinstance(g, np.ndarray) else g.double().cpu())
         re, im = G.expand_structure_factor(t[:, 0], t[:, 1])
         F = torch.fft.ifftshift(torch.complex(re, im), dim=(1, 2, 3))
@@ -253,7 +252,6 @@ class ReciprocalGridDecoder(MSONable):
         re, im = G.expand_structure_factor(t[:, 0].reshape(B, -1), t[:, 1].reshape(B, -1))
         Ffull = torch.complex(re, im)
         F = 0.5 * (Ffull[:, eng.idx] + Ffull[:, eng.mirror].conj())
-        f000 = F[:, 0].real.cpu().numpy() if bool((eng.hkl_int[0] == 0).all()) else None
         zero_idx = int(torch.nonzero((eng.hkl_int == 0).all(1))[0])
         f000 = F[:, zero_idx].real.double().cpu().numpy()
 
@@ -495,9 +493,6 @@ class ReciprocalGridDecoder(MSONable):
         import torch
         from pymatgen.core import Lattice, Structure
 
-        from gpsk_materials.representations.solver import lattice_parameters
-
-        del lattice_parameters
         B = len(F)
         s2 = eng.s2(gstar)
         f = eng.form_factors(pal, s2)

@@ -188,7 +188,6 @@ def shift_origin(grid, shift):
     """
     xp = G._xp(grid)
     n = grid.shape[-1]
-    h = G.miller_axis(n)
     if xp is np:
         shift = np.asarray(shift, dtype=float)
         arg = np.einsum("...i,xyzi->...xyz", shift, G.miller_grid(n).astype(float))

@@ -26,7 +26,6 @@ TWO_PI = 2 * np.pi
 @lru_cache(maxsize=8)
 def _half_space(n: int):
     """Indices of the Friedel half of the symmetric block, their mirror indices, and the weights."""
-    ax = G.miller_axis(n)
     hkl = G.miller_grid(n).reshape(-1, 3)
     sym = np.all(np.abs(hkl) <= n // 2 - 1, axis=1)
     key = hkl[:, 2] * n * n + hkl[:, 1] * n + hkl[:, 0]
@@ -36,7 +35,6 @@ def _half_space(n: int):
     off = n // 2
     mirror = ((mirror_hkl[:, 0] + off) * n + (mirror_hkl[:, 1] + off)) * n + (mirror_hkl[:, 2] + off)
     weight = np.where(key[idx] == 0, 1.0, 2.0)
-    del ax
     return idx, mirror, weight, hkl[idx]
 
 
@@ -59,11 +57,8 @@ class Engine:
         design = torch.as_tensor(G.metric_design_matrix(self.n), device=dev, dtype=torch.float64)
         self.metric_pinv = torch.linalg.pinv(design).to(dt)  # (6, n^3)
         self.table = torch_coefficient_table(dev, dt)
-        off = self.n // 2
         self.fft_index = ((self.hkl_int + self.n) % self.n)  # FFT-order position of each half-space h
         self.fft_mirror = ((-self.hkl_int + self.n) % self.n)
-        self.ctype = torch.complex128 if dt == torch.float64 else torch.complex64
-        del off
 
     # ----------------------------------------------------------------- lattice
     def fit_metric(self, q: torch.Tensor) -> torch.Tensor:
