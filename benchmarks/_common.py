@@ -50,3 +50,69 @@ def timed(fn, *args, device: str = "cpu", repeat: int = 3, **kwargs):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return float(np.median(times)), out
+
+
+def default_model() -> str:
+    """Folder of the model shipped in the package (the ``--model`` default of the generation benchmarks)."""
+    from gpsk_materials.pipelines.generator import default_model_dir
+
+    return str(default_model_dir())
+
+
+def generation_parser(doc: str | None):
+    """Argument parser with the options every generation benchmark takes: --model, --device, --seed, --out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=default_model(), help="model folder (default: the shipped model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    return p
+
+
+def load_generator(args, **kwargs):
+    """CrystalGenerator of ``args.model`` on ``args.device``."""
+    import logging
+
+    from gpsk_materials import CrystalGenerator
+
+    logging.getLogger("gpsk_materials.pipelines.generator").setLevel(logging.ERROR)  # one warning per failed request
+    return CrystalGenerator.from_pretrained(args.model, device=args.device, **kwargs)
+
+
+def is_valid(structure) -> tuple[bool, bool]:
+    """(structural, compositional) validity of the CDVAE protocol (>= 0.5 A, >= 0.1 A^3; SMACT)."""
+    from gpsk_materials.checks.validity import smact_validity, structural_validity
+
+    return bool(structural_validity(structure)), bool(smact_validity(structure.composition))
+
+
+def sample_index(structure, default: int) -> int:
+    """Index of the candidate a generated structure came from (its provenance), else ``default``."""
+    return int((structure.properties.get("gpsk") or {}).get("sample_index", default))
+
+
+def write_summary(out: Path | None, summary: dict) -> dict:
+    """Add the date and the command to ``summary`` and write it as JSON to ``out`` (when given); returns it."""
+    import json
+    import math
+    import sys
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, (np.floating, float)):
+            return None if not math.isfinite(float(x)) else float(x)
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+
+    summary = {**summary, "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv])}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(plain(summary), indent=1))
+        print(f"wrote {out}")
+    return summary

@@ -1,0 +1,75 @@
+"""Crystal structure prediction on MP-20 test targets: composition-only conditioning, one sample and best of k.
+
+For the first ``--limit`` rows of ``shared/data/mp20/test.csv`` (a PARTIAL split, see shared/data/SOURCES.md:
+results are not comparable with published MP-20 numbers) the model is asked for ``--k`` structures of the target's
+cell composition (no other condition, ``checks="none"``). ``gpsk_materials.evaluation.csp_metrics`` scores them
+(StructureMatcher stol=0.5, angle_tol=10, ltol=0.3; a prediction counts only when it and its target are valid,
+structural + SMACT). A candidate that does not decode counts as an invalid prediction, in its sample position.
+
+    python benchmarks/csp.py --device cuda --limit 1000 --k 20 --out results/csp.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (  # noqa: E402
+    generation_parser,
+    is_valid,
+    load_generator,
+    read_structures,
+    sample_index,
+    write_summary,
+)
+
+TEST_CSV = "mp20/test.csv"
+
+
+def main(argv=None) -> int:
+    from gpsk_materials.evaluation import csp_metrics
+
+    p = generation_parser(__doc__)
+    p.add_argument("--limit", type=int, default=1000, help="first N test targets")
+    p.add_argument("--k", type=int, default=20, help="samples per target (best of k)")
+    p.add_argument("--workers", type=int, default=2, help="processes parsing the CIFs")
+    args = p.parse_args(argv)
+    print(f"NOTE: {TEST_CSV} is a partial MP-20 test split (shared/data/SOURCES.md); "
+          "results are not comparable with published MP-20 numbers.")
+    targets, df = read_structures(TEST_CSV, limit=args.limit, workers=args.workers)
+    target_ids = [str(m) for m in df["material_id"]]
+    gen = load_generator(args)
+    requests = [{"composition": t.composition.formula.replace(" ", ""), "n": args.k} for t in targets]
+    t0 = time.perf_counter()
+    results = gen.run(requests, seed=args.seed, checks="none")
+    seconds = time.perf_counter() - t0
+    preds, pred_ids, pred_valid = [], [], []
+    errors = 0
+    for tid, target, res in zip(target_ids, targets, results):
+        errors += res.error is not None
+        slots = [None] * args.k
+        for j, s in enumerate(res.structures):
+            slots[sample_index(s, j)] = s
+        for j, s in enumerate(slots):
+            preds.append(s if s is not None else target)  # placeholder: invalid predictions are never matched
+            pred_ids.append(f"{tid}__{j}")
+            pred_valid.append(s is not None and all(is_valid(s)))
+    target_valid = [all(is_valid(t)) for t in targets]
+    result = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid)
+    summary = result.summary()
+    n_dec = sum(r.decoded for r in results)
+    extra = {"split": f"{TEST_CSV} (partial)", "generated": len(targets) * args.k, "decoded": n_dec,
+             "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
+             "request_errors": errors, "seconds_generation": seconds, "device": str(gen.device)}
+    print(f"{len(targets)} targets x {args.k} samples: {n_dec} decoded, {sum(pred_valid)} valid "
+          f"({errors} requests refused); generation {seconds:.1f} s")
+    print(f"match rate 1 sample {summary['match_rate_1']:.4f}  RMSE {summary['rmse_1']:.4f}")
+    print(f"match rate best of {args.k} {summary['match_rate_k']:.4f}  RMSE {summary['rmse_k']:.4f}")
+    write_summary(args.out, {**summary, **extra})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
