@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import write_summary  # noqa: E402
 
 COMPOSITIONS = ["NaCl", "MgO", "CaO", "NiO", "MnO", "SrTiO3", "GaAs", "Fe2O3", "CaF2", "TiO2", "ZnS", "LiFePO4"]
 
@@ -33,12 +35,9 @@ def main(argv=None) -> int:
         print(f"{comp:10s} {len(res.structures)}/{res.candidates} decoded and returned")
     total = sum(r["candidates"] for r in rows.values())
     ok = sum(r["decoded_valid"] for r in rows.values())
-    summary = {"samples": total, "returned": ok, "rate": ok / max(total, 1), "seconds": elapsed,
-               "per_composition": rows, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
     print(f"returned {ok}/{total} ({ok / max(total, 1):.1%}) in {elapsed:.1f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1))
+    write_summary(args.out, {"samples": total, "returned": ok, "rate": ok / max(total, 1), "seconds": elapsed,
+                             "per_composition": rows})
     return 0
 
 

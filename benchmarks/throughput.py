@@ -11,15 +11,13 @@ naive batched torch featurizer (one complex exponential and one form factor per 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import read_structures, timed  # noqa: E402
+from _common import read_structures, timed, write_summary  # noqa: E402
 
 
 def featurize_naive_torch(lattice, frac, numbers, occupancy, n: int = 32):
@@ -106,13 +104,11 @@ def main(argv=None) -> int:
         rows[f"decode_{dtype}_{dev}_per_s"] = m / t_dec
         rows[f"decode_{dtype}_{dev}_failures"] = sum(o is None for o in out)
 
-    rows.update({"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if dev.startswith("cuda")
-                 else f"cpu ({torch.get_num_threads()} threads)", "command": " ".join(sys.argv)})
+    rows["device"] = (torch.cuda.get_device_name() if dev.startswith("cuda")
+                      else f"cpu ({torch.get_num_threads()} threads)")
     for key, val in rows.items():
         print(f"{key:40s} {val:.4g}" if isinstance(val, float) else f"{key:40s} {val}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+    write_summary(args.out, rows)
     return 0
 
 

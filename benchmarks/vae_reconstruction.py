@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import read_structures  # noqa: E402
+from _common import read_structures, write_summary  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,12 +55,10 @@ def main(argv=None) -> int:
     row = {
         "n": len(structures), "mse_re": float(mse[0]), "mse_im": float(mse[1]), "mse_metric": float(mse[2]),
         "decoded": int(sum(d is not None for d in decoded)), "match_rate": float(np.mean(matched)),
-        "model": args.model, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+        "model": args.model,
     }
     print(json.dumps(row, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(row, indent=1))
+    write_summary(args.out, row)
     return 0
 
 
