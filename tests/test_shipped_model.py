@@ -42,3 +42,22 @@ def test_shipped_model_loads_and_samples_finite_grids():
 
     lattice = ReciprocalGridDecoder().fit_lattice(grids[0].numpy())
     assert 1.0 < lattice.volume < 2000.0 and np.all(np.array(lattice.abc) > 1.0)
+
+
+def test_generated_grids_decode_to_valid_structures():
+    """Generated grids of the shipped model decode to valid structures of the requested cell content."""
+    from pymatgen.core import Composition
+
+    from gpsk_materials import CrystalGenerator
+    from gpsk_materials.checks.validity import structural_validity
+
+    torch.set_num_threads(1)
+    gen = CrystalGenerator.from_pretrained()
+    requests = [{"composition": c, "n": 1, "best_of": 8} for c in ("NaCl", "CaO", "SrTiO3")]
+    results = gen.run(requests, seed=0, checks="basic")
+    for r, c in zip(results, ("NaCl", "CaO", "SrTiO3")):
+        assert r.ok and r.decoded >= 1, (c, r.failures)
+        s = r.structures[0]
+        assert s.composition == Composition(c)
+        assert structural_validity(s), c
+        assert s.properties["decode_relative_residual"] <= gen.decoder.max_residual

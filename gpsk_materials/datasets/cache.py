@@ -135,13 +135,13 @@ class ArrayCache:
         return cls(**{k: np.concatenate(v) for k, v in rows.items()}, meta=meta)
 
     def save(self, path: str | Path) -> Path:
-        """Write the cache as an uncompressed ``.npz`` atomically (no pickled objects)."""
+        """Write the cache as a compressed ``.npz`` atomically (no pickled objects; padded rows compress well)."""
         from gpsk_materials.models.io import write_bytes_atomic
 
         path = Path(path)
         buf = io.BytesIO()
         arrays = {name: getattr(self, name) for name in _ARRAYS}
-        np.savez(buf, **arrays, meta=np.array(json.dumps({"format": FORMAT, **self.meta})))
+        np.savez_compressed(buf, **arrays, meta=np.array(json.dumps({"format": FORMAT, **self.meta})))
         write_bytes_atomic(path, buf.getvalue())
         return path
 

@@ -206,10 +206,12 @@ def save_model_folder(
     latent_std: Tensor | np.ndarray | None,
     dtype: torch.dtype | None = None,
     extra: Mapping[str, Any] | None = None,
+    mmdit_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a model folder atomically (built beside ``path``, then moved into place).
 
-    ``dtype=torch.bfloat16`` halves release files; training checkpoints keep float32.
+    ``dtype=torch.bfloat16`` halves release files; training checkpoints keep float32. ``mmdit_dtype`` overrides
+    ``dtype`` for the MMDiT alone (the shipped model: bf16 MMDiT, float32 VAE, whose output feeds least squares).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,7 @@ def save_model_folder(
         cfg = config.to_dict()
         save_tensors(tmp, "vae", module_tensors(vae, dtype), config=cfg["vae"])
         if mmdit is not None:
-            save_tensors(tmp, "mmdit", module_tensors(mmdit, dtype), config=cfg["mmdit"])
+            save_tensors(tmp, "mmdit", module_tensors(mmdit, mmdit_dtype or dtype), config=cfg["mmdit"])
         as_list = (lambda x: None if x is None else [float(v) for v in np.asarray(torch.as_tensor(x).cpu())])
         write_json_atomic(
             tmp / "config.json",

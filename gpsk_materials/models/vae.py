@@ -222,6 +222,15 @@ class GridVAE(nn.Module):
         posterior = self.encode(grid)
         return self.decode(posterior.sample(generator)), posterior
 
+    @staticmethod
+    def relative_residual(grid: Tensor, recon: Tensor) -> Tensor:
+        """Per structure ||F_rec - F||^2 / ||F||^2 of the expanded structure factor (the decoder's measure)."""
+        with torch.autocast(grid.device.type, enabled=False):
+            re, im = expand_structure_factor(grid[:, 0].float(), grid[:, 1].float())
+            re_r, im_r = expand_structure_factor(recon[:, 0].float(), recon[:, 1].float())
+            num = ((re_r - re) ** 2 + (im_r - im) ** 2).flatten(1).sum(1)
+            return num / (re**2 + im**2).flatten(1).sum(1).clamp_min(1e-12)
+
     def loss(self, grid: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted reconstruction MSE + ``kl_weight`` * KL; returns the loss and its detached parts."""
         return self.loss_from(grid, *self(grid, generator))
@@ -233,4 +242,7 @@ class GridVAE(nn.Module):
         kl = posterior.kl().float().mean()
         loss = (w * err).sum() / w.sum() + self.config.kl_weight * kl
         parts = {"mse_re": err[0], "mse_im": err[1], "mse_metric": err[2], "kl": kl}
+        if self.config.residual_weight:
+            parts["residual"] = self.relative_residual(grid, recon).mean()
+            loss = loss + self.config.residual_weight * parts["residual"]
         return loss, {k: v.detach() for k, v in parts.items()}

@@ -7,7 +7,8 @@ Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS se
 2. every candidate latent of every request goes through the rectified-flow sampler in fixed-size batches of mixed
    conditions, then through the VAE decoder (grids);
 3. the closed-form decoder turns each request's grids into Structures (the requested composition, scaled to the
-   number of formula units F(000) indicates); a grid that does not decode is a failed candidate, never returned;
+   cell content conditioned on; F(000) only when the composition was left free); a grid that does not decode is a
+   failed candidate, never returned;
 4. the post-checks (``checks=``) score the candidates and the best ``n`` of ``n * best_of`` are kept.
 
 Reproducibility: the noise of request ``i`` comes from its own ``torch.Generator`` seeded with ``seed + i`` (or the
@@ -47,6 +48,9 @@ DEFAULT_MAX_SITES = 20
 #: sampler batch when none is set: small on the CPU (a lone request pays for a whole padded batch), large on GPUs
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 64
+#: residual bound of the default decoder: a generated grid is a sample, not an exact featurization (0.3 is the
+#: bound for exact grids); candidates are ranked by it and the checks after decoding judge the structure
+GENERATED_MAX_RESIDUAL = 0.5
 PROPERTY_KEY = "gpsk"
 _GRID_PREFIX = re.compile(r"^grid \d+: ")
 
@@ -143,7 +147,8 @@ class CrystalGenerator(MSONable):
     batch_size
         Latents per sampler call (None: 8 on the CPU, 64 on a GPU). Part of the reproducibility key.
     decoder
-        A configured :class:`~gpsk_materials.representations.decoding.ReciprocalGridDecoder`.
+        A configured :class:`~gpsk_materials.representations.decoding.ReciprocalGridDecoder` (default: one with
+        ``max_residual=GENERATED_MAX_RESIDUAL``).
     potential
         Interatomic potential of the energy checks: None (the default TensorNet-MatPES), a name/spec accepted by
         :func:`~gpsk_materials.checks.potentials.resolve_potential`, or a loaded Potential. Loaded on first use.
@@ -186,7 +191,9 @@ class CrystalGenerator(MSONable):
         self.model_path = None if model_path is None else Path(model_path)
         self.max_sites = int(max_sites)
         self.batch_size = batch_size
-        self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(max_sites=self.max_sites)
+        self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(
+            max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL,
+            batch_size=GPU_BATCH_SIZE if self.device.type == "cuda" else 16)
         self.decoder.to(str(self.device))
         self._potential = potential if isinstance(potential, Potential) else None
         self.potential_spec = potential.spec if isinstance(potential, Potential) else potential
@@ -451,10 +458,11 @@ class CrystalGenerator(MSONable):
         if progress is None:
             progress = sum(r.candidates for r in resolved) > self._batch_size()
         grids = self._sample_grids(resolved, progress)
-        for r, g in tqdm(list(zip(resolved, grids)), desc="decode + checks", unit="request",
-                         disable=not progress or len(resolved) < 2):
+        decoded = self._decode(resolved, grids, progress)
+        for r, g, d in tqdm(list(zip(resolved, grids, decoded)), desc="checks", unit="request",
+                            disable=not progress or len(resolved) < 2 or flags == frozenset()):
             res = results[r.index]
-            self._finish_request(r, g, flags, res)
+            self._finish_request(r, g, flags, res, d)
             if output == "ase":
                 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -507,11 +515,29 @@ class CrystalGenerator(MSONable):
                     bar.update(len(chunk))
         return out
 
-    def _finish_request(self, r: ResolvedRequest, grids: Tensor, flags: frozenset[str], res: GenerationResult) -> None:
-        """Stages 3 and 4 for one request: decode, check, select, annotate (fills ``res``)."""
-        comp = None if r.cell is None else dict(r.cell)
-        decoded = self.decoder.decode_many(grids, [comp] * len(grids), errors="none")
-        reasons = list(self.decoder.last_errors)
+    def _decode(self, resolved: Sequence[ResolvedRequest], grids: Sequence[Tensor], progress: bool) -> list:
+        """Stage 3 for all requests at once (the decoder batches across requests): per request, the decoded
+        Structures (None where a grid failed) and the reasons of the failures."""
+        out = []
+        for exact in (True, False):  # given cell contents / free compositions
+            todo = [k for k, r in enumerate(resolved) if (r.cell is not None) == exact]
+            if not todo:
+                continue
+            comps = [None if resolved[k].cell is None else dict(resolved[k].cell) for k in todo for _ in grids[k]]
+            flat = torch.cat([grids[k] for k in todo])
+            structures = self.decoder.decode_many(flat, comps, errors="none", progress=progress, exact_counts=exact)
+            reasons = list(self.decoder.last_errors)
+            start = 0
+            for k in todo:
+                n = len(grids[k])
+                out.append((k, structures[start : start + n], reasons[start : start + n]))
+                start += n
+        return [(d, e) for _, d, e in sorted(out, key=lambda t: t[0])]
+
+    def _finish_request(self, r: ResolvedRequest, grids: Tensor, flags: frozenset[str], res: GenerationResult,
+                        decoded_reasons: tuple[list, list]) -> None:
+        """Stage 4 for one request: check, select, annotate (fills ``res``)."""
+        decoded, reasons = decoded_reasons
         cands = [(j, s) for j, s in enumerate(decoded) if s is not None]
         res.decoded = len(cands)
         res.failures = [f"sample {j}: {_GRID_PREFIX.sub('', e)}" for j, e in enumerate(reasons) if e is not None]

@@ -18,7 +18,7 @@ import numpy as np
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.models.conditioning import MODALITIES, Conditions, parse_formula
 
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE = 1.0
 DEFAULT_STEPS = 50
 
 

@@ -12,6 +12,8 @@ from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import MAX_Z, form_factor_at_zero
 
 METHODS = ("reciprocal", "peaks")
+#: largest factor by which F of a grid is rescaled to the electron count of a given cell (``exact_counts``)
+MAX_SCALE = 3.0
 
 
 def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
@@ -52,11 +54,17 @@ def parse_composition(comp: Any) -> dict[int, float]:
     return out
 
 
-def cell_counts(comp: dict[int, float], f000: float) -> tuple[dict[int, int], int]:
-    """Integer cell content of ``comp`` scaled to the observed F(000) (number of formula units)."""
+def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tuple[dict[int, int], int]:
+    """Integer cell content of ``comp`` scaled to the observed F(000) (number of formula units); with ``exact``
+    the amounts are the cell content as they stand (F(000) is ignored)."""
     amounts = np.array(list(comp.values()))
     if np.any(np.abs(amounts - np.round(amounts)) > 1e-6):
         raise DecodingError(f"composition amounts {amounts.tolist()} are not integers")
+    if exact:
+        ints = np.round(amounts).astype(int)
+        if np.any(ints < 1):
+            raise DecodingError(f"cell content {amounts.tolist()} must hold at least one atom of each element")
+        return {z: int(a) for z, a in zip(comp, ints)}, int(np.gcd.reduce(ints))
     # reduce to the smallest integer formula, then take as many formula units as F(000) asks for
     ints = np.round(amounts).astype(int)
     g = int(np.gcd.reduce(ints))
@@ -69,6 +77,15 @@ def cell_counts(comp: dict[int, float], f000: float) -> tuple[dict[int, int], in
     if units < 1:
         raise DecodingError(f"F(000) = {f000:.2f} e cannot hold one formula unit ({f_unit:.2f} e)")
     return {z: int(r) * units for z, r in zip(comp, reduced)}, units
+
+
+def _better(a, b):
+    """Of two decodings of one grid, the structure with the lower residual (a structure beats an error)."""
+    if isinstance(a, DecodingError):
+        return b if not isinstance(b, DecodingError) else a
+    if isinstance(b, DecodingError):
+        return a
+    return b if b.properties["decode_relative_residual"] < a.properties["decode_relative_residual"] else a
 
 
 class ReciprocalGridDecoder(MSONable):
@@ -147,11 +164,21 @@ class ReciprocalGridDecoder(MSONable):
         return self.decode_many(as_grid_batch(grid)[:1], None if composition is None else [composition])[0]
 
     def decode_many(
-        self, grids, compositions: Sequence[Any] | None = None, errors: str = "raise", progress: bool = False
+        self,
+        grids,
+        compositions: Sequence[Any] | None = None,
+        errors: str = "raise",
+        progress: bool = False,
+        exact_counts: bool = False,
     ) -> list:
         """Decode a batch (B, 3, n, n, n).
 
         ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition).
+        ``exact_counts``: the compositions are the cell contents (as a generator conditioned on them, or crystal
+        structure prediction); otherwise they are scaled to the number of formula units F(000) indicates. With
+        exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
+        count (a generated grid's overall scale is a nuisance, as in refinement), and the better fit is kept
+        (``properties["decode_scale"]`` says which).
         ``errors="raise"`` raises the first :class:`DecodingError`; ``"none"`` puts None in its place and
         records the reason in :attr:`last_errors`.
         """
@@ -170,7 +197,11 @@ class ReciprocalGridDecoder(MSONable):
         self.last_errors: list = []
         for start in tqdm(range(0, B, self.batch_size), disable=not progress, desc="decode", unit="batch"):
             sl = slice(start, start + self.batch_size)
-            out = self._decode_chunk(grids[sl], compositions[sl])
+            out = self._decode_chunk(grids[sl], compositions[sl], exact_counts)
+            if exact_counts:
+                # also try the grid brought to the cell's electron count; keep whichever fits better
+                scaled = self._decode_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
+                out = [_better(a, b) for a, b in zip(out, scaled)]
             for item in out:
                 if isinstance(item, DecodingError):
                     if errors == "raise":
@@ -230,7 +261,7 @@ class ReciprocalGridDecoder(MSONable):
         gstar = eng.fit_metric(t[:, 2].reshape(len(t), -1).double().to(eng.dtype) * G.Q0)
         return lattice_parameters(gstar.double().cpu().numpy())
 
-    def _decode_chunk(self, grids, compositions) -> list:
+    def _decode_chunk(self, grids, compositions, exact_counts: bool = False, rescale: bool = False) -> list:
         import torch
 
         from gpsk_materials.representations.solver import lattice_parameters
@@ -256,6 +287,7 @@ class ReciprocalGridDecoder(MSONable):
         f000 = F[:, zero_idx].real.double().cpu().numpy()
 
         pal, counts, known = [], [], []
+        scale = np.ones(B)
         for i, comp in enumerate(compositions):
             if i in fail:
                 pal.append([1]), counts.append([0]), known.append(True)
@@ -264,7 +296,7 @@ class ReciprocalGridDecoder(MSONable):
                 pal.append(list(range(1, MAX_Z + 1))), counts.append([np.inf] * MAX_Z), known.append(False)
                 continue
             try:
-                cnt, units = cell_counts(parse_composition(comp), f000[i])
+                cnt, units = cell_counts(parse_composition(comp), f000[i], exact_counts)
                 if sum(cnt.values()) > self.max_sites:
                     raise DecodingError(f"F(000) = {f000[i]:.1f} e asks for {units} formula units, "
                                         f"{sum(cnt.values())} sites > max_sites={self.max_sites}")
@@ -273,6 +305,13 @@ class ReciprocalGridDecoder(MSONable):
                 pal.append([1]), counts.append([0]), known.append(True)
                 continue
             pal.append(list(cnt)), counts.append(list(cnt.values())), known.append(True)
+            if rescale and f000[i] > 0:
+                # a generated grid's overall scale is a nuisance, as in crystallographic refinement: bring F(000)
+                # to the electron count of the given cell, so that the residual judges the arrangement
+                electrons = float(np.dot(list(cnt.values()), form_factor_at_zero(np.array(list(cnt)))))
+                scale[i] = float(np.clip(electrons / f000[i], 1 / MAX_SCALE, MAX_SCALE))
+        if rescale:
+            F = F * torch.as_tensor(scale, device=F.device, dtype=F.real.dtype)[:, None]
         P = max(len(p) for p in pal)
         pal_t = torch.zeros((B, P), dtype=torch.long, device=eng.device)
         cnt_t = torch.zeros((B, P), dtype=eng.dtype, device=eng.device)
@@ -287,7 +326,7 @@ class ReciprocalGridDecoder(MSONable):
             x, p, valid = self._peaks(eng, F, pal_t, cnt_t, known_t)
         else:
             x, p, valid = self._peel(eng, F, safe_gstar, pal_t, cnt_t, known_t)
-        return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail)
+        return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail, scale)
 
     # -- blog baseline --------------------------------------------------
     def _peaks(self, eng, F, pal, cnt, known):
@@ -489,7 +528,7 @@ class ReciprocalGridDecoder(MSONable):
         return x, p
 
     # -- assemble --------------------------------------------------------
-    def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail) -> list:
+    def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail, scale=None) -> list:
         import torch
         from pymatgen.core import Lattice, Structure
 
@@ -506,7 +545,9 @@ class ReciprocalGridDecoder(MSONable):
         rhs = torch.bmm((T.conj() * w), F[:, :, None])[..., 0].real
         eye = torch.eye(A.shape[1], device=A.device, dtype=A.dtype)
         A = torch.where(valid[:, :, None] & valid[:, None, :], A, eye.expand_as(A))
-        alpha = torch.linalg.solve(A + 1e-12 * eye, rhs * valid)[...].cpu().numpy()
+        # relative ridge: two sites on the same spot (a generated grid) make A exactly singular
+        ridge = 1e-9 * A.diagonal(dim1=1, dim2=2).abs().mean(-1).clamp(min=1e-12)[:, None, None]
+        alpha = torch.linalg.solve(A + ridge * eye, rhs * valid).cpu().numpy()
         # element margin: gain of the assigned element over the best other one, with the site removed
         margins = np.zeros(p.shape)
         norm2 = (f * f * w).sum(-1)
@@ -548,6 +589,7 @@ class ReciprocalGridDecoder(MSONable):
                 "decode_method": self.method,
                 "decode_relative_residual": float(rel[b]),
                 "decode_composition": "given" if known[b] else "inferred",
+                "decode_scale": 1.0 if scale is None else float(scale[b]),
                 "decode_confidence": float(confidence.min()),
             })
             if rel[b] > self.max_residual:

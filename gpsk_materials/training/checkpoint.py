@@ -24,13 +24,22 @@ from gpsk_materials.models.io import load_tensors, read_json, save_tensors, writ
 STATE_FORMAT = "gpsk-train-state/1"
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Flatten ``optimizer.state_dict()`` into tensors and a JSON-able remainder."""
+def optimizer_to_tensors(
+    optimizer: torch.optim.Optimizer, moment_dtype: torch.dtype | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Flatten ``optimizer.state_dict()`` into tensors and a JSON-able remainder.
+
+    ``moment_dtype`` (e.g. ``torch.bfloat16``) stores the per-parameter moments in a smaller type: the checkpoint
+    shrinks by a third and a resumed run continues from moments rounded to that type (``load_state_dict`` casts
+    them back to the parameters' type), so it is no longer bit-identical to an uninterrupted one.
+    """
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for key, value in st.items():
             if torch.is_tensor(value):
+                if moment_dtype is not None and value.ndim and value.is_floating_point():
+                    value = value.to(moment_dtype)
                 tensors[f"{pid}.{key}"] = value
             else:
                 scalars[f"{pid}.{key}"] = value

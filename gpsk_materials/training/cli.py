@@ -26,9 +26,11 @@ _HELP = {
     "vae_steps": "optimizer steps of the VAE stage",
     "flow_steps": "optimizer steps of the flow stage",
     "batch_size": "global batch size (split over ranks)",
+    "flow_batch_size": "global batch size of the flow stage (default: --batch-size)",
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     "compile": "torch.compile the models (worth it on GPUs)",
     "split_by": "hash key of the train/val split: material_id or formula",
+    "compact_checkpoints": "store optimizer moments as bf16 (a third smaller; resume no longer bit-exact)",
 }
 
 
@@ -60,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.type in (bool, "bool"):
             g.add_argument(flag, action="store_true", default=None, help=_HELP.get(f.name))
         else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            typ = {"int": int, "int | None": int, "float": float, "str": str}.get(str(f.type), type(f.default))
             g.add_argument(flag, type=typ, default=None, help=f"{_HELP.get(f.name, '')} (default {f.default})".strip())
 
 
