@@ -443,3 +443,15 @@ def test_params_command_and_docs(capsys):
     assert all(name in out for name in CONFIGS) and "304,127,168" in out
     docs = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     assert params_table(markdown=True) in docs, "docs/models.md is stale: paste `gpsk params --markdown`"
+
+
+def test_shard_files_respect_the_size_limit_header_included(tmp_path):
+    limit = 40_000
+    # tensors whose data alone fill a shard exactly: the header must push the last one to the next shard
+    tensors = {f"block.{i}.weight": torch.randn(2_500) for i in range(9)}  # 10,000 bytes each
+    tensors["big"] = torch.randn(30_000)  # larger than a shard: split into flat parts
+    save_tensors(tmp_path, "set", tensors, max_shard_bytes=limit)
+    files = sorted(tmp_path.glob("set-*.safetensors"))
+    assert len(files) > 3 and all(f.stat().st_size <= limit for f in files)
+    loaded, _ = load_tensors(tmp_path, "set")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import DummySpecies, Lattice, Structure
 
 from gpsk_materials.errors import (
@@ -333,3 +334,22 @@ def test_no_ghost_atom_beside_heavy_atom_without_composition():
     assert len(out) == 5
     assert out.distance_matrix[np.triu_indices(5, 1)].min() > 2.0
     assert out.properties["decode_relative_residual"] < 0.05
+
+
+def test_exact_counts_decode_a_rescaled_grid(featurizer, decoder, triclinic):
+    """A grid whose F is off by an overall scale (as a generated one may be) decodes with the cell content given:
+    F(000) alone would ask for the wrong number of formula units, the rescaled fit finds the structure."""
+    grid = featurizer.featurize(triclinic)
+    re, im = G.expand_structure_factor(grid[0].astype(np.float64), grid[1].astype(np.float64))
+    scaled = grid.copy()
+    scaled[0], scaled[1] = G.compress_structure_factor(0.45 * re, 0.45 * im)
+    cell = {"Ti": 1, "O": 2, "Sr": 1, "Ba": 1}
+    with pytest.raises(DecodingError, match="cannot hold one formula unit"):
+        decoder.decode(scaled, cell)
+    out = decoder.decode_many(scaled[None], [cell], exact_counts=True)[0]
+    assert out.composition == triclinic.composition
+    assert out.properties["decode_scale"] == pytest.approx(1 / 0.45, rel=1e-3)
+    assert StructureMatcher().fit(out, triclinic)
+    # the cell content is taken as given: twice the formula means twice the sites
+    with pytest.raises(DecodingError):
+        decoder.decode_many(grid[None], [{k: 2 * v for k, v in cell.items()}], exact_counts=True)

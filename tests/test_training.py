@@ -213,3 +213,20 @@ def test_init_vae_skips_the_vae_stage_and_ships_that_vae(cache, tmp_path):
     assert shipped["shards"] == adopted["shards"]  # the same weights, by SHA-256
     with pytest.raises(CheckpointError):
         Trainer(cache, tmp_path / "bad", _cfg(model="default"), progress=False, init_vae=first / "vae").run()
+
+
+def test_compact_optimizer_state_is_bf16_and_loads_back():
+    from gpsk_materials.training.checkpoint import optimizer_from_tensors, optimizer_to_tensors
+
+    model = torch.nn.Linear(8, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(3, 8)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_tensors(opt, torch.bfloat16)
+    moments = {k: v for k, v in tensors.items() if v.ndim}
+    assert moments and all(v.dtype == torch.bfloat16 for v in moments.values())
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer_from_tensors(fresh, tensors, meta)
+    st = fresh.state_dict()["state"][0]
+    assert st["exp_avg"].dtype == torch.float32  # cast back to the parameters' type
+    torch.testing.assert_close(st["exp_avg"], opt.state_dict()["state"][0]["exp_avg"], rtol=1e-2, atol=1e-6)

@@ -30,6 +30,9 @@ from gpsk_materials.models.configs import ModelConfig
 FORMAT = "gpsk-tensors/1"
 MODEL_FORMAT = "gpsk-model/1"
 MAX_SHARD_BYTES = 15 * 2**20
+#: bound on the safetensors header bytes: fixed part, and per tensor on top of its name
+_HEADER_BASE = 1024
+_HEADER_PER_TENSOR = 160
 _PART = "@@part"
 
 
@@ -99,14 +102,15 @@ def save_tensors(
     from safetensors.torch import save
 
     folder = Path(folder)
-    flat, split = _split_large(tensors, max_shard_bytes)
+    # the limit is on the file: the safetensors header (a JSON entry per tensor) counts too
+    flat, split = _split_large(tensors, max_shard_bytes - _HEADER_BASE - _HEADER_PER_TENSOR)
     shards: list[dict[str, Tensor]] = [{}]
-    size = 0
+    size = _HEADER_BASE
     for key in sorted(flat):
-        nbytes = flat[key].nbytes
+        nbytes = flat[key].nbytes + _HEADER_PER_TENSOR + len(key)
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
-            size = 0
+            size = _HEADER_BASE
         shards[-1][key] = flat[key]
         size += nbytes
     entries = []
