@@ -555,11 +555,14 @@ class CrystalGenerator(MSONable):
             from gpsk_materials.checks.scoring import SCORE_KEY
 
             scores = [dict(s.properties[SCORE_KEY]) for s in structures]
-            if r.request.best_of > 1:
-                order = sorted(range(len(structures)), key=lambda i: -scores[i]["total"])
-                structures = [structures[i] for i in order]
-                samples = [samples[i] for i in order]
-                scores = [scores[i] for i in order]
+        if r.request.best_of > 1 and structures:
+            # the checks' total first; among equal totals (and without checks) the candidate whose grid its
+            # decoded structure explains best
+            resid = [s.properties.get("decode_relative_residual", 0.0) for s in structures]
+            order = sorted(range(len(structures)), key=lambda i: (-(scores[i] or {}).get("total", 0.0), resid[i]))
+            structures = [structures[i] for i in order]
+            samples = [samples[i] for i in order]
+            scores = [scores[i] for i in order]
         structures, samples, scores = structures[:want], samples[:want], scores[:want]
         checks = [self._check_record(sc, flags) for sc in scores]
         if "relax" in flags and structures:
