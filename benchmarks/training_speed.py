@@ -2,7 +2,8 @@
 
 Each stage is timed at several batch sizes with bf16 autocast and, as the baseline measured in the same run, in
 float32; the ratio is bf16 over fp32. The grids are featurised on the device from the array cache, as in training;
-the flow step runs on latents encoded by a freshly built VAE (the cost of a step does not depend on its weights).
+the flow step runs on standard-normal latents of the latent shape with the batch's real conditions (the cost of a
+step does not depend on the latent values).
 
     python benchmarks/training_speed.py --data .carry/pool/data.npz --device cuda --out docs/results/training_speed.json
 """

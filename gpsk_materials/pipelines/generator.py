@@ -6,9 +6,9 @@ Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS se
    error, the others go on;
 2. every candidate latent of every request goes through the rectified-flow sampler in fixed-size batches of mixed
    conditions, then through the VAE decoder (grids);
-3. the closed-form decoder turns each request's grids into Structures (the requested composition, scaled to the
-   cell content conditioned on; F(000) only when the composition was left free); a grid that does not decode is a
-   failed candidate, never returned;
+3. the closed-form decoder turns all grids into Structures in one batched pass (with exactly the cell content the
+   request conditioned on, or an inferred composition when it left the composition free); a grid that does not
+   decode is a failed candidate, never returned;
 4. the post-checks (``checks=``) score the candidates and the best ``n`` of ``n * best_of`` are kept.
 
 Reproducibility: the noise of request ``i`` comes from its own ``torch.Generator`` seeded with ``seed + i`` (or the

@@ -60,14 +60,13 @@ def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tup
     amounts = np.array(list(comp.values()))
     if np.any(np.abs(amounts - np.round(amounts)) > 1e-6):
         raise DecodingError(f"composition amounts {amounts.tolist()} are not integers")
-    if exact:
-        ints = np.round(amounts).astype(int)
-        if np.any(ints < 1):
-            raise DecodingError(f"cell content {amounts.tolist()} must hold at least one atom of each element")
-        return {z: int(a) for z, a in zip(comp, ints)}, int(np.gcd.reduce(ints))
-    # reduce to the smallest integer formula, then take as many formula units as F(000) asks for
     ints = np.round(amounts).astype(int)
     g = int(np.gcd.reduce(ints))
+    if exact:
+        if np.any(ints < 1):
+            raise DecodingError(f"cell content {amounts.tolist()} must hold at least one atom of each element")
+        return {z: int(a) for z, a in zip(comp, ints)}, g
+    # reduce to the smallest integer formula, then take as many formula units as F(000) asks for
     reduced = ints // g
     f_unit = float(np.dot(reduced, form_factor_at_zero(np.array(list(comp)))))
     units = int(round(f000 / f_unit)) if np.isfinite(f000) else 0
