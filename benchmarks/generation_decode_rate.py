@@ -21,11 +21,12 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=8, help="samples per composition")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    gen = CrystalGenerator.from_pretrained(device=args.device)
+    gen = CrystalGenerator.from_pretrained(args.model, device=args.device)
     t = time.perf_counter()
     results = gen.run([{"composition": c, "n": args.n} for c in COMPOSITIONS], seed=args.seed, checks="basic")
     elapsed = time.perf_counter() - t

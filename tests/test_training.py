@@ -215,6 +215,27 @@ def test_init_vae_skips_the_vae_stage_and_ships_that_vae(cache, tmp_path):
         Trainer(cache, tmp_path / "bad", _cfg(model="default"), progress=False, init_vae=first / "vae").run()
 
 
+def test_init_model_fine_tunes_from_the_folders_mmdit(cache, tmp_path):
+    first = tmp_path / "base"
+    assert Trainer(cache, first, _cfg(vae_steps=4, flow_steps=4), progress=False).run() == "done"
+    base = load_model_folder(first / "model")
+    # zero steps: the exported flow must be the adopted MMDiT itself (its EMA starts from those weights)
+    zero = tmp_path / "zero"
+    assert Trainer(cache, zero, _cfg(flow_steps=0), progress=False, init_model=first / "model").run() == "done"
+    same = load_model_folder(zero / "model")
+    for k, v in base.mmdit.state_dict().items():
+        assert torch.equal(same.mmdit.state_dict()[k], v), k
+    tuned = tmp_path / "tuned"
+    assert Trainer(cache, tuned, _cfg(flow_steps=3), progress=False, init_model=first / "model").run() == "done"
+    assert not [r for r in MetricsLog(tuned / "metrics.jsonl").read() if r["stage"] == "vae"]
+    moved = load_model_folder(tuned / "model").mmdit.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in base.mmdit.state_dict().items())
+    with pytest.raises(CheckpointError, match="holds no MMDiT"):
+        Trainer(cache, tmp_path / "novae", _cfg(flow_steps=1), progress=False, init_model=first / "vae").run()
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(cache, tmp_path / "both", _cfg(), progress=False, init_vae=first / "vae", init_model=first / "model")
+
+
 def test_compact_optimizer_state_is_bf16_and_loads_back():
     from gpsk_materials.training.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 

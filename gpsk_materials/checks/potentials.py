@@ -1,4 +1,4 @@
-"""Machine-learned interatomic potentials behind one interface: batched energies and ASE relaxations.
+"""Machine-learned interatomic potentials behind one interface: batched energies and batched relaxations.
 
 Backends
 --------
@@ -78,6 +78,7 @@ class Potential:
     """
 
     backend: str = ""
+    batched_relax: bool = False  # True: _relax_batch relaxes many structures per forward pass
 
     def __init__(self, model: torch.nn.Module, name: str, spec: dict) -> None:
         self.model = model
@@ -98,6 +99,10 @@ class Potential:
 
     def calculator(self):
         """An ASE calculator (energies in eV, stresses in eV/A^3) for this potential."""
+        raise NotImplementedError
+
+    def _relax_batch(self, structures: list[Structure], fmax: float, steps: int, relax_cell: bool) -> list[dict]:
+        """Relax one batch together (backends with ``batched_relax``); RelaxResult keyword dicts."""
         raise NotImplementedError
 
     # -- common --------------------------------------------------------------------------------------------------
@@ -143,13 +148,8 @@ class Potential:
             self._check_elements(structures)
         out = np.full(len(structures), np.nan)
         todo = [i for i, s in enumerate(structures) if not self._unsupported(s)]
-        batches: list[list[int]] = []
-        for i in todo:
-            n = len(structures[i])
-            if not batches or len(batches[-1]) >= batch_size or sum(len(structures[j]) for j in batches[-1]) + n > max_atoms:
-                batches.append([])
-            batches[-1].append(i)
-        for idx in tqdm(batches, desc=f"energies ({self.name})", disable=not progress or len(batches) < 2):
+        batches = _batches([len(structures[i]) for i in todo], batch_size, max_atoms)
+        for idx in tqdm([[todo[j] for j in b] for b in batches], desc=f"energies ({self.name})", disable=not progress or len(batches) < 2):
             batch = [structures[i] for i in idx]
             try:
                 out[idx] = self._energies_batch(batch) / np.array([len(s) for s in batch])
@@ -168,8 +168,15 @@ class Potential:
         relax_cell: bool = True,
         optimizer: str = "FIRE",
         progress: bool = False,
+        batch_size: int = 64,
+        max_atoms: int = 4096,
     ) -> list[RelaxResult]:
-        """Relax positions (and the cell, with ASE's FrechetCellFilter) until forces < ``fmax`` eV/A.
+        """Relax positions (and the cell) until every force (and cell force) is below ``fmax`` eV/A.
+
+        With a matgl potential and ``optimizer="FIRE"`` the structures are relaxed together, ``batch_size``
+        structures (at most ``max_atoms`` atoms) per forward pass, by :mod:`gpsk_materials.checks.batch_relax`:
+        the same FIRE as ASE's, with the cell handled as ASE's UnitCellFilter. Otherwise each structure runs
+        through ASE (``optimizer`` and FrechetCellFilter).
 
         Parameters
         ----------
@@ -178,11 +185,18 @@ class Potential:
         optimizer
             An ``ase.optimize`` class name (FIRE, BFGS, LBFGS, ...).
         """
+        structures = as_structures(structures, ordered=True)
+        self._check_elements(structures)
+        if optimizer == "FIRE" and self.batched_relax:
+            results: list[RelaxResult | None] = [None] * len(structures)
+            batches = _batches([len(s) for s in structures], batch_size, max_atoms)
+            for idx in tqdm(batches, desc=f"relax ({self.name})", disable=not progress or len(batches) < 2):
+                for i, r in zip(idx, self._relax_batch([structures[i] for i in idx], fmax, steps, relax_cell)):
+                    results[i] = RelaxResult(**r)
+            return results
         import ase.optimize
         from ase.filters import FrechetCellFilter
 
-        structures = as_structures(structures, ordered=True)
-        self._check_elements(structures)
         try:
             opt_cls = getattr(ase.optimize, optimizer)
         except AttributeError as exc:
@@ -215,6 +229,7 @@ class MatGLPotential(Potential):
     """A matgl ``Potential`` (TensorNet, M3GNet, CHGNet, ... in matgl's format)."""
 
     backend = "matgl"
+    batched_relax = True
 
     @property
     def element_types(self) -> frozenset[str]:
@@ -241,6 +256,11 @@ class MatGLPotential(Potential):
         finally:
             self.model.calc_forces, self.model.calc_stresses, self.model.calc_hessian = flags
         return energy.detach().cpu().double().numpy().reshape(-1)
+
+    def _relax_batch(self, structures: list[Structure], fmax: float, steps: int, relax_cell: bool) -> list[dict]:
+        from gpsk_materials.checks.batch_relax import fire_relax
+
+        return fire_relax(self.model, structures, fmax=fmax, steps=steps, relax_cell=relax_cell)
 
     def calculator(self):
         from matgl.ext.ase import PESCalculator
@@ -275,6 +295,20 @@ class CHGNetPotential(Potential):
 
         with contextlib.redirect_stdout(io.StringIO()):  # it prints the device
             return CHGNetCalculator(self.model, use_device=str(self.device), on_isolated_atoms="ignore")
+
+
+def _batches(sizes: list[int], batch_size: int, max_atoms: int) -> list[list[int]]:
+    """Consecutive groups of indices into ``sizes`` with at most ``batch_size`` items and ``max_atoms`` atoms
+    (a larger structure gets a group of its own)."""
+    batches: list[list[int]] = []
+    atoms = 0
+    for i, n in enumerate(sizes):
+        if not batches or len(batches[-1]) >= batch_size or atoms + n > max_atoms:
+            batches.append([])
+            atoms = 0
+        batches[-1].append(i)
+        atoms += n
+    return batches
 
 
 def _load_matgl(model: str | Path | None) -> MatGLPotential:

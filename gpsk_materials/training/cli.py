@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--init-vae", type=Path, default=None,
                    help="model folder whose trained VAE a fresh run adopts, skipping the VAE stage")
+    p.add_argument("--init-model", type=Path, default=None,
+                   help="model folder to fine-tune: a fresh run adopts its VAE and starts the flow from its MMDiT")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("data preparation (CSV / ASE sources need pymatgen)")
     g.add_argument("--cache-only", action="store_true", help="write OUT/data.npz and stop")
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if len(cache) == 0:
             raise DataError("no training data left after exclusions")
         trainer = Trainer(cache, args.out, cfg, info, max_minutes=args.max_minutes, progress=not args.no_progress,
-                          init_vae=args.init_vae)
+                          init_vae=args.init_vae, init_model=args.init_model)
         status = trainer.run(resume=args.resume)
         if info.is_main:
             if status == "time_limit":

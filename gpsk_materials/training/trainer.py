@@ -144,12 +144,21 @@ class Trainer:
         Stop cleanly (checkpoint, return ``"time_limit"``) once this much wall time has passed.
     progress
         Show progress bars on rank 0.
+    init_vae
+        Model folder whose VAE a fresh run adopts (the VAE stage is skipped).
+    init_model
+        Model folder to fine-tune: its VAE is adopted and the flow stage starts from its MMDiT weights (with a
+        fresh optimizer and learning-rate schedule), e.g. to continue training a shipped model in time-limited chunks.
     """
 
     def __init__(self, cache: ArrayCache, out: str | Path, config: TrainConfig, info: D.DistInfo | None = None,
-                 max_minutes: float | None = None, progress: bool = True, init_vae: str | Path | None = None):
+                 max_minutes: float | None = None, progress: bool = True, init_vae: str | Path | None = None,
+                 init_model: str | Path | None = None):
         config.check()
-        self.init_vae = None if init_vae is None else Path(init_vae)
+        if init_vae is not None and init_model is not None:
+            raise ValueError("give init_vae or init_model, not both (init_model adopts the folder's VAE too)")
+        self.init_model = None if init_model is None else Path(init_model)
+        self.init_vae = self.init_model if init_vae is None else Path(init_vae)
         self.cache, self.out, self.cfg = cache, Path(out), config
         self.info = info or D.DistInfo()
         self.model_config: ModelConfig = get_config(config.model)
@@ -340,6 +349,11 @@ class Trainer:
         cfg = self.cfg
         total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
         model = self._build(stage)
+        if stage == "flow" and state is None and self.step == 0 and self.init_model is not None:
+            start = load_model_folder(self.init_model, "cpu", expect=self.model_config).mmdit
+            if start is None:
+                raise CheckpointError(f"--init-model {self.init_model} holds no MMDiT; use --init-vae for a VAE")
+            model.load_state_dict({k: v.to(self.device) for k, v in start.state_dict().items()})
         lr = cfg.vae_lr if stage == "vae" else cfg.flow_lr
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
