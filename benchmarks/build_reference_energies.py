@@ -6,8 +6,9 @@ For every chemical system of ``shared/data/pool.csv.gz`` (optionally only struct
 for elements absent from the pool, and stores the energies per atom in a JSON file keyed by potential, mode and
 material_id. ``gpsk evaluate --stability --reference-energies FILE`` then reads them instead of recomputing.
 
-Systems are processed in a fixed order and can be split over processes or GPUs with --shard i/n (one output file
-each); --merge joins shard files.
+All structures of the selected systems are evaluated together (``ReferenceHull.prepare``: batched relaxations,
+the cache written every --chunk structures, so a stopped run resumes). Systems can be split over processes or GPUs
+with --shard i/n (one output file each); --merge joins shard files.
 
     python benchmarks/build_reference_energies.py --out ref_energies.json --device cuda --shard 0/4
     python benchmarks/build_reference_energies.py --merge ref_0.json ref_1.json ... --out ref_energies.json
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--shard", default="0/1", help="i/n: process systems i, i+n, i+2n, ...")
     parser.add_argument("--limit", type=int, help="process at most this many chemical systems (timing runs)")
+    parser.add_argument("--chunk", type=int, default=4096, help="structures per cache write")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these shard files into --out and stop")
     args = parser.parse_args()
     if args.merge:
@@ -61,13 +63,15 @@ def main() -> None:
     if args.max_sites is not None:
         table = table[table["nsites"] <= args.max_sites]
     i, n = (int(x) for x in args.shard.split("/"))
-    # largest systems first: their entries() call also covers every subsystem
     systems = sorted(set(table["elements"]), key=lambda s: (-len(s), sorted(s)))[i::n][: args.limit]
     t = time.perf_counter()
-    for system in tqdm(systems, desc=f"systems (shard {args.shard})"):
-        hull.entries(system)
-    print(f"{len(systems)} systems, {time.perf_counter() - t:.0f} s, cache {args.out}")
-
+    # one batched pass over every structure of these systems (and their subsystems), then the elements
+    count = hull.prepare(systems, chunk=args.chunk)
+    for element in tqdm(sorted(set().union(*systems)), desc="elements"):
+        hull.entries([element])
+    seconds = time.perf_counter() - t
+    print(f"{len(systems)} systems, {count} structures evaluated in {seconds:.0f} s "
+          f"({count / max(seconds, 1e-9):.1f} structures/s), cache {args.out}")
 
 if __name__ == "__main__":
     main()

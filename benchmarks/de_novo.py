@@ -12,6 +12,7 @@ the same training pool (``evaluation.novelty``; StructureMatcher ltol=0.2, stol=
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     p = generation_parser(__doc__)
     p.add_argument("--n", type=int, default=1000, help="structures requested")
     p.add_argument("--workers", type=int, default=2, help="processes for the structure matching")
+    p.add_argument("--save", type=Path, default=None, help="write the generated structures here (JSON, for gpsk evaluate)")
     args = p.parse_args(argv)
     pool, formulas = training_pool()
     rng = np.random.default_rng(args.seed)
@@ -57,6 +59,8 @@ def main(argv=None) -> int:
     results = gen.run([{"composition": f, "n": k} for f, k in counts.items()], seed=args.seed, checks="none")
     seconds = time.perf_counter() - t0
     structures = [s for r in results for s in r.structures]
+    if args.save:
+        args.save.write_text(json.dumps([s.as_dict() for s in structures]))
     refused = sum(r.error is not None for r in results)
     validity = [is_valid(s) for s in structures]
     struct_ok = sum(v[0] for v in validity)

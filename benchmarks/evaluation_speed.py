@@ -3,7 +3,9 @@
 Novelty: ``--n-novelty`` queries against the pool's structures with at most 20 sites (40,183 references). Queries are
 pool structures with every site moved by ``--perturb`` A (so each shares a formula bucket with, and matches, a
 reference: the expensive case) mixed half and half with the same structures with two species swapped (mostly novel).
-Relaxation: ``--n-relax`` pool structures relaxed with the default potential (or ``--potential``) on ``--device``.
+Relaxation: ``--n-relax`` pool structures relaxed with the default potential (or ``--potential``) on ``--device``,
+batched (``--relax-batch`` per FIRE run), against the baseline of ASE's FIRE one structure at a time on the first
+``--n-baseline`` of them, measured in the same run.
 
     python benchmarks/evaluation_speed.py --n-novelty 2000 --n-relax 20 --device cpu --workers 2
 """
@@ -41,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-novelty", type=int, default=2000)
     parser.add_argument("--n-relax", type=int, default=20)
+    parser.add_argument("--relax-batch", type=int, default=128, help="structures per batched relaxation")
+    parser.add_argument("--n-baseline", type=int, default=8, help="structures relaxed one by one with ASE (baseline)")
     parser.add_argument("--perturb", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -83,13 +87,26 @@ def main() -> None:
         structs = [ref.structure(int(r)) for r in rng.choice(len(ref), size=args.n_relax, replace=False)]
         relax_structures(structs[:1], pot, fmax=args.fmax, steps=5, progress=False)  # warm-up (compilation, caches)
         t = time.perf_counter()
-        rel = relax_structures(structs, pot, fmax=args.fmax, steps=args.steps, progress=False)
+        rel = relax_structures(structs, pot, fmax=args.fmax, steps=args.steps, batch_size=args.relax_batch, progress=False)
         dt = time.perf_counter() - t
         results.update(
-            potential=pot.name, relax_s=dt, relax_structures_per_s=args.n_relax / dt,
+            potential=pot.name, relax_batch=args.relax_batch, relax_s=dt, relax_structures_per_s=args.n_relax / dt,
             relax_mean_sites=float(np.mean([len(s) for s in structs])),
             relax_mean_steps=float(np.mean([r.steps for r in rel])),
             relax_converged=float(np.mean([r.converged for r in rel])),
+        )
+        # baseline in the same run: ASE's FIRE (FrechetCellFilter), one structure at a time, on the first structures
+        base = structs[: args.n_baseline]
+        t = time.perf_counter()
+        ase = pot.relax(base, fmax=args.fmax, steps=args.steps, batched=False)
+        dt = time.perf_counter() - t
+        same = rel[: len(base)]
+        results.update(
+            ase_relax_s=dt, ase_relax_structures_per_s=len(base) / dt, n_baseline=len(base),
+            batched_speedup=results["relax_structures_per_s"] / (len(base) / dt),
+            ase_vs_batched_max_energy_diff=float(np.nanmax([abs(a.energy_per_atom - b.energy_per_atom)
+                                                            for a, b in zip(ase, same) if a.converged and b.converged]
+                                                           or [np.nan])),
         )
     print(json.dumps(results, indent=1))
     if args.json:

@@ -21,8 +21,11 @@ def shared_dir() -> Path:
 
 
 def shared_data(*parts: str) -> Path:
-    """Path inside ``shared/data``; existence is not checked."""
-    return shared_dir().joinpath("data", *parts)
+    """Path inside ``shared/data``; where it is missing but a gzipped copy (``name.gz``) exists, that copy (pandas
+    and the project's readers take either). Existence is not checked."""
+    path = shared_dir().joinpath("data", *parts)
+    packed = path.with_name(path.name + ".gz")
+    return packed if not path.exists() and packed.exists() else path
 
 
 def shared_model(*parts: str) -> Path:

@@ -89,3 +89,19 @@ def test_relax_mode_lowers_reference_energies(tensornet, tmp_path):
     by_name = {e.name: e.energy_per_atom for e in single}
     pool = [e for e in relaxed if not e.name.startswith("prototype-")]
     assert pool and all(e.energy_per_atom <= by_name[e.name] + 1e-6 for e in pool)
+
+
+def test_prepare_evaluates_every_reference_of_the_systems_in_one_pass(tensornet, shared_data_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "energies.json"
+    hull = ReferenceHull(tensornet, cache_path=cache, max_sites=8)
+    count = hull.prepare([["Na", "Cl"], ["K", "Cl"]], chunk=5)
+    rows = hull._rows([frozenset({"Na", "Cl"}), frozenset({"K", "Cl"})])
+    assert count == len(rows) > 5  # several chunks
+    assert set(rows["material_id"].astype(str)) <= set(json.loads(cache.read_text())["energies"][hull.cache_key])
+    assert hull.prepare([["Cl", "Na"]]) == 0  # all cached: nothing left to do
+
+    def no_more(ids, structures):
+        raise AssertionError(f"prepare should have evaluated every pool structure already, not {ids}")
+
+    monkeypatch.setattr(hull, "_evaluate", no_more)  # (elements missing from the pool still get prototypes)
+    assert {e.composition.reduced_formula for e in hull.phase_diagram(["K", "Cl"]).stable_entries} >= {"KCl"}

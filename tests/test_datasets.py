@@ -260,3 +260,15 @@ def test_exclusion_by_id_and_by_structure(toy_cache, tmp_path):
     assert np.flatnonzero(mask).tolist() == [1, 10]
     with pytest.raises(DataError, match="not found"):
         read_id_list(tmp_path / "none.txt")
+
+
+def test_shared_data_falls_back_to_a_gzipped_copy(tmp_path, monkeypatch):
+    from gpsk_materials.paths import SHARED_ENV, shared_data
+
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
+    (tmp_path / "data" / "mp20").mkdir(parents=True)
+    assert shared_data("mp20", "test.csv") == tmp_path / "data" / "mp20" / "test.csv"  # neither exists: as asked
+    (tmp_path / "data" / "mp20" / "test.csv.gz").write_bytes(b"")
+    assert shared_data("mp20", "test.csv").name == "test.csv.gz"
+    (tmp_path / "data" / "mp20" / "test.csv").write_text("material_id\n")
+    assert shared_data("mp20", "test.csv").name == "test.csv"  # the plain file wins

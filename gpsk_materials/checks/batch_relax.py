@@ -24,7 +24,7 @@ from torch import Tensor
 # ASE FIRE defaults
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99
 GPA_PER_EV_A3 = 160.21766208
-SKIN = 1.0
+SKIN = 0.5
 
 
 def _segment_sum(values: Tensor, seg: Tensor, n: int) -> Tensor:
@@ -70,17 +70,16 @@ class _Batch:
 
     def _build(self) -> None:
         from matgl.ext.pymatgen import Structure2Graph
-        from torch_geometric.data import Batch
 
         conv = Structure2Graph(self.pes.model.element_types, self.cutoff + self.skin)
         self.frac = self.frac - torch.floor(self.frac)  # the graph's image offsets refer to wrapped coordinates
-        graphs, states = [], []
+        self.graphs, states = [], []
         for i in range(self.n):
             g, _, state = conv.get_graph(self.structure(i))
-            graphs.append(g)
+            self.graphs.append(g)
             states.append(torch.as_tensor(np.asarray(state), dtype=self.dtype))
-        self.graph = Batch.from_data_list(graphs).to(self.device)
-        self.state = torch.stack(states).to(self.device)
+        self.states = torch.stack(states).to(self.device)
+        self._batched_for = None
         # geometry at the last build, to know when the neighbour list goes stale
         self.built_cart = self._cartesian().detach().clone()
         self.built_F = self.F.detach().clone()
@@ -91,19 +90,37 @@ class _Batch:
     def stale(self) -> bool:
         moved = (self._cartesian() - self.built_cart).norm(dim=1)
         per = _segment_max(moved, self.atom_seg, self.n)
-        strain = torch.linalg.matrix_norm(self.F @ torch.linalg.inv(self.built_F) - torch.eye(3, device=self.device, dtype=self.dtype), ord=2)
+        eye = torch.eye(3, device=self.device, dtype=self.dtype)
+        strain = torch.linalg.matrix_norm(self.F @ torch.linalg.inv(self.built_F) - eye, ord=2)
         # a pair at the list's radius changes length by at most strain * radius plus both atoms' moves
         return bool(((2 * per + strain * (self.cutoff + self.skin)) > self.skin).any())
 
     # -- potential ------------------------------------------------------------------------------------------------
-    def evaluate(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Energies (B,) eV, forces (N, 3) eV/A, stresses (B, 3, 3) eV/A^3 at the current geometry."""
+    def evaluate(self, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Energies (B,) eV, forces (N, 3) eV/A, stresses (B, 3, 3) eV/A^3 at the current geometry; only the
+        ``active`` structures are evaluated (the others get NaN energies and zero forces and stresses)."""
+        from torch_geometric.data import Batch
+
+        # structures that stopped leave the graph once a quarter of it has stopped (re-batching costs time too),
+        # so the cost follows the work left; the set only shrinks, so the graph always holds every active one
+        n_active = int(active.sum())
+        if self._batched_for is None or n_active < 0.75 * int(self._batched_for.sum()):
+            self._batched_for = active.clone()
+            idx = torch.nonzero(active).flatten().tolist()
+            self.graph = Batch.from_data_list([self.graphs[i] for i in idx]).to(self.device)
+        members = self._batched_for
+        atoms = members[self.atom_seg]
         g = self.graph
-        g.frac_coords = self.frac
-        e, f, s = self.pes(g, self.cell, self.state)[:3]
-        if not self.relax_cell:  # the potential returns a placeholder when stresses are off
-            return e.detach(), f.detach(), torch.zeros(self.n, 3, 3, dtype=self.dtype, device=self.device)
-        return e.detach(), f.detach(), (s.detach() / GPA_PER_EV_A3).view(self.n, 3, 3)
+        g.frac_coords = self.frac[atoms]
+        e_m, f_m, s_m = self.pes(g, self.cell[members], self.states[members])[:3]
+        e = torch.full((self.n,), float("nan"), dtype=self.dtype, device=self.device)
+        e[members] = e_m.detach()
+        f = torch.zeros_like(self.frac)
+        f[atoms] = f_m.detach()
+        s = torch.zeros(self.n, 3, 3, dtype=self.dtype, device=self.device)
+        if self.relax_cell:  # without stresses the potential returns a placeholder
+            s[members] = s_m.detach().view(-1, 3, 3) / GPA_PER_EV_A3
+        return e, f, s
 
 
 def fire_relax(
@@ -142,7 +159,7 @@ def _run(b: _Batch, fmax: float, steps: int) -> list[dict]:
     for it in range(steps + 1):
         if b.stale():
             b._build()
-        e, f_cart, stress = b.evaluate()
+        e, f_cart, stress = b.evaluate(active)
         energy = torch.where(active, e, energy)
         e0 = e.clone() if e0 is None else e0
         # generalised forces (ASE UnitCellFilter)

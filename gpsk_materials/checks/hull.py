@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element, Lattice, Structure
+from tqdm.auto import tqdm
 
 from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.errors import DataError, InvalidStructureError
@@ -212,6 +213,36 @@ class ReferenceHull:
             self._write_cache()
         return [self._entry(element, cache[i], i) for i in ids if np.isfinite(cache[i])]
 
+    def _rows(self, systems: list[frozenset[str]]):
+        if not self.pool_path.is_file():
+            raise DataError(f"reference pool not found at {self.pool_path}: set $GPSK_SHARED_DIR or pass pool_path")
+        table = _pool_table(str(self.pool_path))
+        rows = table[table["elements"].map(lambda els: any(els <= system for system in systems))]
+        if self.max_sites is not None:
+            rows = rows[rows["nsites"] <= self.max_sites]
+        return rows
+
+    def prepare(self, systems: Iterable[Iterable[str]], chunk: int = 4096) -> int:
+        """Evaluate, in large batches, every reference structure that the hulls of ``systems`` need.
+
+        :meth:`entries` evaluates one chemical system at a time; before scoring many structures, one call here
+        relaxes the references of all their systems together (a GPU then sees full batches) and writes the cache
+        after every ``chunk`` structures, so an interrupted run resumes. Returns the number of structures evaluated.
+        """
+        wanted = sorted({_chemsys(s) for s in systems}, key=sorted)
+        if not self.use_pool or not wanted:
+            return 0
+        rows = self._rows(wanted)
+        cache = self._cache()
+        rows = rows[~rows["material_id"].astype(str).isin(cache.keys())]
+        for start in tqdm(range(0, len(rows), chunk), desc="reference energies", disable=not self.progress or len(rows) <= chunk):
+            part = rows.iloc[start : start + chunk]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structs = [Structure.from_str(c, fmt="cif") for c in part["cif"]]
+            self._evaluate(part["material_id"].astype(str).tolist(), structs)
+        return len(rows)
+
     # -- hulls --------------------------------------------------------------------------------------------------
     def entries(self, elements: Iterable[str]) -> list[PDEntry]:
         """Reference entries (total energies) of the chemical system spanned by ``elements``."""
@@ -219,12 +250,7 @@ class ReferenceHull:
         out = [e for e in self._fixed if {el.symbol for el in e.composition.elements} <= system]
         if not self.use_pool:
             return out
-        if not self.pool_path.is_file():
-            raise DataError(f"reference pool not found at {self.pool_path}: set $GPSK_SHARED_DIR or pass pool_path")
-        table = _pool_table(str(self.pool_path))
-        rows = table[table["elements"].map(lambda els: els <= system)]
-        if self.max_sites is not None:
-            rows = rows[rows["nsites"] <= self.max_sites]
+        rows = self._rows([system])
         ids = rows["material_id"].astype(str).tolist()
         cache = self._cache()
         missing = [k for k, i in enumerate(ids) if i not in cache]

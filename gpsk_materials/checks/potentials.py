@@ -168,8 +168,9 @@ class Potential:
         relax_cell: bool = True,
         optimizer: str = "FIRE",
         progress: bool = False,
-        batch_size: int = 64,
+        batch_size: int = 256,
         max_atoms: int = 4096,
+        batched: bool = True,
     ) -> list[RelaxResult]:
         """Relax positions (and the cell) until every force (and cell force) is below ``fmax`` eV/A.
 
@@ -184,10 +185,12 @@ class Potential:
             Maximum optimizer steps; ``converged`` is False if they ran out.
         optimizer
             An ``ase.optimize`` class name (FIRE, BFGS, LBFGS, ...).
+        batched
+            False forces the one-structure-at-a-time ASE path (the baseline of ``benchmarks/evaluation_speed.py``).
         """
         structures = as_structures(structures, ordered=True)
         self._check_elements(structures)
-        if optimizer == "FIRE" and self.batched_relax:
+        if optimizer == "FIRE" and self.batched_relax and batched:
             results: list[RelaxResult | None] = [None] * len(structures)
             batches = _batches([len(s) for s in structures], batch_size, max_atoms)
             for idx in tqdm(batches, desc=f"relax ({self.name})", disable=not progress or len(batches) < 2):

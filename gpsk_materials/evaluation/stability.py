@@ -57,7 +57,7 @@ def relax_structures(
     potential,
     fmax: float = 0.05,
     steps: int = 500,
-    batch_size: int = 16,
+    batch_size: int = 128,
     cache: str | Path | None = None,
     progress: bool = True,
 ) -> list[Relaxed]:
@@ -86,7 +86,8 @@ def relax_structures(
         for batch in batches:
             try:
                 out = [Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
-                       for r in potential.relax([structures[i] for i in batch], fmax=fmax, steps=steps)]
+                       for r in potential.relax([structures[i] for i in batch], fmax=fmax, steps=steps,
+                                                batch_size=len(batch))]
             except Exception:  # one bad structure must not sink the batch: retry one by one
                 out = [_relax_one(structures[i], potential, fmax, steps) for i in batch]
             for i, rel in zip(batch, out):
@@ -224,6 +225,7 @@ def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, o
         hull = ReferenceHull(pot, cache_path=options.reference_energies, mode=options.hull_mode,
                              max_sites=options.hull_max_sites, fmax=options.fmax, progress=options.progress)
         relaxed = relax(pot)
+        hull.prepare({el.symbol for el in r.structure.composition.elements} for r in relaxed if r.structure is not None)
         record("", relaxed, _e_hull(hull, relaxed, lambda r: r.energy_per_atom))
         protocols["stability"] = (
             f"self-consistent hull: candidates relaxed with {pot.name} (FIRE, cell free, fmax {options.fmax} eV/A, "
