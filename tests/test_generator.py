@@ -263,6 +263,21 @@ def test_energy_and_volume_scan_checks(tiny_model_dir, matgl_model_dir, rock_sal
     assert g._potential is not None and g.potential is g._potential  # loaded once, kept
 
 
+def test_missing_potential_fails_before_sampling(tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    from gpsk_materials.errors import PotentialError
+    from gpsk_materials.paths import SHARED_ENV
+
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))  # a machine without the shared potential
+    g = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the potential was checked")
+
+    monkeypatch.setattr(g, "_sample_grids", no_sampling)
+    with pytest.raises(PotentialError, match="GPSK_SHARED_DIR"):
+        g.generate("NaCl", n=1, steps=STEPS, seed=0, checks="volume_scan")
+
+
 @pytest.mark.slow
 def test_relax_and_hull_checks(tiny_model_dir, matgl_model_dir, rock_salt_decode):  # noqa: F811
     from gpsk_materials.checks.hull import ReferenceHull

@@ -429,6 +429,8 @@ class CrystalGenerator(MSONable):
         if output not in ("structure", "ase"):
             raise ConditioningError(f"output must be 'structure' or 'ase', got {output!r}")
         flags = parse_checks(checks)
+        if "energy" in flags:
+            self.potential  # noqa: B018 -- a missing potential fails here, before any sampling
         if "hull" in flags:
             self._reference_hull()
         if seed is None:
