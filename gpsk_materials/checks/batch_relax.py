@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ase.units import GPa
 from pymatgen.core import Lattice, Structure
 from torch import Tensor
 
 # ASE FIRE defaults
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99
-GPA_PER_EV_A3 = 160.21766208
 SKIN = 0.5
 
 
@@ -47,7 +47,9 @@ class _Batch:
         self.dtype = pes.data_mean.dtype
         self.device = dev
         self.n = len(structures)
-        self.counts = torch.tensor([len(s) for s in structures], device=dev)
+        sizes = [len(s) for s in structures]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.counts = torch.tensor(sizes, device=dev)
         self.atom_seg = torch.repeat_interleave(torch.arange(self.n, device=dev), self.counts)
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=dev)  # noqa: E731
         self.cell0 = t(np.stack([s.lattice.matrix for s in structures]))
@@ -60,12 +62,15 @@ class _Batch:
     def cell(self) -> Tensor:
         return self.cell0 @ self.F.transpose(1, 2)
 
-    def structure(self, i: int) -> Structure:
-        start = int(self.counts[:i].sum())
-        frac = self.frac[start : start + int(self.counts[i])].detach().cpu().double().numpy()
-        s = self.structures[i]
-        out = Structure(Lattice(self.cell[i].detach().cpu().double().numpy()), s.species, frac)
-        out.properties = dict(s.properties)
+    def current_structures(self) -> list[Structure]:
+        """The batch's structures at the current geometry (one device-to-host copy for all)."""
+        frac = self.frac.detach().cpu().double().numpy()
+        cells = self.cell.detach().cpu().double().numpy()
+        out = []
+        for i, s in enumerate(self.structures):
+            cur = Structure(Lattice(cells[i]), s.species, frac[self.offsets[i] : self.offsets[i + 1]])
+            cur.properties = dict(s.properties)
+            out.append(cur)
         return out
 
     def _build(self) -> None:
@@ -74,8 +79,8 @@ class _Batch:
         conv = Structure2Graph(self.pes.model.element_types, self.cutoff + self.skin)
         self.frac = self.frac - torch.floor(self.frac)  # the graph's image offsets refer to wrapped coordinates
         self.graphs, states = [], []
-        for i in range(self.n):
-            g, _, state = conv.get_graph(self.structure(i))
+        for current in self.current_structures():
+            g, _, state = conv.get_graph(current)
             self.graphs.append(g)
             states.append(torch.as_tensor(np.asarray(state), dtype=self.dtype))
         self.states = torch.stack(states).to(self.device)
@@ -119,7 +124,7 @@ class _Batch:
         f[atoms] = f_m.detach()
         s = torch.zeros(self.n, 3, 3, dtype=self.dtype, device=self.device)
         if self.relax_cell:  # without stresses the potential returns a placeholder
-            s[members] = s_m.detach().view(-1, 3, 3) / GPA_PER_EV_A3
+            s[members] = s_m.detach().view(-1, 3, 3) * GPa  # GPa -> eV/A^3
         return e, f, s
 
 
@@ -187,20 +192,15 @@ def _run(b: _Batch, fmax: float, steps: int) -> list[dict]:
         vf = _segment_sum((v * f_gen).sum(1), rows_seg, n)
         fn = _segment_sum((f_gen * f_gen).sum(1), rows_seg, n).sqrt()
         vn = _segment_sum((v * v).sum(1), rows_seg, n).sqrt()
-        first = it == 0
-        up = (vf > 0) & ~torch.tensor(first, device=dev)
-        mix = a[rows_seg].unsqueeze(1)
-        v_mixed = (1 - mix) * v + mix * f_gen / fn.clamp_min(1e-12)[rows_seg].unsqueeze(1) * vn[rows_seg].unsqueeze(1)
-        v = torch.where(up[rows_seg].unsqueeze(1), v_mixed, torch.zeros_like(v) if not first else v)
-        grow = up & (n_pos > N_MIN)
-        dt = torch.where(grow, (dt * F_INC).clamp_max(DT_MAX), dt)
-        a = torch.where(grow, a * F_A, a)
-        n_pos = torch.where(up, n_pos + 1, n_pos)
-        if not first:
-            down = ~up
-            a = torch.where(down, torch.full_like(a, A_START), a)
-            dt = torch.where(down, dt * F_DEC, dt)
-            n_pos = torch.where(down, torch.zeros_like(n_pos), n_pos)
+        if it > 0:  # as ASE: the first step starts from rest, without the mixing and the time-step update
+            up = vf > 0
+            mix = a[rows_seg].unsqueeze(1)
+            v_mixed = (1 - mix) * v + mix * f_gen / fn.clamp_min(1e-12)[rows_seg].unsqueeze(1) * vn[rows_seg].unsqueeze(1)
+            v = torch.where(up[rows_seg].unsqueeze(1), v_mixed, torch.zeros_like(v))
+            grow = up & (n_pos > N_MIN)
+            dt = torch.where(grow, (dt * F_INC).clamp_max(DT_MAX), torch.where(up, dt, dt * F_DEC))
+            a = torch.where(grow, a * F_A, torch.where(up, a, torch.full_like(a, A_START)))
+            n_pos = torch.where(up, n_pos + 1, torch.zeros_like(n_pos))
         v = v + dt[rows_seg].unsqueeze(1) * f_gen
         dr = dt[rows_seg].unsqueeze(1) * v
         norm = _segment_sum((dr * dr).sum(1), rows_seg, n).sqrt()
@@ -213,13 +213,7 @@ def _run(b: _Batch, fmax: float, steps: int) -> list[dict]:
         b.frac = torch.einsum("ni,nij->nj", r_ref, inv_cell0[b.atom_seg])
         if b.relax_cell:
             b.F = b.F + dr[n_atom_rows:].view(n, 3, 3) / counts.view(-1, 1, 1)
-    out = []
-    for i in range(n):
-        out.append({
-            "structure": b.structure(i),
-            "energy_per_atom": float(energy[i] / counts[i]),
-            "initial_energy_per_atom": float(e0[i] / counts[i]),
-            "converged": bool(converged[i]),
-            "steps": int(taken[i]),
-        })
-    return out
+    e_atom, e0_atom = (energy / counts).tolist(), (e0 / counts).tolist()
+    conv, taken = converged.tolist(), taken.tolist()
+    return [{"structure": s, "energy_per_atom": e_atom[i], "initial_energy_per_atom": e0_atom[i],
+             "converged": conv[i], "steps": taken[i]} for i, s in enumerate(b.current_structures())]
