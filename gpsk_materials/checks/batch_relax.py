@@ -1,30 +1,42 @@
-"""Batched FIRE relaxation of positions and cell with a matgl potential, many structures per forward pass.
+"""Batched FIRE relaxation of positions and cell, many structures per forward pass of the potential.
 
 ASE relaxes one structure at a time: on a GPU most of each step is Python and kernel-launch overhead, so thousands of
-small cells (a reference hull, a generated set) take hours. Here a whole batch of structures is one graph: every
-step is one forward/backward pass of the potential, and each structure carries its own FIRE state (velocity, time
-step, mixing), so a batch behaves as the same number of independent ASE ``FIRE`` runs.
+small cells (a reference hull, a generated set) take hours. Here a batch of structures is one graph: every step is
+one forward/backward pass of the potential, and each structure carries its own FIRE state (velocity, time step,
+mixing, step count), so a batch behaves as the same number of independent ASE ``FIRE`` runs.
+
+The batch is a stream: a structure that converges (or runs out of steps) leaves it, and waiting structures take its
+place, so the potential always sees a full batch. Without that, a batch would run until its slowest member stopped
+(most structures converge in tens of steps, a few take hundreds). Members leave and join in groups, once a quarter of
+the batch has stopped, because re-batching costs a graph rebuild.
 
 The cell degrees of freedom follow ASE's ``UnitCellFilter``: generalised coordinates are the positions mapped back
 through the deformation gradient ``F`` (cell = cell0 Fᵀ) and ``n_atoms * F``; the cell "forces" are the virial
 ``-V σ`` F⁻ᵀ / n_atoms. Convergence is ASE's: every generalised force row below ``fmax``.
 
-Neighbour lists are built once at ``cutoff + skin`` and re-used while atoms move less than ``skin / 2`` (the
-potential's smooth cutoff gives pairs beyond ``cutoff`` zero weight, so the extra pairs change nothing); a structure
-whose atoms or cell moved further triggers a rebuild of the batch's graph.
+Two force fields: a matgl ``Potential`` (:class:`MatGLForces`, neighbour lists built at ``cutoff + skin`` and re-used
+while atoms move less than ``skin / 2``; the potential's smooth cutoff gives pairs beyond ``cutoff`` zero weight, so
+the extra pairs change nothing) and the ``chgnet`` package's CHGNet (:class:`CHGNetForces`, graphs rebuilt each step
+by CHGNet's own converter).
 """
 
 from __future__ import annotations
+
+import math
+from collections import deque
 
 import numpy as np
 import torch
 from ase.units import GPa
 from pymatgen.core import Lattice, Structure
 from torch import Tensor
+from tqdm.auto import tqdm
 
 # ASE FIRE defaults
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99
 SKIN = 0.5
+#: a batch is re-formed once this fraction of its members has stopped
+REFILL_FRACTION = 0.25
 
 
 def _segment_sum(values: Tensor, seg: Tensor, n: int) -> Tensor:
@@ -36,184 +48,304 @@ def _segment_max(values: Tensor, seg: Tensor, n: int) -> Tensor:
     return torch.zeros(n, dtype=values.dtype, device=values.device).scatter_reduce_(0, seg, values, "amax")
 
 
-class _Batch:
-    """Graph and FIRE state of one batch of structures."""
+class _Members:
+    """Geometry and FIRE state of the structures in the batch, concatenated (atoms) or stacked (structures)."""
 
-    def __init__(self, pes, structures: list[Structure], relax_cell: bool, skin: float) -> None:
-        self.pes, self.structures, self.relax_cell, self.skin = pes, structures, relax_cell, skin
-        inner = pes.model
-        self.cutoff = float(inner.cutoff)
-        dev = pes.data_mean.device
-        self.dtype = pes.data_mean.dtype
-        self.device = dev
-        self.n = len(structures)
-        sizes = [len(s) for s in structures]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.counts = torch.tensor(sizes, device=dev)
-        self.atom_seg = torch.repeat_interleave(torch.arange(self.n, device=dev), self.counts)
-        t = lambda a: torch.as_tensor(np.asarray(a), dtype=self.dtype, device=dev)  # noqa: E731
-        self.cell0 = t(np.stack([s.lattice.matrix for s in structures]))
-        self.frac = t(np.concatenate([s.frac_coords for s in structures]))
-        self.F = torch.eye(3, dtype=self.dtype, device=dev).repeat(self.n, 1, 1)
-        self._build()
+    STRUCT = ("cell0", "F", "v_cell", "dt", "a", "n_pos", "taken", "e0", "energy", "converged", "stopped", "cell_inv0")
+    ATOM = ("frac", "v_atoms")
 
-    # -- geometry -------------------------------------------------------------------------------------------------
+    def __init__(self, structures: list[Structure], ids: list[int], dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.ids = list(ids)
+        self.species = [list(s.species) for s in structures]
+        self.properties = [dict(s.properties) for s in structures]
+        n = len(structures)
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        full = lambda v: torch.full((n,), v, dtype=dtype, device=device)  # noqa: E731
+        self.counts = torch.tensor([len(s) for s in structures], device=device, dtype=torch.long)
+        self.cell0 = t(np.stack([s.lattice.matrix for s in structures])) if n else torch.zeros(0, 3, 3, dtype=dtype, device=device)
+        self.cell_inv0 = torch.linalg.inv(self.cell0)
+        self.frac = t(np.concatenate([s.frac_coords for s in structures])) if n else torch.zeros(0, 3, dtype=dtype, device=device)
+        self.F = torch.eye(3, dtype=dtype, device=device).repeat(n, 1, 1)
+        self.v_atoms = torch.zeros_like(self.frac)
+        self.v_cell = torch.zeros_like(self.F)
+        self.dt, self.a = full(DT), full(A_START)
+        self.e0, self.energy = full(float("nan")), full(float("nan"))
+        self.n_pos = torch.zeros(n, dtype=torch.long, device=device)
+        self.taken = torch.zeros(n, dtype=torch.long, device=device)
+        self.converged = torch.zeros(n, dtype=torch.bool, device=device)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        self._index()
+
+    def _index(self) -> None:
+        self.n = len(self.ids)
+        self.atom_seg = torch.repeat_interleave(torch.arange(self.n, device=self.device), self.counts)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts.cpu().numpy())]).astype(int)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.offsets[-1])
+
     @property
     def cell(self) -> Tensor:
         return self.cell0 @ self.F.transpose(1, 2)
 
-    def current_structures(self) -> list[Structure]:
-        """The batch's structures at the current geometry (one device-to-host copy for all)."""
+    def cartesian(self) -> Tensor:
+        return torch.einsum("ni,nij->nj", self.frac, self.cell[self.atom_seg])
+
+    def structures(self, which: list[int] | None = None) -> list[Structure]:
+        """Members (all, or those at positions ``which``) at the current geometry (one device-to-host copy)."""
         frac = self.frac.detach().cpu().double().numpy()
         cells = self.cell.detach().cpu().double().numpy()
         out = []
-        for i, s in enumerate(self.structures):
-            cur = Structure(Lattice(cells[i]), s.species, frac[self.offsets[i] : self.offsets[i + 1]])
-            cur.properties = dict(s.properties)
-            out.append(cur)
+        for i in range(self.n) if which is None else which:
+            s = Structure(Lattice(cells[i]), self.species[i], frac[self.offsets[i] : self.offsets[i + 1]])
+            s.properties = dict(self.properties[i])
+            out.append(s)
         return out
 
-    def _build(self) -> None:
+    def keep(self, mask: Tensor) -> None:
+        """Drop the members where ``mask`` is False."""
+        keep = mask.nonzero().flatten().tolist()
+        atoms = mask[self.atom_seg]
+        for name in self.STRUCT:
+            setattr(self, name, getattr(self, name)[mask])
+        for name in self.ATOM:
+            setattr(self, name, getattr(self, name)[atoms])
+        self.counts = self.counts[mask]
+        self.ids = [self.ids[i] for i in keep]
+        self.species = [self.species[i] for i in keep]
+        self.properties = [self.properties[i] for i in keep]
+        self._index()
+
+    def extend(self, other: _Members) -> None:
+        for name in self.STRUCT + self.ATOM + ("counts",):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        self.ids += other.ids
+        self.species += other.species
+        self.properties += other.properties
+        self._index()
+
+
+class MatGLForces:
+    """Energies, forces and stresses of a batch from a matgl ``Potential``, on a re-used neighbour list."""
+
+    def __init__(self, pes, relax_cell: bool, skin: float = SKIN) -> None:
+        self.pes, self.relax_cell, self.skin = pes, relax_cell, skin
+        self.cutoff = float(pes.model.cutoff)
+        self.dtype, self.device = pes.data_mean.dtype, pes.data_mean.device
+
+    def __enter__(self) -> MatGLForces:
+        self._flags = (self.pes.calc_forces, self.pes.calc_stresses)
+        self.pes.calc_forces, self.pes.calc_stresses = True, self.relax_cell
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pes.calc_forces, self.pes.calc_stresses = self._flags
+
+    def reset(self, m: _Members) -> None:
+        """Build the graph of the current members at their current geometry."""
         from matgl.ext.pymatgen import Structure2Graph
+        from torch_geometric.data import Batch
 
         conv = Structure2Graph(self.pes.model.element_types, self.cutoff + self.skin)
-        self.frac = self.frac - torch.floor(self.frac)  # the graph's image offsets refer to wrapped coordinates
-        self.graphs, states = [], []
-        for current in self.current_structures():
-            g, _, state = conv.get_graph(current)
-            self.graphs.append(g)
+        m.frac = m.frac - torch.floor(m.frac)  # the graph's image offsets refer to wrapped coordinates
+        graphs, states = [], []
+        for s in m.structures():
+            g, _, state = conv.get_graph(s)
+            graphs.append(g)
             states.append(torch.as_tensor(np.asarray(state), dtype=self.dtype))
+        self.graph = Batch.from_data_list(graphs).to(self.device)
         self.states = torch.stack(states).to(self.device)
-        self._batched_for = None
-        # geometry at the last build, to know when the neighbour list goes stale
-        self.built_cart = self._cartesian().detach().clone()
-        self.built_F = self.F.detach().clone()
+        self.built_cart = m.cartesian().detach().clone()
+        self.built_F = m.F.detach().clone()
 
-    def _cartesian(self) -> Tensor:
-        return torch.einsum("ni,nij->nj", self.frac, self.cell[self.atom_seg])
-
-    def stale(self) -> bool:
-        moved = (self._cartesian() - self.built_cart).norm(dim=1)
-        per = _segment_max(moved, self.atom_seg, self.n)
+    def _stale(self, m: _Members) -> bool:
+        moved = (m.cartesian() - self.built_cart).norm(dim=1)
+        per = _segment_max(moved, m.atom_seg, m.n)
         eye = torch.eye(3, device=self.device, dtype=self.dtype)
-        strain = torch.linalg.matrix_norm(self.F @ torch.linalg.inv(self.built_F) - eye, ord=2)
+        strain = torch.linalg.matrix_norm(m.F @ torch.linalg.inv(self.built_F) - eye, ord=2)
         # a pair at the list's radius changes length by at most strain * radius plus both atoms' moves
         return bool(((2 * per + strain * (self.cutoff + self.skin)) > self.skin).any())
 
-    # -- potential ------------------------------------------------------------------------------------------------
-    def evaluate(self, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Energies (B,) eV, forces (N, 3) eV/A, stresses (B, 3, 3) eV/A^3 at the current geometry; only the
-        ``active`` structures are evaluated (the others get NaN energies and zero forces and stresses)."""
-        from torch_geometric.data import Batch
+    def __call__(self, m: _Members) -> tuple[Tensor, Tensor, Tensor]:
+        """Energies (B,) eV, forces (N, 3) eV/A and stresses (B, 3, 3) eV/A^3 at the members' geometry."""
+        if self._stale(m):
+            self.reset(m)
+        self.graph.frac_coords = m.frac
+        e, f, s = self.pes(self.graph, m.cell, self.states)[:3]
+        stress = s.detach().view(-1, 3, 3) * GPa if self.relax_cell else torch.zeros_like(m.F)  # GPa -> eV/A^3
+        return e.detach(), f.detach(), stress
 
-        # structures that stopped leave the graph once a quarter of it has stopped (re-batching costs time too),
-        # so the cost follows the work left; the set only shrinks, so the graph always holds every active one
-        n_active = int(active.sum())
-        if self._batched_for is None or n_active < 0.75 * int(self._batched_for.sum()):
-            self._batched_for = active.clone()
-            idx = torch.nonzero(active).flatten().tolist()
-            self.graph = Batch.from_data_list([self.graphs[i] for i in idx]).to(self.device)
-        members = self._batched_for
-        atoms = members[self.atom_seg]
-        g = self.graph
-        g.frac_coords = self.frac[atoms]
-        e_m, f_m, s_m = self.pes(g, self.cell[members], self.states[members])[:3]
-        e = torch.full((self.n,), float("nan"), dtype=self.dtype, device=self.device)
-        e[members] = e_m.detach()
-        f = torch.zeros_like(self.frac)
-        f[atoms] = f_m.detach()
-        s = torch.zeros(self.n, 3, 3, dtype=self.dtype, device=self.device)
-        if self.relax_cell:  # without stresses the potential returns a placeholder
-            s[members] = s_m.detach().view(-1, 3, 3) * GPa  # GPa -> eV/A^3
+
+class CHGNetForces:
+    """Energies, forces and stresses of a batch from the ``chgnet`` package's CHGNet (graphs rebuilt every step)."""
+
+    def __init__(self, model, relax_cell: bool) -> None:
+        self.model, self.relax_cell = model, relax_cell
+        p = next(model.parameters())
+        self.dtype, self.device = p.dtype, p.device
+
+    def __enter__(self) -> CHGNetForces:
+        conv = self.model.graph_converter
+        self._response = conv.on_isolated_atoms
+        conv.set_isolated_atom_response("error")  # raise, so that structure stops instead of printing a warning
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.model.graph_converter.set_isolated_atom_response(self._response)
+
+    def reset(self, m: _Members) -> None:
+        pass
+
+    def __call__(self, m: _Members) -> tuple[Tensor, Tensor, Tensor]:
+        e = torch.full((m.n,), float("nan"), dtype=self.dtype, device=self.device)
+        f = torch.full_like(m.frac, float("nan"))
+        s = torch.zeros_like(m.F)
+        graphs, ok = [], []
+        for i, st in enumerate(m.structures()):
+            try:  # an atom without neighbours within 6 A cannot be evaluated: that structure stops, unconverged
+                graphs.append(self.model.graph_converter(st, graph_id=str(i)).to(self.device))
+                ok.append(i)
+            except (ValueError, RuntimeError):
+                continue
+        if not graphs:
+            return e, f, s
+        pred = self.model(graphs, task="efs" if self.relax_cell else "ef")
+        idx = torch.tensor(ok, device=self.device)
+        e[idx] = pred["e"].detach() * m.counts[idx].to(self.dtype)  # CHGNet's energy is per atom
+        atoms = torch.cat([torch.arange(m.offsets[i], m.offsets[i + 1], device=self.device) for i in ok])
+        f[atoms] = torch.cat([x.detach() for x in pred["f"]])
+        if self.relax_cell:
+            s[idx] = torch.stack([x.detach() for x in pred["s"]]) * GPa  # GPa -> eV/A^3, ASE's sign
         return e, f, s
 
 
 def fire_relax(
-    pes,
+    model,
     structures: list[Structure],
     fmax: float = 0.05,
     steps: int = 200,
     relax_cell: bool = True,
     skin: float = SKIN,
+    batch_size: int | None = None,
+    max_atoms: int | None = None,
+    progress: bool = False,
 ) -> list[dict]:
-    """Relax one batch of structures with ``pes`` (a matgl ``Potential``); one dict per structure with
-    ``structure``, ``energy_per_atom``, ``initial_energy_per_atom``, ``converged`` and ``steps``."""
-    flags = (pes.calc_forces, pes.calc_stresses)
-    pes.calc_forces, pes.calc_stresses = True, relax_cell
-    try:
-        return _run(_Batch(pes, structures, relax_cell, skin), fmax, steps)
-    finally:
-        pes.calc_forces, pes.calc_stresses = flags
+    """Relax ``structures`` with ``model`` (a matgl ``Potential`` or a ``chgnet`` CHGNet), ``batch_size``
+    structures and at most ``max_atoms`` atoms at a time (all at once by default).
+
+    Returns one dict per structure, in order, with ``structure``, ``energy_per_atom``, ``initial_energy_per_atom``,
+    ``converged`` and ``steps``.
+    """
+    if type(model).__name__ == "CHGNet":
+        forces = CHGNetForces(model, relax_cell)
+    else:
+        forces = MatGLForces(model, relax_cell, skin)
+    with forces:
+        return _run(forces, structures, fmax, steps, relax_cell, batch_size or len(structures),
+                    max_atoms or math.inf, progress)
 
 
-def _run(b: _Batch, fmax: float, steps: int) -> list[dict]:
-    n, dev, dt_ = b.n, b.device, b.dtype
-    counts = b.counts.to(dt_)
-    rows_seg = torch.cat([b.atom_seg, torch.arange(n, device=dev).repeat_interleave(3)]) if b.relax_cell else b.atom_seg
-    n_atom_rows = len(b.atom_seg)
-    v = torch.zeros(len(rows_seg), 3, dtype=dt_, device=dev)
-    dt = torch.full((n,), DT, dtype=dt_, device=dev)
-    a = torch.full((n,), A_START, dtype=dt_, device=dev)
-    n_pos = torch.zeros(n, dtype=torch.long, device=dev)
-    active = torch.ones(n, dtype=torch.bool, device=dev)
-    converged = torch.zeros(n, dtype=torch.bool, device=dev)
-    taken = torch.zeros(n, dtype=torch.long, device=dev)
-    energy = torch.full((n,), float("nan"), dtype=dt_, device=dev)
-    e0 = None
-    inv_cell0 = torch.linalg.inv(b.cell0)
-    for it in range(steps + 1):
-        if b.stale():
-            b._build()
-        e, f_cart, stress = b.evaluate(active)
-        energy = torch.where(active, e, energy)
-        e0 = e.clone() if e0 is None else e0
-        # generalised forces (ASE UnitCellFilter)
-        F = b.F
-        f_atoms = torch.einsum("ni,nij->nj", f_cart, F[b.atom_seg])
-        if b.relax_cell:
-            vol = torch.linalg.det(b.cell).abs()
-            virial = -vol.view(-1, 1, 1) * stress
-            virial = virial @ torch.linalg.inv(F).transpose(1, 2)
-            f_gen = torch.cat([f_atoms, (virial / counts.view(-1, 1, 1)).reshape(-1, 3)])
-        else:
-            f_gen = f_atoms
-        bad = ~torch.isfinite(f_gen).all(dim=1)
-        blew_up = torch.zeros(n, dtype=torch.bool, device=dev).index_fill_(0, rows_seg[bad], True)
-        row_max = _segment_max(f_gen.norm(dim=1), rows_seg, n)
-        done = active & (row_max < fmax)
-        converged |= done
-        active &= ~done & ~blew_up
-        det = torch.linalg.det(F)
-        active &= (det > 0.2) & (det < 5.0)  # collapsing or exploding cells stop (not converged)
-        if it == steps or not bool(active.any()):
-            break
-        # FIRE, per structure
-        f_gen = torch.nan_to_num(f_gen)
-        vf = _segment_sum((v * f_gen).sum(1), rows_seg, n)
-        fn = _segment_sum((f_gen * f_gen).sum(1), rows_seg, n).sqrt()
-        vn = _segment_sum((v * v).sum(1), rows_seg, n).sqrt()
-        if it > 0:  # as ASE: the first step starts from rest, without the mixing and the time-step update
-            up = vf > 0
-            mix = a[rows_seg].unsqueeze(1)
-            v_mixed = (1 - mix) * v + mix * f_gen / fn.clamp_min(1e-12)[rows_seg].unsqueeze(1) * vn[rows_seg].unsqueeze(1)
-            v = torch.where(up[rows_seg].unsqueeze(1), v_mixed, torch.zeros_like(v))
-            grow = up & (n_pos > N_MIN)
-            dt = torch.where(grow, (dt * F_INC).clamp_max(DT_MAX), torch.where(up, dt, dt * F_DEC))
-            a = torch.where(grow, a * F_A, torch.where(up, a, torch.full_like(a, A_START)))
-            n_pos = torch.where(up, n_pos + 1, torch.zeros_like(n_pos))
-        v = v + dt[rows_seg].unsqueeze(1) * f_gen
-        dr = dt[rows_seg].unsqueeze(1) * v
-        norm = _segment_sum((dr * dr).sum(1), rows_seg, n).sqrt()
-        dr = dr * (MAX_STEP / norm.clamp_min(MAX_STEP))[rows_seg].unsqueeze(1)
-        dr = dr * active[rows_seg].unsqueeze(1)
-        v = v * active[rows_seg].unsqueeze(1)
-        taken += active.long()
-        # apply: reference positions r_ref = frac @ cell0, and (optionally) n_atoms * F
-        r_ref = torch.einsum("ni,nij->nj", b.frac, b.cell0[b.atom_seg]) + dr[:n_atom_rows]
-        b.frac = torch.einsum("ni,nij->nj", r_ref, inv_cell0[b.atom_seg])
-        if b.relax_cell:
-            b.F = b.F + dr[n_atom_rows:].view(n, 3, 3) / counts.view(-1, 1, 1)
-    e_atom, e0_atom = (energy / counts).tolist(), (e0 / counts).tolist()
-    conv, taken = converged.tolist(), taken.tolist()
-    return [{"structure": s, "energy_per_atom": e_atom[i], "initial_energy_per_atom": e0_atom[i],
-             "converged": conv[i], "steps": taken[i]} for i, s in enumerate(b.current_structures())]
+def _run(forces, structures: list[Structure], fmax: float, steps: int, relax_cell: bool, batch_size: int,
+         max_atoms: float, progress: bool) -> list[dict]:
+    dev, dt_ = forces.device, forces.dtype
+    results: list[dict | None] = [None] * len(structures)
+    queue = deque(range(len(structures)))
+    m = _Members([], [], dt_, dev)
+    bar = tqdm(total=len(structures), desc="relax (batched FIRE)", disable=not progress or len(structures) < 2)
+    with bar:
+        while queue or m.n:
+            n_stopped = int(m.stopped.sum())
+            if m.n == 0 or n_stopped == m.n or (n_stopped and n_stopped >= REFILL_FRACTION * m.n):
+                _finish(m, results)
+                bar.update(n_stopped)
+                _refill(m, queue, structures, batch_size, max_atoms)
+                if m.n == 0:
+                    break
+                forces.reset(m)
+            _step(m, forces, fmax, steps, relax_cell)
+    return results
+
+
+def _finish(m: _Members, results: list) -> None:
+    """Record and drop the stopped members."""
+    if not bool(m.stopped.any()):
+        return
+    which = m.stopped.nonzero().flatten().tolist()
+    counts = m.counts.to(m.dtype)
+    e, e0 = (m.energy / counts).tolist(), (m.e0 / counts).tolist()
+    conv, taken = m.converged.tolist(), m.taken.tolist()
+    for i, s in zip(which, m.structures(which)):
+        results[m.ids[i]] = {"structure": s, "energy_per_atom": e[i], "initial_energy_per_atom": e0[i],
+                             "converged": conv[i], "steps": taken[i]}
+    m.keep(~m.stopped)
+
+
+def _refill(m: _Members, queue: deque, structures: list[Structure], batch_size: int, max_atoms: float) -> None:
+    new, atoms = [], m.n_atoms
+    # a structure larger than max_atoms still runs, alone
+    while queue and m.n + len(new) < batch_size and (atoms + len(structures[queue[0]]) <= max_atoms or m.n + len(new) == 0):
+        atoms += len(structures[queue[0]])
+        new.append(queue.popleft())
+    if new:
+        m.extend(_Members([structures[i] for i in new], new, m.dtype, m.device))
+
+
+def _step(m: _Members, forces, fmax: float, steps: int, relax_cell: bool) -> None:
+    """Evaluate every member; stop the converged, broken and exhausted ones; one FIRE step for the others."""
+    n, seg = m.n, m.atom_seg
+    live = ~m.stopped
+    e, f_cart, stress = forces(m)
+    m.energy = torch.where(live, e, m.energy)
+    m.e0 = torch.where(torch.isnan(m.e0), e, m.e0)
+    counts = m.counts.to(m.dtype)
+    # generalised forces (ASE UnitCellFilter)
+    f_atoms = torch.einsum("ni,nij->nj", f_cart, m.F[seg])
+    rows_seg = torch.cat([seg, torch.arange(n, device=m.device).repeat_interleave(3)]) if relax_cell else seg
+    if relax_cell:
+        vol = torch.linalg.det(m.cell).abs()
+        virial = (-vol.view(-1, 1, 1) * stress) @ torch.linalg.inv(m.F).transpose(1, 2)
+        f_gen = torch.cat([f_atoms, (virial / counts.view(-1, 1, 1)).reshape(-1, 3)])
+        v = torch.cat([m.v_atoms, m.v_cell.reshape(-1, 3)])
+    else:
+        f_gen, v = f_atoms, m.v_atoms
+    bad = ~torch.isfinite(f_gen).all(dim=1)
+    blew_up = torch.zeros(n, dtype=torch.bool, device=m.device).index_fill_(0, rows_seg[bad], True)
+    row_max = _segment_max(torch.nan_to_num(f_gen, nan=0.0).norm(dim=1), rows_seg, n)
+    done = live & (row_max < fmax) & ~blew_up
+    m.converged |= done
+    det = torch.linalg.det(m.F)
+    # collapsing or exploding cells and structures out of steps stop (not converged)
+    m.stopped |= done | blew_up | (det < 0.2) | (det > 5.0) | (m.taken >= steps)
+    active = ~m.stopped
+    # FIRE, per structure
+    f_gen = torch.nan_to_num(f_gen)
+    vf = _segment_sum((v * f_gen).sum(1), rows_seg, n)
+    fn = _segment_sum((f_gen * f_gen).sum(1), rows_seg, n).sqrt()
+    vn = _segment_sum((v * v).sum(1), rows_seg, n).sqrt()
+    # as ASE: the first step starts from rest, without the mixing and the time-step update
+    started = m.taken > 0
+    up = vf > 0
+    mix = m.a[rows_seg].unsqueeze(1)
+    v_mixed = (1 - mix) * v + mix * f_gen / fn.clamp_min(1e-12)[rows_seg].unsqueeze(1) * vn[rows_seg].unsqueeze(1)
+    v = torch.where(started[rows_seg].unsqueeze(1), torch.where(up[rows_seg].unsqueeze(1), v_mixed, torch.zeros_like(v)), v)
+    grow = up & (m.n_pos > N_MIN)
+    m.dt = torch.where(started, torch.where(grow, (m.dt * F_INC).clamp_max(DT_MAX), torch.where(up, m.dt, m.dt * F_DEC)), m.dt)
+    m.a = torch.where(started, torch.where(grow, m.a * F_A, torch.where(up, m.a, torch.full_like(m.a, A_START))), m.a)
+    m.n_pos = torch.where(started, torch.where(up, m.n_pos + 1, torch.zeros_like(m.n_pos)), m.n_pos)
+    v = v + m.dt[rows_seg].unsqueeze(1) * f_gen
+    dr = m.dt[rows_seg].unsqueeze(1) * v
+    norm = _segment_sum((dr * dr).sum(1), rows_seg, n).sqrt()
+    dr = dr * (MAX_STEP / norm.clamp_min(MAX_STEP))[rows_seg].unsqueeze(1)
+    on = active[rows_seg].unsqueeze(1)
+    dr, v = dr * on, v * on
+    m.taken += active.long()
+    n_atoms = len(seg)
+    m.v_atoms = v[:n_atoms]
+    # apply: reference positions r_ref = frac @ cell0, and (optionally) n_atoms * F
+    r_ref = torch.einsum("ni,nij->nj", m.frac, m.cell0[seg]) + dr[:n_atoms]
+    m.frac = torch.einsum("ni,nij->nj", r_ref, m.cell_inv0[seg])
+    if relax_cell:
+        m.v_cell = v[n_atoms:].view(n, 3, 3)
+        m.F = m.F + dr[n_atoms:].view(n, 3, 3) / counts.view(-1, 1, 1)

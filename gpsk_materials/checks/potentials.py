@@ -32,6 +32,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
 from gpsk_materials.checks._common import as_structures
+from gpsk_materials.checks.batch_relax import fire_relax
 from gpsk_materials.errors import InvalidStructureError, PotentialError
 from gpsk_materials.paths import SHARED_ENV, shared_model
 
@@ -78,7 +79,7 @@ class Potential:
     """
 
     backend: str = ""
-    batched_relax: bool = False  # True: _relax_batch relaxes many structures per forward pass
+    batched_relax: bool = False  # True: checks.batch_relax relaxes many structures per forward pass
 
     def __init__(self, model: torch.nn.Module, name: str, spec: dict) -> None:
         self.model = model
@@ -99,10 +100,6 @@ class Potential:
 
     def calculator(self):
         """An ASE calculator (energies in eV, stresses in eV/A^3) for this potential."""
-        raise NotImplementedError
-
-    def _relax_batch(self, structures: list[Structure], fmax: float, steps: int, relax_cell: bool) -> list[dict]:
-        """Relax one batch together (backends with ``batched_relax``); RelaxResult keyword dicts."""
         raise NotImplementedError
 
     # -- common --------------------------------------------------------------------------------------------------
@@ -174,10 +171,10 @@ class Potential:
     ) -> list[RelaxResult]:
         """Relax positions (and the cell) until every force (and cell force) is below ``fmax`` eV/A.
 
-        With a matgl potential and ``optimizer="FIRE"`` the structures are relaxed together, ``batch_size``
-        structures (at most ``max_atoms`` atoms) per forward pass, by :mod:`gpsk_materials.checks.batch_relax`:
-        the same FIRE as ASE's, with the cell handled as ASE's UnitCellFilter. Otherwise each structure runs
-        through ASE (``optimizer`` and FrechetCellFilter).
+        With ``optimizer="FIRE"`` (either backend) the structures are relaxed together, ``batch_size`` structures
+        (at most ``max_atoms`` atoms) per forward pass, by :mod:`gpsk_materials.checks.batch_relax`: the same FIRE
+        as ASE's, with the cell handled as ASE's UnitCellFilter; a structure that stops makes room for the next.
+        Otherwise each structure runs through ASE (``optimizer`` and FrechetCellFilter).
 
         Parameters
         ----------
@@ -191,12 +188,9 @@ class Potential:
         structures = as_structures(structures, ordered=True)
         self._check_elements(structures)
         if optimizer == "FIRE" and self.batched_relax and batched:
-            results: list[RelaxResult | None] = [None] * len(structures)
-            batches = _batches([len(s) for s in structures], batch_size, max_atoms)
-            for idx in tqdm(batches, desc=f"relax ({self.name})", disable=not progress or len(batches) < 2):
-                for i, r in zip(idx, self._relax_batch([structures[i] for i in idx], fmax, steps, relax_cell)):
-                    results[i] = RelaxResult(**r)
-            return results
+            out = fire_relax(self.model, structures, fmax=fmax, steps=steps, relax_cell=relax_cell,
+                             batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+            return [RelaxResult(**r) for r in out]
         import ase.optimize
         from ase.filters import FrechetCellFilter
 
@@ -260,11 +254,6 @@ class MatGLPotential(Potential):
             self.model.calc_forces, self.model.calc_stresses, self.model.calc_hessian = flags
         return energy.detach().cpu().double().numpy().reshape(-1)
 
-    def _relax_batch(self, structures: list[Structure], fmax: float, steps: int, relax_cell: bool) -> list[dict]:
-        from gpsk_materials.checks.batch_relax import fire_relax
-
-        return fire_relax(self.model, structures, fmax=fmax, steps=steps, relax_cell=relax_cell)
-
     def calculator(self):
         from matgl.ext.ase import PESCalculator
 
@@ -277,6 +266,7 @@ class CHGNetPotential(Potential):
     """The ``chgnet`` package's CHGNet (its own weights, Materials Project energy scale)."""
 
     backend = "chgnet"
+    batched_relax = True
 
     @property
     def element_types(self) -> frozenset[str]:

@@ -49,7 +49,8 @@ class EvaluationOptions:
     device: str | None = None
     fmax: float = 0.05
     relax_steps: int = 500
-    relax_batch: int = 16
+    #: structures per forward pass of the batched relaxation
+    relax_batch: int = 128
 
 
 def _is_valid(structure: Structure) -> tuple[bool, bool]:

@@ -60,6 +60,7 @@ def relax_structures(
     batch_size: int = 128,
     cache: str | Path | None = None,
     progress: bool = True,
+    chunk: int | None = None,
 ) -> list[Relaxed]:
     """Relax structures with ``potential`` (a :class:`gpsk_materials.checks.potentials.Potential`), resumably.
 
@@ -68,7 +69,10 @@ def relax_structures(
     fmax, steps
         Force threshold (eV/A) and maximum FIRE steps (cell relaxed too).
     batch_size
-        Structures handed to the potential per call; results are appended to ``cache`` after each batch.
+        Structures per forward pass of the batched relaxation (a stopped structure makes room for the next).
+    chunk
+        Structures per call to the potential (default ``8 * batch_size``); results are appended to ``cache``
+        after each chunk.
     cache
         JSON-lines file keyed by a hash of (input structure, potential name, fmax, steps); an interrupted run
         skips what it holds.
@@ -80,14 +84,15 @@ def relax_structures(
         for k, r in read_cache(cache).items()
     }
     todo = [i for i, k in enumerate(keys) if k not in known]
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    chunk = chunk or 8 * batch_size
+    batches = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     with CacheWriter(cache) as writer, tqdm(total=len(todo), desc=f"relax ({potential.name})",
                                             disable=not progress) as bar:
         for batch in batches:
             try:
                 out = [Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
                        for r in potential.relax([structures[i] for i in batch], fmax=fmax, steps=steps,
-                                                batch_size=len(batch))]
+                                                batch_size=batch_size)]
             except Exception:  # one bad structure must not sink the batch: retry one by one
                 out = [_relax_one(structures[i], potential, fmax, steps) for i in batch]
             for i, rel in zip(batch, out):
