@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: process systems i, i+n, i+2n, ...")
     parser.add_argument("--limit", type=int, help="process at most this many chemical systems (timing runs)")
     parser.add_argument("--chunk", type=int, default=4096, help="structures per cache write")
+    parser.add_argument("--relax-batch", type=int, default=256, help="structures per forward pass (relax mode)")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these shard files into --out and stop")
     args = parser.parse_args()
     if args.merge:
@@ -58,7 +59,8 @@ def main() -> None:
     if args.device:
         pot.to(args.device)
     pool = shared_data("pool.csv.gz")
-    hull = ReferenceHull(pot, pool_path=pool, cache_path=args.out, mode=args.mode, max_sites=args.max_sites)
+    hull = ReferenceHull(pot, pool_path=pool, cache_path=args.out, mode=args.mode, max_sites=args.max_sites,
+                         relax_batch=args.relax_batch)
     table = _pool_table(str(pool))
     if args.max_sites is not None:
         table = table[table["nsites"] <= args.max_sites]

@@ -14,9 +14,10 @@ The cell degrees of freedom follow ASE's ``UnitCellFilter``: generalised coordin
 through the deformation gradient ``F`` (cell = cell0 Fᵀ) and ``n_atoms * F``; the cell "forces" are the virial
 ``-V σ`` F⁻ᵀ / n_atoms. Convergence is ASE's: every generalised force row below ``fmax``.
 
-Two force fields: a matgl ``Potential`` (:class:`MatGLForces`, neighbour lists built at ``cutoff + skin`` and re-used
-while atoms move less than ``skin / 2``; the potential's smooth cutoff gives pairs beyond ``cutoff`` zero weight, so
-the extra pairs change nothing) and the ``chgnet`` package's CHGNet (:class:`CHGNetForces`, graphs rebuilt each step
+Two force fields: a matgl ``Potential`` (:class:`MatGLForces`: each structure's neighbour list is built at
+``cutoff + skin`` and re-used until its atoms or cell moved enough that a pair may have crossed that radius, and only
+such structures' lists are rebuilt; the potential's smooth cutoff gives pairs beyond ``cutoff`` zero weight, so the
+extra pairs change nothing) and the ``chgnet`` package's CHGNet (:class:`CHGNetForces`, graphs rebuilt each step
 by CHGNet's own converter).
 """
 
@@ -51,8 +52,9 @@ def _segment_max(values: Tensor, seg: Tensor, n: int) -> Tensor:
 class _Members:
     """Geometry and FIRE state of the structures in the batch, concatenated (atoms) or stacked (structures)."""
 
-    STRUCT = ("cell0", "F", "v_cell", "dt", "a", "n_pos", "taken", "e0", "energy", "converged", "stopped", "cell_inv0")
-    ATOM = ("frac", "v_atoms")
+    STRUCT = ("cell0", "F", "v_cell", "dt", "a", "n_pos", "taken", "e0", "energy", "converged", "stopped", "cell_inv0",
+              "built_F")
+    ATOM = ("frac", "v_atoms", "built_cart")
 
     def __init__(self, structures: list[Structure], ids: list[int], dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
@@ -60,6 +62,8 @@ class _Members:
         self.species = [list(s.species) for s in structures]
         self.properties = [dict(s.properties) for s in structures]
         n = len(structures)
+        # a force field's per-structure neighbour graph and the geometry it was built at (NaN positions: none yet)
+        self.graphs: list = [None] * n
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
         full = lambda v: torch.full((n,), v, dtype=dtype, device=device)  # noqa: E731
         self.counts = torch.tensor([len(s) for s in structures], device=device, dtype=torch.long)
@@ -75,6 +79,8 @@ class _Members:
         self.taken = torch.zeros(n, dtype=torch.long, device=device)
         self.converged = torch.zeros(n, dtype=torch.bool, device=device)
         self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        self.built_cart = torch.full_like(self.frac, float("nan"))
+        self.built_F = self.F.clone()
         self._index()
 
     def _index(self) -> None:
@@ -116,6 +122,7 @@ class _Members:
         self.ids = [self.ids[i] for i in keep]
         self.species = [self.species[i] for i in keep]
         self.properties = [self.properties[i] for i in keep]
+        self.graphs = [self.graphs[i] for i in keep]
         self._index()
 
     def extend(self, other: _Members) -> None:
@@ -124,6 +131,7 @@ class _Members:
         self.ids += other.ids
         self.species += other.species
         self.properties += other.properties
+        self.graphs += other.graphs
         self._index()
 
 
@@ -144,34 +152,42 @@ class MatGLForces:
         self.pes.calc_forces, self.pes.calc_stresses = self._flags
 
     def reset(self, m: _Members) -> None:
-        """Build the graph of the current members at their current geometry."""
+        """The members changed: the batch graph is collated again before the next evaluation."""
+        self.graph = None
+
+    def _stale(self, m: _Members) -> Tensor:
+        """Per structure: no graph yet, or atoms/cell moved enough that a pair may have crossed the list's radius."""
+        moved = (m.cartesian() - m.built_cart).norm(dim=1)
+        per = _segment_max(torch.nan_to_num(moved, nan=math.inf), m.atom_seg, m.n)
+        eye = torch.eye(3, device=self.device, dtype=self.dtype)
+        strain = torch.linalg.matrix_norm(m.F @ torch.linalg.inv(m.built_F) - eye, ord=2)
+        # a pair at the list's radius changes length by at most strain * radius plus both atoms' moves
+        return 2 * per + strain * (self.cutoff + self.skin) > self.skin
+
+    def _rebuild(self, m: _Members, which: Tensor) -> None:
         from matgl.ext.pymatgen import Structure2Graph
-        from torch_geometric.data import Batch
 
         conv = Structure2Graph(self.pes.model.element_types, self.cutoff + self.skin)
-        m.frac = m.frac - torch.floor(m.frac)  # the graph's image offsets refer to wrapped coordinates
-        graphs, states = [], []
-        for s in m.structures():
+        atoms = which[m.atom_seg].unsqueeze(1)
+        m.frac = torch.where(atoms, m.frac - torch.floor(m.frac), m.frac)  # image offsets refer to wrapped coordinates
+        idx = which.nonzero().flatten().tolist()
+        for i, s in zip(idx, m.structures(idx)):
             g, _, state = conv.get_graph(s)
-            graphs.append(g)
-            states.append(torch.as_tensor(np.asarray(state), dtype=self.dtype))
-        self.graph = Batch.from_data_list(graphs).to(self.device)
-        self.states = torch.stack(states).to(self.device)
-        self.built_cart = m.cartesian().detach().clone()
-        self.built_F = m.F.detach().clone()
-
-    def _stale(self, m: _Members) -> bool:
-        moved = (m.cartesian() - self.built_cart).norm(dim=1)
-        per = _segment_max(moved, m.atom_seg, m.n)
-        eye = torch.eye(3, device=self.device, dtype=self.dtype)
-        strain = torch.linalg.matrix_norm(m.F @ torch.linalg.inv(self.built_F) - eye, ord=2)
-        # a pair at the list's radius changes length by at most strain * radius plus both atoms' moves
-        return bool(((2 * per + strain * (self.cutoff + self.skin)) > self.skin).any())
+            m.graphs[i] = (g, torch.as_tensor(np.asarray(state), dtype=self.dtype))
+        m.built_cart = torch.where(atoms, m.cartesian().detach(), m.built_cart)
+        m.built_F = torch.where(which.view(-1, 1, 1), m.F.detach(), m.built_F)
+        self.graph = None
 
     def __call__(self, m: _Members) -> tuple[Tensor, Tensor, Tensor]:
         """Energies (B,) eV, forces (N, 3) eV/A and stresses (B, 3, 3) eV/A^3 at the members' geometry."""
-        if self._stale(m):
-            self.reset(m)
+        from torch_geometric.data import Batch
+
+        stale = self._stale(m)
+        if bool(stale.any()):  # only the stale structures' graphs are rebuilt (on the CPU)
+            self._rebuild(m, stale)
+        if self.graph is None:
+            self.graph = Batch.from_data_list([g for g, _ in m.graphs]).to(self.device)
+            self.states = torch.stack([s for _, s in m.graphs]).to(self.device)
         self.graph.frac_coords = m.frac
         e, f, s = self.pes(self.graph, m.cell, self.states)[:3]
         stress = s.detach().view(-1, 3, 3) * GPa if self.relax_cell else torch.zeros_like(m.F)  # GPa -> eV/A^3

@@ -103,6 +103,8 @@ class ReferenceHull:
         Ignore pool structures with more sites (CPU time); None keeps all.
     relax_steps, fmax
         Relaxation settings for ``mode="relax"`` and the elemental prototypes.
+    relax_batch
+        Structures per forward pass of the batched relaxation (at most 20 atoms each on average).
     entries
         Extra fixed (composition, energy per atom) references on the potential's scale.
     use_pool
@@ -118,6 +120,7 @@ class ReferenceHull:
         max_sites: int | None = None,
         relax_steps: int = 100,
         fmax: float = 0.05,
+        relax_batch: int = 256,
         entries: Iterable[tuple[Composition | str, float]] | None = None,
         use_pool: bool = True,
         progress: bool = False,
@@ -132,6 +135,7 @@ class ReferenceHull:
         self.max_sites = max_sites
         self.relax_steps = int(relax_steps)
         self.fmax = float(fmax)
+        self.relax_batch = int(relax_batch)
         self.use_pool = use_pool
         self.progress = progress
         self._fixed = [self._entry(c, e, f"fixed-{i}") for i, (c, e) in enumerate(entries or [])]
@@ -194,7 +198,9 @@ class ReferenceHull:
         if self.mode == "single_point":
             energies = self.potential.energies(ts, on_error="nan", progress=self.progress)
         else:
-            energies = np.array([r.energy_per_atom for r in self.potential.relax(ts, fmax=self.fmax, steps=self.relax_steps, progress=self.progress)])
+            energies = np.array([r.energy_per_atom for r in self.potential.relax(
+                ts, fmax=self.fmax, steps=self.relax_steps, progress=self.progress, batch_size=self.relax_batch,
+                max_atoms=20 * self.relax_batch)])
         for (i, _), e in zip(todo, energies):
             cache[i] = float(e) if np.isfinite(e) else float("nan")
         self._write_cache()

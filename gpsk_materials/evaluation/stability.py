@@ -228,7 +228,8 @@ def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, o
     if options.hull_protocol in ("self", "both"):
         pot = resolve_potential(options.potential)
         hull = ReferenceHull(pot, cache_path=options.reference_energies, mode=options.hull_mode,
-                             max_sites=options.hull_max_sites, fmax=options.fmax, progress=options.progress)
+                             max_sites=options.hull_max_sites, fmax=options.fmax, progress=options.progress,
+                             relax_batch=options.relax_batch)
         relaxed = relax(pot)
         hull.prepare({el.symbol for el in r.structure.composition.elements} for r in relaxed if r.structure is not None)
         record("", relaxed, _e_hull(hull, relaxed, lambda r: r.energy_per_atom))
