@@ -119,3 +119,28 @@ def test_relax_failure_is_recorded():
 
     out = relax_structures([rocksalt()], Broken(), progress=False)
     assert out[0].structure is None and np.isnan(out[0].energy_per_atom) and "exploded" in out[0].error
+
+
+def test_interrupted_relaxation_keeps_what_finished(tmp_path):
+    from gpsk_materials.checks.potentials import RelaxResult
+
+    class Interrupted:
+        name, backend = "fake", "none"
+        calls: list[int] = []
+
+        def relax(self, structures, callback=None, **kw):
+            Interrupted.calls.append(len(structures))
+            for i, s in enumerate(structures):
+                if len(Interrupted.calls) == 1 and i == 1:
+                    raise KeyboardInterrupt  # the user stops the run after the first structure finished
+                callback(i, RelaxResult(structure=s, energy_per_atom=-1.0 - i, initial_energy_per_atom=0.0,
+                                        converged=True, steps=3))
+
+    cache = tmp_path / "relax.jsonl"
+    structs = [rocksalt(5.5), rocksalt(5.7), rocksalt(5.9)]
+    with pytest.raises(KeyboardInterrupt):
+        relax_structures(structs, Interrupted(), cache=cache, progress=False)
+    assert len(cache.read_text().splitlines()) == 1
+    out = relax_structures(structs, Interrupted(), cache=cache, progress=False)
+    assert Interrupted.calls == [3, 2]  # the second run only relaxes the two that had not finished
+    assert [r.energy_per_atom for r in out] == [-1.0, -1.0, -2.0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -247,12 +248,13 @@ def fire_relax(
     batch_size: int | None = None,
     max_atoms: int | None = None,
     progress: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
     """Relax ``structures`` with ``model`` (a matgl ``Potential`` or a ``chgnet`` CHGNet), ``batch_size``
     structures and at most ``max_atoms`` atoms at a time (all at once by default).
 
     Returns one dict per structure, in order, with ``structure``, ``energy_per_atom``, ``initial_energy_per_atom``,
-    ``converged`` and ``steps``.
+    ``converged`` and ``steps``. ``callback(index, result)`` is called as soon as a structure stops (for caching).
     """
     if type(model).__name__ == "CHGNet":
         forces = CHGNetForces(model, relax_cell)
@@ -260,11 +262,11 @@ def fire_relax(
         forces = MatGLForces(model, relax_cell, skin)
     with forces:
         return _run(forces, structures, fmax, steps, relax_cell, batch_size or len(structures),
-                    max_atoms or math.inf, progress)
+                    max_atoms or math.inf, progress, callback)
 
 
 def _run(forces, structures: list[Structure], fmax: float, steps: int, relax_cell: bool, batch_size: int,
-         max_atoms: float, progress: bool) -> list[dict]:
+         max_atoms: float, progress: bool, callback: Callable[[int, dict], None] | None) -> list[dict]:
     dev, dt_ = forces.device, forces.dtype
     results: list[dict | None] = [None] * len(structures)
     queue = deque(range(len(structures)))
@@ -274,7 +276,7 @@ def _run(forces, structures: list[Structure], fmax: float, steps: int, relax_cel
         while queue or m.n:
             n_stopped = int(m.stopped.sum())
             if m.n == 0 or n_stopped == m.n or (n_stopped and n_stopped >= REFILL_FRACTION * m.n):
-                _finish(m, results)
+                _finish(m, results, callback)
                 bar.update(n_stopped)
                 _refill(m, queue, structures, batch_size, max_atoms)
                 if m.n == 0:
@@ -284,7 +286,7 @@ def _run(forces, structures: list[Structure], fmax: float, steps: int, relax_cel
     return results
 
 
-def _finish(m: _Members, results: list) -> None:
+def _finish(m: _Members, results: list, callback: Callable[[int, dict], None] | None) -> None:
     """Record and drop the stopped members."""
     if not bool(m.stopped.any()):
         return
@@ -295,6 +297,8 @@ def _finish(m: _Members, results: list) -> None:
     for i, s in zip(which, m.structures(which)):
         results[m.ids[i]] = {"structure": s, "energy_per_atom": e[i], "initial_energy_per_atom": e0[i],
                              "converged": conv[i], "steps": taken[i]}
+        if callback is not None:
+            callback(m.ids[i], results[m.ids[i]])
     m.keep(~m.stopped)
 
 

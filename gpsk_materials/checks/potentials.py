@@ -21,6 +21,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,7 @@ class Potential:
         batch_size: int = 256,
         max_atoms: int = 4096,
         batched: bool = True,
+        callback: Callable[[int, RelaxResult], None] | None = None,
     ) -> list[RelaxResult]:
         """Relax positions (and the cell) until every force (and cell force) is below ``fmax`` eV/A.
 
@@ -184,12 +186,15 @@ class Potential:
             An ``ase.optimize`` class name (FIRE, BFGS, LBFGS, ...).
         batched
             False forces the one-structure-at-a-time ASE path (the baseline of ``benchmarks/evaluation_speed.py``).
+        callback
+            ``callback(index, result)`` as soon as each structure is done (e.g. to write a cache as the run goes).
         """
         structures = as_structures(structures, ordered=True)
         self._check_elements(structures)
         if optimizer == "FIRE" and self.batched_relax and batched:
+            hook = None if callback is None else (lambda i, r: callback(i, RelaxResult(**r)))
             out = fire_relax(self.model, structures, fmax=fmax, steps=steps, relax_cell=relax_cell,
-                             batch_size=batch_size, max_atoms=max_atoms, progress=progress)
+                             batch_size=batch_size, max_atoms=max_atoms, progress=progress, callback=hook)
             return [RelaxResult(**r) for r in out]
         import ase.optimize
         from ase.filters import FrechetCellFilter
@@ -219,6 +224,8 @@ class Potential:
                     steps=int(opt.nsteps),
                 )
             )
+            if callback is not None:
+                callback(len(results) - 1, results[-1])
         return results
 
 

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="relaxation force threshold, eV/A")
     p.add_argument("--relax-steps", type=int, default=500, help="maximum FIRE steps per relaxation")
     p.add_argument("--relax-batch", type=int, default=128,
-                   help="structures per forward pass of the batched relaxation (the cache is written every 8 batches)")
+                   help="structures per forward pass of the batched relaxation (each result is cached as it finishes)")
     p.add_argument("--workers", type=int, default=1, help="processes for matching and fingerprints")
     p.add_argument("--cache-dir", type=Path, help="resumable cache (default: OUT/cache)")
     p.add_argument("--seed", type=int, default=0)

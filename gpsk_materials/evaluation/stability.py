@@ -60,7 +60,6 @@ def relax_structures(
     batch_size: int = 128,
     cache: str | Path | None = None,
     progress: bool = True,
-    chunk: int | None = None,
 ) -> list[Relaxed]:
     """Relax structures with ``potential`` (a :class:`gpsk_materials.checks.potentials.Potential`), resumably.
 
@@ -70,9 +69,6 @@ def relax_structures(
         Force threshold (eV/A) and maximum FIRE steps (cell relaxed too).
     batch_size
         Structures per forward pass of the batched relaxation (a stopped structure makes room for the next).
-    chunk
-        Structures per call to the potential (default ``8 * batch_size``); results are appended to ``cache``
-        after each chunk.
     cache
         JSON-lines file keyed by a hash of (input structure, potential name, fmax, steps); an interrupted run
         skips what it holds.
@@ -84,23 +80,26 @@ def relax_structures(
         for k, r in read_cache(cache).items()
     }
     todo = [i for i, k in enumerate(keys) if k not in known]
-    chunk = chunk or 8 * batch_size
-    batches = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     with CacheWriter(cache) as writer, tqdm(total=len(todo), desc=f"relax ({potential.name})",
                                             disable=not progress) as bar:
-        for batch in batches:
-            try:
-                out = [Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
-                       for r in potential.relax([structures[i] for i in batch], fmax=fmax, steps=steps,
-                                                batch_size=batch_size)]
-            except Exception:  # one bad structure must not sink the batch: retry one by one
-                out = [_relax_one(structures[i], potential, fmax, steps) for i in batch]
-            for i, rel in zip(batch, out):
-                known[keys[i]] = rel
-                writer.write(keys[i], structure=None if rel.structure is None else rel.structure.as_dict(),
-                             energy_per_atom=rel.energy_per_atom, converged=rel.converged, steps=rel.steps,
-                             error=rel.error)
-            bar.update(len(batch))
+
+        def record(i: int, rel: Relaxed) -> None:
+            known[keys[i]] = rel
+            writer.write(keys[i], structure=None if rel.structure is None else rel.structure.as_dict(),
+                         energy_per_atom=rel.energy_per_atom, converged=rel.converged, steps=rel.steps,
+                         error=rel.error)
+            bar.update(1)
+
+        # each structure is cached the moment it stops, so an interrupted run loses nothing finished
+        try:
+            if todo:
+                potential.relax([structures[i] for i in todo], fmax=fmax, steps=steps, batch_size=batch_size,
+                                callback=lambda j, r: record(todo[j], Relaxed(r.structure, float(r.energy_per_atom),
+                                                                              bool(r.converged), int(r.steps))))
+        except Exception:  # one bad structure must not sink the others: the rest one by one
+            for i in todo:
+                if keys[i] not in known:
+                    record(i, _relax_one(structures[i], potential, fmax, steps))
     return [known[k] for k in keys]
 
 
