@@ -216,7 +216,7 @@ class CHGNetForces:
         pass
 
     def _efs(self, graphs: list) -> tuple[Tensor, Tensor, Tensor]:
-        """Energies per atom, forces (eV/A) and stresses (eV/A^3, ASE's sign) of CHGNet graphs.
+        """Total energies (eV), forces (eV/A) and stresses (eV/A^3, ASE's sign) of CHGNet graphs.
 
         CHGNet's own ``forward`` differentiates twice with ``create_graph=True`` (it is written for training on
         forces); at inference one first-order gradient with respect to positions and strains together gives the
@@ -228,17 +228,18 @@ class CHGNetForces:
         g = BatchedGraph.from_graphs(graphs, bond_basis_expansion=model.bond_basis_expansion,
                                      angle_basis_expansion=model.angle_basis_expansion,
                                      compute_stress=self.relax_cell)
-        e_atom = model._compute(g, compute_force=False, compute_stress=False)["e"]
+        e = model._compute(g, compute_force=False, compute_stress=False)["e"]  # per atom if the model is intensive
         counts = torch.tensor([len(p) for p in g.atom_positions], device=self.device, dtype=self.dtype)
-        total = e_atom * counts if model.is_intensive else e_atom
+        total = e * counts if model.is_intensive else e
         wrt = list(g.atom_positions) + (list(g.strains) if self.relax_cell else [])
         grads = torch.autograd.grad(total.sum(), wrt)
         forces = -torch.cat(grads[: len(graphs)])
         stress = (torch.stack(grads[len(graphs):]) / torch.stack(list(g.volumes)).view(-1, 1, 1)
                   if self.relax_cell else None)
-        comp = 0 if model.composition_model is None else model.composition_model(graphs)
-        e = (e_atom if model.is_intensive else e_atom / counts) + (comp if model.is_intensive else comp / counts)
-        return e.detach(), forces.detach(), None if stress is None else stress.detach()
+        if model.composition_model is not None:  # elemental offsets, on the same basis as e; no forces
+            e = e + model.composition_model(graphs)
+        total = e * counts if model.is_intensive else e
+        return total.detach(), forces.detach(), None if stress is None else stress.detach()
 
     def __call__(self, m: _Members) -> tuple[Tensor, Tensor, Tensor]:
         e = torch.full((m.n,), float("nan"), dtype=self.dtype, device=self.device)
@@ -255,7 +256,7 @@ class CHGNetForces:
             return e, f, s
         e_ok, f_ok, s_ok = self._efs(graphs)
         idx = torch.tensor(ok, device=self.device)
-        e[idx] = e_ok * m.counts[idx].to(self.dtype)  # CHGNet's energy is per atom
+        e[idx] = e_ok
         atoms = torch.cat([torch.arange(m.offsets[i], m.offsets[i + 1], device=self.device) for i in ok])
         f[atoms] = f_ok
         if self.relax_cell:
