@@ -104,7 +104,7 @@ class ReferenceHull:
     relax_steps, fmax
         Relaxation settings for ``mode="relax"`` and the elemental prototypes.
     relax_batch
-        Structures per forward pass of the batched relaxation (at most 20 atoms each on average).
+        Structures per forward pass of the batched relaxation (and at most ``20 * relax_batch`` atoms).
     entries
         Extra fixed (composition, energy per atom) references on the potential's scale.
     use_pool
