@@ -8,7 +8,7 @@ mixing, step count), so a batch behaves as the same number of independent ASE ``
 The batch is a stream: a structure that converges (or runs out of steps) leaves it, and waiting structures take its
 place, so the potential always sees a full batch. Without that, a batch would run until its slowest member stopped
 (most structures converge in tens of steps, a few take hundreds). Members leave and join in groups, once a quarter of
-the batch has stopped, because re-batching costs a graph rebuild.
+the batch has stopped, because re-forming the batch (collating its graph) costs time too.
 
 The cell degrees of freedom follow ASE's ``UnitCellFilter``: generalised coordinates are the positions mapped back
 through the deformation gradient ``F`` (cell = cell0 Fᵀ) and ``n_atoms * F``; the cell "forces" are the virial
