@@ -275,17 +275,16 @@ def fire_relax(
     max_atoms: int | None = None,
     progress: bool = False,
     callback: Callable[[int, dict], None] | None = None,
+    backend: str = "matgl",
 ) -> list[dict]:
-    """Relax ``structures`` with ``model`` (a matgl ``Potential`` or a ``chgnet`` CHGNet), ``batch_size``
-    structures and at most ``max_atoms`` atoms at a time (all at once by default).
+    """Relax ``structures`` with ``model`` (``backend="matgl"``: a matgl ``Potential``, neighbour lists with
+    ``skin``; ``"chgnet"``: the ``chgnet`` package's CHGNet), ``batch_size`` structures and at most ``max_atoms``
+    atoms at a time (all at once by default).
 
     Returns one dict per structure, in order, with ``structure``, ``energy_per_atom``, ``initial_energy_per_atom``,
     ``converged`` and ``steps``. ``callback(index, result)`` is called as soon as a structure stops (for caching).
     """
-    if type(model).__name__ == "CHGNet":
-        forces = CHGNetForces(model, relax_cell)
-    else:
-        forces = MatGLForces(model, relax_cell, skin)
+    forces = CHGNetForces(model, relax_cell) if backend == "chgnet" else MatGLForces(model, relax_cell, skin)
     with forces:
         return _run(forces, structures, fmax, steps, relax_cell, batch_size or len(structures),
                     max_atoms or math.inf, progress, callback)

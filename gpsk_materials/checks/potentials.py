@@ -80,7 +80,6 @@ class Potential:
     """
 
     backend: str = ""
-    batched_relax: bool = False  # True: checks.batch_relax relaxes many structures per forward pass
 
     def __init__(self, model: torch.nn.Module, name: str, spec: dict) -> None:
         self.model = model
@@ -191,10 +190,11 @@ class Potential:
         """
         structures = as_structures(structures, ordered=True)
         self._check_elements(structures)
-        if optimizer == "FIRE" and self.batched_relax and batched:
+        if optimizer == "FIRE" and batched:
             hook = None if callback is None else (lambda i, r: callback(i, RelaxResult(**r)))
             out = fire_relax(self.model, structures, fmax=fmax, steps=steps, relax_cell=relax_cell,
-                             batch_size=batch_size, max_atoms=max_atoms, progress=progress, callback=hook)
+                             batch_size=batch_size, max_atoms=max_atoms, progress=progress, callback=hook,
+                             backend=self.backend)
             return [RelaxResult(**r) for r in out]
         import ase.optimize
         from ase.filters import FrechetCellFilter
@@ -233,7 +233,6 @@ class MatGLPotential(Potential):
     """A matgl ``Potential`` (TensorNet, M3GNet, CHGNet, ... in matgl's format)."""
 
     backend = "matgl"
-    batched_relax = True
 
     @property
     def element_types(self) -> frozenset[str]:
@@ -273,7 +272,6 @@ class CHGNetPotential(Potential):
     """The ``chgnet`` package's CHGNet (its own weights, Materials Project energy scale)."""
 
     backend = "chgnet"
-    batched_relax = True
 
     @property
     def element_types(self) -> frozenset[str]:
