@@ -90,7 +90,7 @@ def is_valid(structure) -> tuple[bool, bool]:
 
 def sample_index(structure, default: int) -> int:
     """Index of the candidate a generated structure came from (its provenance), else ``default``."""
-    return int((structure.properties.get("gpsk") or {}).get("sample_index", default))
+    return int(((structure.properties.get("gpsk") or {}).get("request") or {}).get("sample_index", default))
 
 
 def write_summary(out: Path | None, summary: dict) -> dict:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from gpsk_materials.defaults import RELAX_BATCH
+
 
 def merge(files: list[Path], out: Path) -> None:
     """Join cache files of checks.hull's format ({"version": 1, "energies": {key: {id: energy}}})."""
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="i/n: process systems i, i+n, i+2n, ...")
     parser.add_argument("--limit", type=int, help="process at most this many chemical systems (timing runs)")
     parser.add_argument("--chunk", type=int, default=4096, help="structures per cache write")
-    parser.add_argument("--relax-batch", type=int, default=256, help="structures per forward pass (relax mode)")
+    parser.add_argument("--relax-batch", type=int, default=RELAX_BATCH, help="structures per forward pass (relax mode)")
     parser.add_argument("--merge", type=Path, nargs="+", help="merge these shard files into --out and stop")
     args = parser.parse_args()
     if args.merge:

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
 from gpsk_materials.evaluation.io import ReferenceSet
 from gpsk_materials.evaluation.matching import novelty, uniqueness
 from gpsk_materials.paths import shared_data
@@ -43,14 +44,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-novelty", type=int, default=2000)
     parser.add_argument("--n-relax", type=int, default=20)
-    parser.add_argument("--relax-batch", type=int, default=128, help="structures per batched relaxation")
+    parser.add_argument("--relax-batch", type=int, default=RELAX_BATCH, help="structures per batched relaxation")
     parser.add_argument("--n-baseline", type=int, default=8, help="structures relaxed one by one with ASE (baseline)")
     parser.add_argument("--perturb", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--potential", default=None, help="default: shared TensorNet-MatPES; or 'chgnet'")
-    parser.add_argument("--fmax", type=float, default=0.05)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--fmax", type=float, default=FMAX)
+    parser.add_argument("--steps", type=int, default=EVALUATION_RELAX_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()

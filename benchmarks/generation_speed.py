@@ -16,6 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import generation_parser, load_generator, write_summary  # noqa: E402
 
+from gpsk_materials.defaults import SAMPLER_STEPS  # noqa: E402
+
 COMPOSITIONS = ["NaCl", "MgO", "SrTiO3", "GaAs", "Fe2O3", "TiO2", "ZnO", "LiFePO4"]
 
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
 
     p = generation_parser(__doc__)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024])
-    p.add_argument("--steps", type=int, default=50, help="Euler steps of the sampler")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help="Euler steps of the sampler")
     args = p.parse_args(argv)
     gen = load_generator(args)
     cuda = args.device.startswith("cuda")

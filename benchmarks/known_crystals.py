@@ -54,6 +54,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import generation_parser, load_generator, write_summary  # noqa: E402
 
+from gpsk_materials import provenance  # noqa: E402
+
 TOLERANCE = 0.03  # issue 5: within 3 % of experiment after the scan
 SYMPREC = 0.1
 
@@ -184,7 +186,7 @@ def candidate_diagnostic(gen, rows: list[dict], scan, matcher, args) -> None:
         for s, sr in cands:
             a_b, a_a = a_equivalent(s, n_conv), a_equivalent(sr.structure, n_conv)
             info.append({
-                "sample_index": (s.properties.get("gpsk") or {}).get("sample_index"),
+                "sample_index": provenance.read(s, "request", {}).get("sample_index"),
                 "error_before": a_b / a_exp - 1, "error_after": a_a / a_exp - 1, "scale_factor": sr.scale_factor,
                 "scan_status": scan_status(sr, scan), "space_group_after": space_group(sr.structure)[1],
                 "prototype_match": bool(matcher.fit(sr.structure, ideal)),
@@ -196,7 +198,7 @@ def candidate_diagnostic(gen, rows: list[dict], scan, matcher, args) -> None:
         groups = Counter(c["space_group_after"] or "?" for c in info).most_common()
         same = None
         if r["structure"] is not None:  # the ranked run's pick must be one of these candidates
-            picked = next((s for s, _ in cands if (s.properties.get("gpsk") or {}).get("sample_index")
+            picked = next((s for s, _ in cands if provenance.read(s, "request", {}).get("sample_index")
                            == r.get("sample_index")), None)
             same = picked is not None and bool(np.allclose(picked.lattice.matrix, np.array(r["lattice_before_matrix"]),
                                                            atol=1e-4))
@@ -214,7 +216,7 @@ def candidate_diagnostic(gen, rows: list[dict], scan, matcher, args) -> None:
 
 def _unscanned(s):
     """The decoded cell before the generator's volume scan (its linear scale factor is in the provenance)."""
-    factor = s.properties["gpsk"]["check_results"]["volume_scale_factor"]
+    factor = provenance.read(s, "checks")["results"]["volume_scale_factor"]
     before = s.copy()
     before.scale_lattice(s.volume / factor**3)
     return before
@@ -274,10 +276,10 @@ def main(argv=None) -> int:
             after = sr.structure
             a_b, a_a = a_equivalent(before, n_conv), a_equivalent(after, n_conv)
             sg_b, sg_a = space_group(before), space_group(after)
-            gpsk = before.properties.get("gpsk", {})
             row.update(
                 structure=after.as_dict(), formula=before.composition.formula, n_sites=len(before),
-                sample_index=gpsk.get("sample_index"), decode=gpsk.get("decode"),
+                sample_index=provenance.read(before, "request", {}).get("sample_index"),
+                decode=provenance.read(before, "decode"),
                 lattice_before=list(before.lattice.parameters),
                 lattice_before_matrix=before.lattice.matrix.tolist(), lattice_after=list(after.lattice.parameters),
                 a_before=a_b, a_after=a_a, error_before=a_b / a_exp - 1, error_after=a_a / a_exp - 1,

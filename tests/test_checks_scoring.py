@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from gpsk_materials.checks.scoring import SCORE_KEY, CandidateScorer
+from gpsk_materials import provenance
+from gpsk_materials.checks.scoring import CandidateScorer
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
 
 from _checks_util import conventional_a, one_torch_thread, rock_salt, tensornet  # noqa: F401
@@ -24,11 +25,11 @@ def test_scores_rank_candidates(tensornet):
     cands = candidates()
     scores = CandidateScorer(tensornet).score(cands, {"space_group": 225})
     assert scores[2] > scores[1] > scores[0]
-    good = cands[2].properties[SCORE_KEY]
+    good = provenance.read(cands[2], "scores")
     assert good["valid"] and good["space_group"] == 225 and good["space_group_match"] is True
     assert good["connectivity"] == 1.0 and good["energy_per_atom"] == pytest.approx(-3.357, abs=0.005)
     assert good["total"] == pytest.approx(scores[2])
-    assert cands[0].properties[SCORE_KEY]["valid"] is False
+    assert provenance.read(cands[0], "scores")["valid"] is False
 
 
 def test_symmetry_match_counts():
@@ -44,7 +45,7 @@ def test_select_best_with_volume_scan(tensornet):
     squeezed, broken = rock_salt(0.75 * 5.64), Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.075, 0, 0]])
     (best,) = scorer.select_best([[broken, squeezed]], requests=[{"space_group": 225}])
     assert abs(conventional_a(best) / 5.64 - 1) < 0.03  # the squeezed one, rescaled
-    assert best.properties[SCORE_KEY]["volume_scale_factor"] == pytest.approx(1.35, abs=0.03)
+    assert provenance.read(best, "scores")["volume_scale_factor"] == pytest.approx(1.35, abs=0.03)
     assert squeezed.lattice.a == pytest.approx(0.75 * 5.64 / 2**0.5)  # inputs keep their geometry
 
 

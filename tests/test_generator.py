@@ -10,6 +10,7 @@ import torch
 from monty.json import MontyDecoder, MontyEncoder
 from pymatgen.core import Composition, Structure
 
+from gpsk_materials import defaults
 from gpsk_materials.errors import CheckpointError, ConditioningError
 from gpsk_materials.models import load_model_folder, save_model_folder
 from gpsk_materials.pipelines import CrystalGenerator, GenerationRequest, parse_checks
@@ -70,7 +71,9 @@ def test_batched_structures_equal_one_by_one(gen, rock_salt_decode):  # noqa: F8
             np.testing.assert_allclose(x.frac_coords, y.frac_coords, rtol=0, atol=1e-9)
             assert [e.symbol for e in x.species] == [e.symbol for e in y.species]
             px, py = dict(x.properties["gpsk"]), dict(y.properties["gpsk"])
-            assert px.pop("request_index") == b.index and py.pop("request_index") == 0
+            qx, qy = dict(px.pop("request")), dict(py.pop("request"))
+            assert qx.pop("index") == b.index and qy.pop("index") == 0
+            assert qx == qy
             rx, ry = px.pop("decode"), py.pop("decode")
             assert rx.keys() == ry.keys() and np.isclose(rx["relative_residual"], ry["relative_residual"], atol=1e-9)
             assert px == py
@@ -85,17 +88,18 @@ def test_generate_returns_structures_with_provenance(gen, rock_salt_decode):  # 
     totals = [s.properties["gpsk"]["scores"]["total"] for s in out]
     assert totals == sorted(totals, reverse=True)
     p = out[0].properties["gpsk"]
-    assert p["seed"] == 4 and p["steps"] == STEPS and p["best_of"] == 3 and p["guidance"] == 2.0
-    assert p["request"]["composition"] == "NaCl" and p["request"]["space_group"] == 225
-    assert p["conditions"]["composition"] == {"Na": 1.0, "Cl": 1.0}
-    assert p["candidates"]["drawn"] == 6 and p["candidates"]["decoded"] + p["candidates"]["failed"] == 6
+    q = p["request"]
+    assert q["seed"] == 4 and q["steps"] == STEPS and q["best_of"] == 3 and q["guidance"] == defaults.GUIDANCE
+    assert q["composition"] == "NaCl" and q["space_group"] == 225
+    assert q["conditions"]["composition"] == {"Na": 1.0, "Cl": 1.0}
+    assert q["candidates"]["drawn"] == 6 and q["candidates"]["decoded"] + q["candidates"]["failed"] == 6
     assert p["decode"]["method"] == "reciprocal" and p["decode"]["relative_residual"] < 0.3
-    assert p["check_results"]["space_group"] == 225 and p["check_results"]["valid"] is True
+    assert p["checks"]["results"]["space_group"] == 225 and p["checks"]["results"]["valid"] is True
     assert p["model"]["name"] == "tiny" and p["model"]["hash"] == gen.model_hash
-    assert 0 <= p["sample_index"] < 6
+    assert 0 <= q["sample_index"] < 6
     json.dumps(out[0].as_dict())  # provenance is plain JSON
     atoms = gen.generate("NaCl", n=1, best_of=4, steps=STEPS, seed=4, output="ase")
-    assert atoms and atoms[0].info["gpsk"]["seed"] == 4
+    assert atoms and atoms[0].info["gpsk"]["request"]["seed"] == 4
 
 
 def test_failed_candidates_are_counted_never_returned(gen, rock_salt_decode):  # noqa: F811
@@ -106,7 +110,7 @@ def test_failed_candidates_are_counted_never_returned(gen, rock_salt_decode):  #
         assert len(r.structures) == r.decoded == 4 - len(r.failures)
         assert all(f.startswith("sample ") for f in r.failures)
         for s in r.structures:
-            assert s.properties["gpsk"]["candidates"]["failed"] == r.failed
+            assert s.properties["gpsk"]["request"]["candidates"]["failed"] == r.failed
     assert res[1].failed > 0 and res[1].decoded > 0  # the fixture makes about half the latents fail
 
 
@@ -247,7 +251,7 @@ def test_parse_checks():
 
 def test_checks_none_keeps_sample_order(gen, rock_salt_decode):  # noqa: F811
     out = gen.run([{"composition": "NaCl", "n": 4, "steps": STEPS}], seed=21, checks="none")[0]
-    idx = [s.properties["gpsk"]["sample_index"] for s in out.structures]
+    idx = [s.properties["gpsk"]["request"]["sample_index"] for s in out.structures]
     assert idx == sorted(idx) and all(s.properties["gpsk"]["scores"] is None for s in out.structures)
 
 
@@ -256,7 +260,7 @@ def test_energy_and_volume_scan_checks(tiny_model_dir, matgl_model_dir, rock_sal
     g = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4, potential=str(matgl_model_dir))
     out = g.generate("NaCl", n=1, best_of=2, steps=STEPS, seed=21, checks="volume_scan")
     assert out
-    rec = out[0].properties["gpsk"]["check_results"]
+    rec = out[0].properties["gpsk"]["checks"]["results"]
     assert rec["energy_per_atom"] < -2.5
     # the decoded primitive cell of a = 5.64 A rock salt is already near the potential's minimum
     assert 0.9 < rec["volume_scale_factor"] < 1.1
@@ -289,8 +293,50 @@ def test_relax_and_hull_checks(tiny_model_dir, matgl_model_dir, rock_salt_decode
     res = g.run([{"composition": "NaCl", "n": 1, "best_of": 2, "space_group": 225, "steps": STEPS}],
                 seed=21, checks="relax,hull")[0]
     assert res.structures
-    rec = res.structures[0].properties["gpsk"]["check_results"]
+    rec = res.structures[0].properties["gpsk"]["checks"]["results"]
     assert rec["relaxed"] is True and rec["relax_steps"] <= 30
     assert rec["space_group"] == 225 and rec["valid"] is True
     assert rec["e_above_hull"] == pytest.approx(rec["energy_per_atom"] - (-3.0), abs=1e-6)
-    assert sorted(res.structures[0].properties["gpsk"]["checks"]) == ["basic", "energy", "hull", "relax"]
+    assert sorted(res.structures[0].properties["gpsk"]["checks"]["run"]) == ["basic", "energy", "hull", "relax"]
+
+
+def test_generate_equals_run_with_the_same_seed(gen, rock_salt_decode):  # noqa: F811
+    # one default per knob (gpsk_materials.defaults): the convenience verb and the batched one sample alike
+    c = "NaCl"
+    a = gen.generate(c, n=2, seed=2)  # seed 2: both candidates decode under the rock-salt fixture (seed 0: none)
+    b = gen.run([{"composition": c, "n": 2}], seed=2)[0].structures
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x == y and x.properties == y.properties
+    assert a[0].properties["gpsk"]["request"]["guidance"] == defaults.GUIDANCE
+    assert a[0].properties["gpsk"]["request"]["steps"] == defaults.SAMPLER_STEPS
+
+
+def test_request_holds_conditions():
+    from gpsk_materials.models.conditioning import Conditions
+
+    req = GenerationRequest("Fe2O3", n=2, space_group=167, guidance=3.0)
+    assert req.conditions == Conditions("Fe2O3", space_group=167) and req.composition == "Fe2O3"
+    assert req == GenerationRequest(n=2, conditions=Conditions("Fe2O3", space_group=167), guidance=3.0)
+    assert GenerationRequest(conditions=Conditions("Fe2O3"), space_group=12).conditions.space_group == 12
+    assert GenerationRequest.coerce({"conditions": Conditions("NaCl"), "n": 3}).n == 3
+    d = req.to_dict()
+    assert d["composition"] == "Fe2O3" and d["space_group"] == 167 and d["n"] == 2 and d["guidance"] == 3.0
+    with pytest.raises(ConditioningError, match="unknown request fields"):
+        GenerationRequest("NaCl", colour="red")
+
+
+def test_post_checks_plain_interface(rock_salt_decode):  # noqa: F811
+    from pymatgen.core import Lattice
+
+    from gpsk_materials.checks.post import post_checks
+    from gpsk_materials.models.conditioning import Conditions
+
+    good = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    broken = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.075, 0, 0]])
+    recs = post_checks([broken, good], Conditions("NaCl", space_group=225), "basic", keep=1)
+    assert [r.index for r in recs] == [1]
+    assert recs[0].scores["space_group_match"] is True and recs[0].checks["valid"] is True
+    assert "gpsk" not in good.properties and "gpsk" not in recs[0].structure.properties  # records, not properties
+    none = post_checks([broken, good], None, "none", keep=None)
+    assert [r.index for r in none] == [0, 1] and all(r.scores is None and r.checks == {} for r in none)

@@ -263,7 +263,7 @@ def test_noisy_grid_still_decodes(featurizer, decoder, triclinic):
     noisy = grid + (0.03 * grid.std(axis=(1, 2, 3), keepdims=True) * rng.normal(size=grid.shape)).astype(np.float32)
     out = decoder.decode(noisy, triclinic.composition)
     assert StructureMatcher().fit(out, featurizer.canonical_structure(triclinic))
-    assert out.properties["decode_relative_residual"] < decoder.max_residual
+    assert out.properties["gpsk"]["decode"]["relative_residual"] < decoder.max_residual
     np.testing.assert_allclose(out.site_properties["decode_occupancy"], 1, atol=0.05)
 
 
@@ -289,8 +289,8 @@ def test_decoder_site_diagnostics(featurizer, decoder, triclinic):
     np.testing.assert_allclose(props["decode_occupancy"], 1, atol=1e-3)
     assert all(0 < m <= 1 for m in props["decode_element_margin"])
     assert all(0 < c <= 1 for c in props["decode_confidence"])
-    assert out.properties["decode_confidence"] == pytest.approx(min(props["decode_confidence"]))
-    assert out.properties["decode_relative_residual"] < 1e-4
+    assert out.properties["gpsk"]["decode"]["confidence"] == pytest.approx(min(props["decode_confidence"]))
+    assert out.properties["gpsk"]["decode"]["relative_residual"] < 1e-4
 
 
 def test_fit_lattice_is_exact(featurizer, decoder, triclinic):
@@ -333,7 +333,7 @@ def test_no_ghost_atom_beside_heavy_atom_without_composition():
     out = ReciprocalGridDecoder().decode(ReciprocalGridFeaturizer().featurize(s))
     assert len(out) == 5
     assert out.distance_matrix[np.triu_indices(5, 1)].min() > 2.0
-    assert out.properties["decode_relative_residual"] < 0.05
+    assert out.properties["gpsk"]["decode"]["relative_residual"] < 0.05
 
 
 def test_exact_counts_decode_a_rescaled_grid(featurizer, decoder, triclinic):
@@ -348,7 +348,7 @@ def test_exact_counts_decode_a_rescaled_grid(featurizer, decoder, triclinic):
         decoder.decode(scaled, cell)
     out = decoder.decode_many(scaled[None], [cell], exact_counts=True)[0]
     assert out.composition == triclinic.composition
-    assert out.properties["decode_scale"] == pytest.approx(1 / 0.45, rel=1e-3)
+    assert out.properties["gpsk"]["decode"]["scale"] == pytest.approx(1 / 0.45, rel=1e-3)
     assert StructureMatcher().fit(out, triclinic)
     # the cell content is taken as given: twice the formula means twice the sites
     with pytest.raises(DecodingError):

@@ -60,4 +60,4 @@ def test_generated_grids_decode_to_valid_structures():
         s = r.structures[0]
         assert s.composition == Composition(c)
         assert structural_validity(s), c
-        assert s.properties["decode_relative_residual"] <= gen.decoder.max_residual
+        assert s.properties["gpsk"]["decode"]["relative_residual"] <= gen.decoder.max_residual

@@ -1,32 +1,56 @@
 """Post-checks usable on any pymatgen Structures: symmetry, validity, MLIP energies and relaxations, the volume
-scan, energy above a reference hull, and best-of-N scoring."""
+scan, energy above a reference hull, best-of-N scoring, and :func:`~gpsk_materials.checks.post.post_checks`, the
+checks of generated candidates.
 
-from gpsk_materials.checks.hull import ReferenceHull
-from gpsk_materials.checks.potentials import (
-    DEFAULT_MATGL_MODEL,
-    Potential,
-    RelaxResult,
-    load_potential,
-    resolve_potential,
-)
-from gpsk_materials.checks.scoring import CandidateScorer
-from gpsk_materials.checks.symmetry import (
-    SymmetryCheck,
-    SymmetryResult,
-    crystal_system_of,
-    site_count_compatible,
-    wyckoff_multiplicities,
-)
-from gpsk_materials.checks.validity import (
-    ValidityCheck,
-    ValidityResult,
-    connectivity,
-    smact_validity,
-    structural_validity,
-)
-from gpsk_materials.checks.volume_scan import VolumeScan, VolumeScanResult
+The public objects are imported lazily: ``gpsk_materials.checks.post`` (what the generation pipeline needs to parse
+``checks=``) loads without pymatgen, ASE or the potentials.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ReferenceHull": "hull",
+    "DEFAULT_MATGL_MODEL": "potentials",
+    "Potential": "potentials",
+    "RelaxResult": "potentials",
+    "load_potential": "potentials",
+    "resolve_potential": "potentials",
+    "CandidateScorer": "scoring",
+    "SymmetryCheck": "symmetry",
+    "SymmetryResult": "symmetry",
+    "site_count_compatible": "symmetry",
+    "wyckoff_multiplicities": "symmetry",
+    "crystal_system_of": "symmetry",
+    "ValidityCheck": "validity",
+    "ValidityResult": "validity",
+    "connectivity": "validity",
+    "smact_validity": "validity",
+    "structural_validity": "validity",
+    "VolumeScan": "volume_scan",
+    "VolumeScanResult": "volume_scan",
+    "CHECKS": "post",
+    "CheckRecord": "post",
+    "parse_checks": "post",
+    "post_checks": "post",
+}
+
+_SUBMODULES = {*_LAZY.values(), "batch_relax", "cli"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "CHECKS",
+    "CheckRecord",
     "DEFAULT_MATGL_MODEL",
     "CandidateScorer",
     "Potential",
@@ -41,6 +65,8 @@ __all__ = [
     "connectivity",
     "crystal_system_of",
     "load_potential",
+    "parse_checks",
+    "post_checks",
     "resolve_potential",
     "site_count_compatible",
     "smact_validity",

@@ -34,6 +34,8 @@ from pymatgen.core import Lattice, Structure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gpsk_materials.defaults import FMAX, RELAX_STEPS
+
 # ASE FIRE defaults
 DT, DT_MAX, MAX_STEP, N_MIN, F_INC, F_DEC, A_START, F_A = 0.1, 1.0, 0.2, 5, 1.1, 0.5, 0.1, 0.99
 SKIN = 0.5
@@ -267,8 +269,8 @@ class CHGNetForces:
 def fire_relax(
     model,
     structures: list[Structure],
-    fmax: float = 0.05,
-    steps: int = 200,
+    fmax: float = FMAX,
+    steps: int = RELAX_STEPS,
     relax_cell: bool = True,
     skin: float = SKIN,
     batch_size: int | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Structure
 
+from gpsk_materials.defaults import FMAX, RELAX_STEPS
 from gpsk_materials.errors import DataError
 
 
@@ -24,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--potential", default=None, help="matgl model name or folder, or 'chgnet[:version]' (default: shared TensorNet-MatPES)")
     p.add_argument("--no-energy", action="store_true", help="skip the potential (symmetry and validity only)")
     p.add_argument("--relax", action="store_true", help="relax each structure (FIRE, cell included) before reporting")
-    p.add_argument("--fmax", type=float, default=0.05, help="relaxation force tolerance, eV/A")
-    p.add_argument("--steps", type=int, default=200, help="maximum relaxation steps")
+    p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force tolerance, eV/A (default {FMAX})")
+    p.add_argument("--steps", type=int, default=RELAX_STEPS, help=f"maximum relaxation steps (default {RELAX_STEPS})")
     p.add_argument("--volume-scan", action="store_true", help="rescale each structure by the volume scan first")
     p.add_argument("--hull", action="store_true", help="energy above the reference hull from shared/data/pool.csv.gz")
     p.add_argument("--space-group", type=int, default=None, help="requested space group to compare with")

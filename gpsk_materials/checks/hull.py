@@ -40,6 +40,7 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 from tqdm.auto import tqdm
 
 from gpsk_materials.checks.potentials import Potential, resolve_potential
+from gpsk_materials.defaults import FMAX, REFERENCE_RELAX_STEPS, RELAX_BATCH
 from gpsk_materials.errors import DataError, InvalidStructureError
 from gpsk_materials.paths import shared_data
 
@@ -118,9 +119,9 @@ class ReferenceHull:
         cache_path: str | Path | None | bool = None,
         mode: str = "single_point",
         max_sites: int | None = None,
-        relax_steps: int = 100,
-        fmax: float = 0.05,
-        relax_batch: int = 256,
+        relax_steps: int = REFERENCE_RELAX_STEPS,
+        fmax: float = FMAX,
+        relax_batch: int = RELAX_BATCH,
         entries: Iterable[tuple[Composition | str, float]] | None = None,
         use_pool: bool = True,
         progress: bool = False,

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.checks._common import as_structures
 from gpsk_materials.checks.batch_relax import fire_relax
+from gpsk_materials.defaults import FMAX, RELAX_BATCH, RELAX_STEPS
 from gpsk_materials.errors import InvalidStructureError, PotentialError
 from gpsk_materials.paths import SHARED_ENV, shared_model
 
@@ -45,29 +46,35 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RelaxResult(MSONable):
-    """Outcome of one relaxation: final structure, its energy (eV/atom), convergence and optimizer steps taken."""
+    """Outcome of one relaxation: final structure, its energy (eV/atom), convergence and optimizer steps taken.
 
-    structure: Structure
+    A relaxation that failed (as recorded by :func:`gpsk_materials.evaluation.stability.relax_structures`) has
+    ``structure`` None, a NaN energy and the reason in ``error``.
+    """
+
+    structure: Structure | None
     energy_per_atom: float
-    initial_energy_per_atom: float
-    converged: bool
-    steps: int
+    initial_energy_per_atom: float = float("nan")
+    converged: bool = False
+    steps: int = 0
+    error: str = ""
 
     def as_dict(self) -> dict:
         return {
             "@module": type(self).__module__,
             "@class": type(self).__name__,
-            "structure": self.structure.as_dict(),
+            "structure": None if self.structure is None else self.structure.as_dict(),
             "energy_per_atom": self.energy_per_atom,
             "initial_energy_per_atom": self.initial_energy_per_atom,
             "converged": self.converged,
             "steps": self.steps,
+            "error": self.error,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> RelaxResult:
-        kw = {k: d[k] for k in cls.__dataclass_fields__}
-        kw["structure"] = Structure.from_dict(d["structure"])
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        kw["structure"] = None if d.get("structure") is None else Structure.from_dict(d["structure"])
         return cls(**kw)
 
 
@@ -160,12 +167,12 @@ class Potential:
     def relax(
         self,
         structures: Structure | list[Structure],
-        fmax: float = 0.05,
-        steps: int = 200,
+        fmax: float = FMAX,
+        steps: int = RELAX_STEPS,
         relax_cell: bool = True,
         optimizer: str = "FIRE",
         progress: bool = False,
-        batch_size: int = 256,
+        batch_size: int = RELAX_BATCH,
         max_atoms: int = 4096,
         batched: bool = True,
         callback: Callable[[int, RelaxResult], None] | None = None,

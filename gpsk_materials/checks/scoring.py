@@ -7,8 +7,9 @@ Score (higher is better), a weighted sum of
 * ``connectivity``: the fraction of atoms with a neighbour within ``connectivity_factor`` x the sum of covalent radii;
 * ``validity``: 0 for a CDVAE-valid structure, -1 otherwise (a large weight makes invalid structures lose).
 
-Candidates of one request share a composition, so energies per atom compare directly. The breakdown is written to
-``structure.properties["gpsk_scores"]``.
+Candidates of one request share a composition, so energies per atom compare directly. :meth:`CandidateScorer.breakdowns`
+and :meth:`~CandidateScorer.score_records` return the breakdowns; :meth:`~CandidateScorer.evaluate` also writes them to
+``structure.properties["gpsk"]["scores"]`` (:mod:`gpsk_materials.provenance`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from monty.json import MSONable
 from pymatgen.core import Structure
 
+from gpsk_materials import provenance
 from gpsk_materials.checks._common import as_structures
 from gpsk_materials.checks.potentials import Potential, load_potential, resolve_potential
 from gpsk_materials.checks.symmetry import SymmetryCheck
@@ -28,7 +30,8 @@ from gpsk_materials.checks.volume_scan import VolumeScan
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
 
 DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0}
-SCORE_KEY = "gpsk_scores"
+#: the section of ``structure.properties["gpsk"]`` that :meth:`CandidateScorer.evaluate` fills
+SCORE_SECTION = "scores"
 
 
 def _request_value(request: Any, key: str) -> Any:
@@ -106,22 +109,20 @@ class CandidateScorer(MSONable):
             connectivity_factor=d["connectivity_factor"],
         )
 
-    def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
-        """Score ``structures``; return them (volume-scanned copies when a scan is configured) with
-        ``properties["gpsk_scores"]`` filled in. The inputs get the same scores in their properties."""
+    def breakdowns(
+        self, structures: Sequence[Structure], request: Any = None, energies: Sequence[float] | None = None,
+        scale: Sequence[float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The score breakdown of each structure as it stands (no volume scan, no energy evaluation):
+        ``energies`` are the energies per atom to score (None: no energy term), ``scale`` the volume factors
+        to record. Writes nothing on the structures."""
         structures = as_structures(structures)
         sg = _request_value(request, "space_group")
         cs = _request_value(request, "crystal_system")
-        out = [s.copy() for s in structures]
-        scale = np.ones(len(out))
-        if self.volume_scan is not None:
-            scans = self.volume_scan.scan(out)
-            out = [r.structure for r in scans]
-            scale = np.array([r.scale_factor for r in scans])
-        energies = np.full(len(out), np.nan)
-        if self.potential is not None:
-            energies = self.potential.energies(out, on_error="nan")
-        for k, (orig, s) in enumerate(zip(structures, out)):
+        energies = np.full(len(structures), np.nan) if energies is None else np.asarray(energies, dtype=float)
+        scale = np.ones(len(structures)) if scale is None else np.asarray(scale, dtype=float)
+        out = []
+        for k, s in enumerate(structures):
             val = self.validity.check(s)
             try:
                 sym = self.symmetry.check(s, space_group=sg, crystal_system=cs)
@@ -140,7 +141,7 @@ class CandidateScorer(MSONable):
                 + w["connectivity"] * conn
                 - w["validity"] * float(not val.valid)
             )
-            scores = {
+            out.append({
                 "total": float(total),
                 "energy_per_atom": e if np.isfinite(e) else None,
                 "valid": val.valid,
@@ -150,15 +151,35 @@ class CandidateScorer(MSONable):
                 "crystal_system_match": cs_match,
                 "connectivity": conn,
                 "volume_scale_factor": float(scale[k]),
-            }
-            s.properties = {**s.properties, SCORE_KEY: scores}
-            orig.properties = {**orig.properties, SCORE_KEY: scores}
+            })
+        return out
+
+    def score_records(self, structures: Sequence[Structure], request: Any = None) -> tuple[list[Structure], list[dict]]:
+        """Scan (when configured), take energies and score: the structures as scored (volume-scanned copies with
+        a scan) and their breakdowns, in order. Writes nothing on the structures."""
+        out = [s.copy() for s in as_structures(structures)]
+        scale = np.ones(len(out))
+        if self.volume_scan is not None:
+            scans = self.volume_scan.scan(out)
+            out = [r.structure for r in scans]
+            scale = np.array([r.scale_factor for r in scans])
+        energies = None if self.potential is None else self.potential.energies(out, on_error="nan")
+        return out, self.breakdowns(out, request, energies, scale)
+
+    def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
+        """Score ``structures``; return them (volume-scanned copies when a scan is configured) with
+        ``properties["gpsk"]["scores"]`` filled in. The inputs get the same scores in their properties."""
+        structures = as_structures(structures)
+        out, scores = self.score_records(structures, request)
+        for orig, s, sc in zip(structures, out, scores):
+            provenance.write(s, SCORE_SECTION, sc)
+            provenance.write(orig, SCORE_SECTION, sc)
         return out
 
     def score(self, structures: Sequence[Structure], request: Any = None) -> list[float]:
         """Total scores of ``structures`` for ``request`` (a mapping or object with optional ``space_group`` and
-        ``crystal_system``); breakdowns go to ``structure.properties["gpsk_scores"]``."""
-        return [s.properties[SCORE_KEY]["total"] for s in self.evaluate(structures, request)]
+        ``crystal_system``); breakdowns go to ``structure.properties["gpsk"]["scores"]``."""
+        return [provenance.read(s, SCORE_SECTION)["total"] for s in self.evaluate(structures, request)]
 
     def select_best(
         self, candidates_per_request: Sequence[Sequence[Structure]], requests: Sequence[Any] | None = None
@@ -173,5 +194,5 @@ class CandidateScorer(MSONable):
             if len(cands) == 0:
                 raise InvalidStructureError(f"request {k} has no candidates")
             scored = self.evaluate(cands, None if requests is None else requests[k])
-            best.append(max(scored, key=lambda s: s.properties[SCORE_KEY]["total"]))
+            best.append(max(scored, key=lambda s: provenance.read(s, SCORE_SECTION)["total"]))
         return best

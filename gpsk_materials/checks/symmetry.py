@@ -22,33 +22,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from gpsk_materials.checks._common import as_structure
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
-
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
-#: last space-group number of each crystal system, in the order of CRYSTAL_SYSTEMS
-_CS_BOUNDS = (2, 15, 74, 142, 167, 194, 230)
-
-
-def check_space_group(space_group: int) -> int:
-    """Return ``space_group`` as an int in 1..230, else raise :class:`ConditioningError`."""
-    if isinstance(space_group, bool) or not isinstance(space_group, (int, np.integer)):
-        raise ConditioningError(f"space group must be an integer 1-230, got {space_group!r}")
-    if not 1 <= int(space_group) <= 230:
-        raise ConditioningError(f"space group must be in 1-230, got {space_group}")
-    return int(space_group)
-
-
-def crystal_system_of(space_group: int) -> str:
-    """Crystal system of an international space-group number."""
-    sg = check_space_group(space_group)
-    return CRYSTAL_SYSTEMS[int(np.searchsorted(_CS_BOUNDS, sg))]
-
-
-def _check_crystal_system(crystal_system: str) -> str:
-    cs = str(crystal_system).strip().lower()
-    if cs not in CRYSTAL_SYSTEMS:
-        raise ConditioningError(f"unknown crystal system {crystal_system!r}; expected one of {CRYSTAL_SYSTEMS}")
-    return cs
-
+from gpsk_materials.vocabulary import CRYSTAL_SYSTEMS, check_crystal_system, check_space_group, crystal_system_of
 
 @dataclass
 class SymmetryResult(MSONable):
@@ -102,7 +76,7 @@ class SymmetryCheck(MSONable):
         """Detect the space group of ``structure`` and compare it with the requested group / crystal system."""
         structure = as_structure(structure)
         req_sg = None if space_group is None else check_space_group(space_group)
-        req_cs = None if crystal_system is None else _check_crystal_system(crystal_system)
+        req_cs = None if crystal_system is None else check_crystal_system(crystal_system)
         try:
             sga = self._analyzer(structure)
             number = int(sga.get_space_group_number())

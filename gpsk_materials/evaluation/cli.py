@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
 from gpsk_materials.errors import DataError
 
 
@@ -47,10 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--potential", help="potential for --hull self (default: the shared TensorNet-MatPES model; "
                                        "'chgnet' or 'matgl:<name or path>')")
     p.add_argument("--device", help="torch device for relaxations (cpu, cuda)")
-    p.add_argument("--fmax", type=float, default=0.05, help="relaxation force threshold, eV/A")
-    p.add_argument("--relax-steps", type=int, default=500, help="maximum FIRE steps per relaxation")
-    p.add_argument("--relax-batch", type=int, default=128,
-                   help="structures per forward pass of the batched relaxation (each result is cached as it finishes)")
+    p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force threshold, eV/A (default {FMAX})")
+    p.add_argument("--relax-steps", type=int, default=EVALUATION_RELAX_STEPS,
+                   help=f"maximum FIRE steps per relaxation (default {EVALUATION_RELAX_STEPS})")
+    p.add_argument("--relax-batch", type=int, default=RELAX_BATCH,
+                   help=f"structures per forward pass of the batched relaxation (default {RELAX_BATCH}; each result is "
+                   "cached as it finishes)")
     p.add_argument("--workers", type=int, default=1, help="processes for matching and fingerprints")
     p.add_argument("--cache-dir", type=Path, help="resumable cache (default: OUT/cache)")
     p.add_argument("--seed", type=int, default=0)

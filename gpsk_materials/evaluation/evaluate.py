@@ -14,6 +14,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from gpsk_materials.checks.validity import smact_validity, structural_validity
+from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
 from gpsk_materials.errors import DataError
 from gpsk_materials.evaluation.csp import csp_metrics
 from gpsk_materials.evaluation.distribution import COV_CUTOFFS, coverage, fingerprints, property_wasserstein
@@ -47,10 +48,10 @@ class EvaluationOptions:
     #: JSON file of cached reference energies (checks.hull format); None for checks.hull's default location
     reference_energies: str | None = None
     device: str | None = None
-    fmax: float = 0.05
-    relax_steps: int = 500
+    fmax: float = FMAX
+    relax_steps: int = EVALUATION_RELAX_STEPS
     #: structures per forward pass of the batched relaxation
-    relax_batch: int = 128
+    relax_batch: int = RELAX_BATCH
 
 
 def _is_valid(structure: Structure) -> tuple[bool, bool]:

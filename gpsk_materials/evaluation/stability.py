@@ -18,13 +18,14 @@ Rate definitions (denominator: every evaluated structure; a failed relaxation co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from gpsk_materials.checks.potentials import RelaxResult
+from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
 from gpsk_materials.evaluation._cache import CacheWriter, content_key, read_cache
 from gpsk_materials.evaluation.io import ReferenceSet
 from gpsk_materials.evaluation.matching import novelty, uniqueness
@@ -33,34 +34,22 @@ STABLE = 0.0
 METASTABLE = 0.1
 
 
-@dataclass
-class Relaxed:
-    """One relaxation as cached: the relaxed structure (None if it failed), its energy and convergence."""
-
-    structure: Structure | None
-    energy_per_atom: float
-    converged: bool
-    steps: int
-    error: str = ""
-
-
-def _relax_one(structure: Structure, potential, fmax: float, steps: int) -> Relaxed:
+def _relax_one(structure: Structure, potential, fmax: float, steps: int) -> RelaxResult:
     try:
-        r = potential.relax([structure], fmax=fmax, steps=steps)[0]
-        return Relaxed(r.structure, float(r.energy_per_atom), bool(r.converged), int(r.steps))
+        return potential.relax([structure], fmax=fmax, steps=steps)[0]
     except Exception as exc:  # unknown element, exploding forces...: recorded as failed
-        return Relaxed(None, float("nan"), False, 0, error=f"{type(exc).__name__}: {exc}")
+        return RelaxResult(None, float("nan"), error=f"{type(exc).__name__}: {exc}")
 
 
 def relax_structures(
     structures: Sequence[Structure],
     potential,
-    fmax: float = 0.05,
-    steps: int = 500,
-    batch_size: int = 128,
+    fmax: float = FMAX,
+    steps: int = EVALUATION_RELAX_STEPS,
+    batch_size: int = RELAX_BATCH,
     cache: str | Path | None = None,
     progress: bool = True,
-) -> list[Relaxed]:
+) -> list[RelaxResult]:
     """Relax structures with ``potential`` (a :class:`gpsk_materials.checks.potentials.Potential`), resumably.
 
     Parameters
@@ -75,15 +64,15 @@ def relax_structures(
     """
     keys = [content_key(s, potential.name, fmax, steps) for s in structures]
     known = {
-        k: Relaxed(None if r["structure"] is None else Structure.from_dict(r["structure"]), r["energy_per_atom"],
-                   r["converged"], r["steps"], r.get("error", ""))
+        k: RelaxResult(None if r["structure"] is None else Structure.from_dict(r["structure"]), r["energy_per_atom"],
+                       converged=r["converged"], steps=r["steps"], error=r.get("error", ""))
         for k, r in read_cache(cache).items()
     }
     todo = [i for i, k in enumerate(keys) if k not in known]
     with CacheWriter(cache) as writer, tqdm(total=len(todo), desc=f"relax ({potential.name})",
                                             disable=not progress) as bar:
 
-        def record(i: int, rel: Relaxed) -> None:
+        def record(i: int, rel: RelaxResult) -> None:
             known[keys[i]] = rel
             writer.write(keys[i], structure=None if rel.structure is None else rel.structure.as_dict(),
                          energy_per_atom=rel.energy_per_atom, converged=rel.converged, steps=rel.steps,
@@ -94,8 +83,7 @@ def relax_structures(
         try:
             if todo:
                 potential.relax([structures[i] for i in todo], fmax=fmax, steps=steps, batch_size=batch_size,
-                                callback=lambda j, r: record(todo[j], Relaxed(r.structure, float(r.energy_per_atom),
-                                                                              bool(r.converged), int(r.steps))))
+                                callback=lambda j, r: record(todo[j], r))
         except Exception:  # one bad structure must not sink the others: the rest one by one
             for i in todo:
                 if keys[i] not in known:
@@ -172,7 +160,7 @@ def sun_rates(
     return summary, per
 
 
-def _e_hull(hull, relaxed: list[Relaxed], to_hull_energy) -> list[float]:
+def _e_hull(hull, relaxed: list[RelaxResult], to_hull_energy) -> list[float]:
     from gpsk_materials.errors import GPSKError
 
     out = []
@@ -206,14 +194,14 @@ def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, o
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def relax(pot) -> list[Relaxed]:
+    def relax(pot) -> list[RelaxResult]:
         if options.device:
             pot.to(options.device)
         name = pot.name.replace(":", "_").replace("/", "_")
         return relax_structures(structures, pot, options.fmax, options.relax_steps, options.relax_batch,
                                 None if cache_dir is None else cache_dir / f"relax_{name}.jsonl", options.progress)
 
-    def record(prefix: str, relaxed: list[Relaxed], e_hull: list[float]) -> None:
+    def record(prefix: str, relaxed: list[RelaxResult], e_hull: list[float]) -> None:
         s, p = sun_rates(e_hull, [r.structure for r in relaxed], train, options.workers, options.progress)
         s["relax_converged_rate"] = float(np.mean([r.converged for r in relaxed]))
         s["relax_failed"] = sum(r.structure is None for r in relaxed)

@@ -20,7 +20,6 @@ is dropped independently with probability ``p`` (10% by default) on top of the l
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -29,19 +28,21 @@ import torch
 from torch import Tensor, nn
 
 from gpsk_materials.errors import ConditioningError
+from gpsk_materials.vocabulary import (  # noqa: F401 -- the vocabulary, re-exported where the model reads it
+    ATOMIC_NUMBER,
+    CRYSTAL_SYSTEMS,
+    ELEMENTS,
+    MAGNETIC_ORDERINGS,
+    MAX_Z,
+    SYSTEM_STARTS,
+    check_composition,
+    check_crystal_system,
+    check_magnetic_ordering,
+    check_space_group,
+    crystal_system_index,
+    parse_formula,
+)
 
-#: Elements with X-ray form factors (Z = 1..98), the composition vocabulary.
-ELEMENTS = (
-    "H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr Rb Sr Y Zr "
-    "Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt "
-    "Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf"
-).split()
-MAX_Z = len(ELEMENTS)
-ATOMIC_NUMBER = {s: i + 1 for i, s in enumerate(ELEMENTS)}
-
-CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic")
-#: labels of magnetic ordering; index 4 ("unknown") is stored as -1 (missing) everywhere
-MAGNETIC_ORDERINGS = ("NM", "FM", "FiM", "AFM", "unknown")
 MODALITIES = (
     "composition",
     "crystal_system",
@@ -52,44 +53,6 @@ MODALITIES = (
     "magnetic_ordering",
 )
 SCALARS = ("band_gap", "formation_energy", "e_above_hull")
-#: first space-group number of each crystal system (triclinic 1-2, monoclinic 3-15, ...)
-_SYSTEM_STARTS = np.array([1, 3, 16, 75, 143, 168, 195, 231])
-
-
-def crystal_system_index(space_group: np.ndarray | int) -> np.ndarray:
-    """Index into :data:`CRYSTAL_SYSTEMS` of space-group numbers (1..230); -1 where the number is missing/invalid."""
-    sg = np.asarray(space_group)
-    idx = np.searchsorted(_SYSTEM_STARTS, sg, side="right") - 1
-    return np.where((sg >= 1) & (sg <= 230), idx, -1)
-
-
-_FORMULA_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*\.?\d*)|(\()|(\))(\d*\.?\d*)")
-
-
-def parse_formula(formula: str) -> dict[str, float]:
-    """Parse a chemical formula such as ``"Fe2O3"`` or ``"Ca(OH)2"`` into element amounts."""
-    stack: list[dict[str, float]] = [{}]
-    pos = 0
-    text = formula.replace(" ", "")
-    while pos < len(text):
-        m = _FORMULA_TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            raise ConditioningError(f"cannot parse formula {formula!r} at {text[pos:]!r}")
-        pos = m.end()
-        if m.group(1):
-            el, amt = m.group(1), float(m.group(2) or 1)
-            stack[-1][el] = stack[-1].get(el, 0.0) + amt
-        elif m.group(3):
-            stack.append({})
-        else:
-            if len(stack) == 1:
-                raise ConditioningError(f"unbalanced ')' in formula {formula!r}")
-            inner, mult = stack.pop(), float(m.group(5) or 1)
-            for el, amt in inner.items():
-                stack[-1][el] = stack[-1].get(el, 0.0) + amt * mult
-    if len(stack) != 1 or not stack[0]:
-        raise ConditioningError(f"cannot parse formula {formula!r}")
-    return stack[0]
 
 
 @dataclass(frozen=True)
@@ -110,29 +73,10 @@ class Conditions:
 
     def validated(self, max_elements: int = 8) -> Conditions:
         """Return a checked copy; raise :class:`ConditioningError` naming the offending value."""
-        comp = self.composition
-        if comp is not None:
-            amounts = parse_formula(comp) if isinstance(comp, str) else dict(comp)
-            for el, amt in amounts.items():
-                if el not in ATOMIC_NUMBER:
-                    raise ConditioningError(f"unknown element {el!r} in composition (supported: H..Cf, Z <= {MAX_Z})")
-                if not (isinstance(amt, (int, float, np.number)) and math.isfinite(amt) and amt > 0):
-                    raise ConditioningError(f"amount of {el} must be a positive finite number, got {amt!r}")
-            if not amounts:
-                raise ConditioningError("composition is empty")
-            if len(amounts) > max_elements:
-                raise ConditioningError(f"composition has {len(amounts)} elements; at most {max_elements} are supported")
-            comp = {el: float(amounts[el]) for el in sorted(amounts, key=ATOMIC_NUMBER.__getitem__)}
-        system = self.crystal_system
-        if system is not None:
-            system = str(system).lower()
-            if system not in CRYSTAL_SYSTEMS:
-                raise ConditioningError(f"unknown crystal system {self.crystal_system!r}; one of {CRYSTAL_SYSTEMS}")
-        sg = self.space_group
+        comp = None if self.composition is None else check_composition(self.composition, max_elements)
+        system = None if self.crystal_system is None else check_crystal_system(self.crystal_system)
+        sg = None if self.space_group is None else check_space_group(self.space_group)
         if sg is not None:
-            if isinstance(sg, bool) or not isinstance(sg, (int, np.integer)) or not 1 <= int(sg) <= 230:
-                raise ConditioningError(f"space group must be an integer in 1..230, got {sg!r}")
-            sg = int(sg)
             implied = CRYSTAL_SYSTEMS[int(crystal_system_index(sg))]
             if system is not None and system != implied:
                 raise ConditioningError(f"space group {sg} is {implied}, not {system}")
@@ -146,13 +90,7 @@ class Conditions:
                     raise ConditioningError(f"{name} must be >= 0 eV, got {v}")
                 v = float(v)
             values[name] = v
-        mag = self.magnetic_ordering
-        if mag is not None:
-            lookup = {m.lower(): m for m in MAGNETIC_ORDERINGS}
-            if str(mag).lower() not in lookup:
-                raise ConditioningError(f"unknown magnetic ordering {mag!r}; one of {MAGNETIC_ORDERINGS}")
-            mag = lookup[str(mag).lower()]
-            mag = None if mag == "unknown" else mag
+        mag = None if self.magnetic_ordering is None else check_magnetic_ordering(self.magnetic_ordering)
         return Conditions(comp, system, sg, values["band_gap"], values["formation_energy"], values["e_above_hull"], mag)
 
     def given(self) -> list[str]:
@@ -294,7 +232,7 @@ class ConditionBatch:
         z = torch.where(amt > 0, z, torch.zeros_like(z))
         sg = torch.as_tensor(space_group, device=device).long()
         sg = torch.where((sg >= 1) & (sg <= 230), sg, torch.full_like(sg, -1))
-        starts = torch.as_tensor(_SYSTEM_STARTS, device=device)
+        starts = torch.as_tensor(SYSTEM_STARTS, device=device)
         system = torch.where(sg > 0, torch.searchsorted(starts, sg, right=True) - 1, torch.full_like(sg, -1))
         scal = torch.as_tensor(scalars, device=device).float().reshape(len(sg), len(SCALARS))
         mag = torch.as_tensor(magnetic, device=device).long()

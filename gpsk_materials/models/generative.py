@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from gpsk_materials.errors import CheckpointError, ConditioningError
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.models import rectified_flow
 from gpsk_materials.models.conditioning import ConditionBatch, Conditions, ConditionStats
 from gpsk_materials.models.configs import ModelConfig
@@ -67,22 +68,26 @@ class GPSKModel:
 
     @torch.no_grad()
     def sample_latents(
-        self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = 50,
-        guidance: float = 2.0, generator: torch.Generator | None = None, progress: bool = False,
+        self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
+        guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """Latents (B, 64, 8, 8, 8) in VAE space (denormalised)."""
+        """Latents (B, 64, 8, 8, 8) in VAE space (denormalised); ``noise`` (B, 64, 8, 8, 8) replaces the draw from
+        ``generator`` (the pipeline draws each request's noise from its own generator)."""
         if self.mmdit is None:
             raise CheckpointError("this model folder holds no MMDiT weights (a VAE-only checkpoint)")
         cond = conditions if isinstance(conditions, ConditionBatch) else self.condition_batch(conditions)
         cfg = self.config.mmdit
         shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
-        z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, device=self.device, progress=progress)
+        z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, noise=noise, device=self.device,
+                                  progress=progress)
         return self.denormalize_latents(z)
 
     @torch.no_grad()
     def sample_grids(
-        self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = 50,
-        guidance: float = 2.0, generator: torch.Generator | None = None, progress: bool = False,
+        self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
+        guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """Grids (B, 3, 32, 32, 32) float32 for the decoder."""
-        return self.vae.decode(self.sample_latents(conditions, steps, guidance, generator, progress)).float()
+        """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`)."""
+        return self.vae.decode(self.sample_latents(conditions, steps, guidance, generator, progress, noise)).float()

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gpsk_materials.models.conditioning import ConditionBatch
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 
 VelocityModel = Callable[[Tensor, Tensor, ConditionBatch], Tensor]
 
@@ -83,8 +84,8 @@ def guided_velocity(model: VelocityModel, x: Tensor, t: Tensor, cond: ConditionB
 def sample(
     model: VelocityModel,
     cond: ConditionBatch,
-    steps: int = 50,
-    guidance: float = 2.0,
+    steps: int = SAMPLER_STEPS,
+    guidance: float = GUIDANCE,
     generator: torch.Generator | None = None,
     shape: tuple[int, ...] = (64, 8, 8, 8),
     noise: Tensor | None = None,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` subcommand."""
@@ -23,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--formation-energy", type=float, default=None, help="eV/atom")
     p.add_argument("--e-above-hull", type=float, default=None, help="eV/atom, >= 0 (condition)")
     p.add_argument("--magnetic-ordering", default=None, help="NM, FM, FiM or AFM")
-    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
-    p.add_argument("--steps", type=int, default=50, help="Euler steps of the flow sampler (default 50)")
+    p.add_argument("--guidance", type=float, default=GUIDANCE,
+                   help=f"classifier-free guidance scale (default {GUIDANCE:g})")
+    p.add_argument("--steps", type=int, default=SAMPLER_STEPS,
+                   help=f"Euler steps of the flow sampler (default {SAMPLER_STEPS})")
     p.add_argument("--seed", type=int, default=None, help="base seed (request i uses seed + i)")
     p.add_argument("--best-of", type=int, default=1, help="candidates per wanted structure; the best are kept")
     p.add_argument("--checks", default="basic",
@@ -43,17 +46,16 @@ def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print the table; exit code 1 if any request was invalid."""
     from gpsk_materials.pipelines.generator import CrystalGenerator
     from gpsk_materials.pipelines.output import format_table, write_results
+    from gpsk_materials.models.conditioning import MODALITIES, Conditions
     from gpsk_materials.pipelines.requests import GenerationRequest
 
     gen = CrystalGenerator.from_pretrained(
         args.model, device=args.device, batch_size=args.batch_size, potential=args.potential
     )
+    # the six conditions besides the composition, shared by every formula of the command line
+    shared = Conditions(**{m: getattr(args, m) for m in MODALITIES[1:]})
     requests = [
-        GenerationRequest(
-            composition=f, n=args.n, crystal_system=args.crystal_system, space_group=args.space_group,
-            band_gap=args.band_gap, formation_energy=args.formation_energy, e_above_hull=args.e_above_hull,
-            magnetic_ordering=args.magnetic_ordering, guidance=args.guidance, steps=args.steps, best_of=args.best_of,
-        )
+        GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of)
         for f in args.formulas
     ]
     results = gen.run(requests, seed=args.seed, checks=args.checks, progress=False if args.no_progress else None)

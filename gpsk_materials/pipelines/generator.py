@@ -4,12 +4,14 @@ Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS se
 
 1. requests are validated (:mod:`gpsk_materials.pipelines.requests`); a bad request becomes a result carrying its
    error, the others go on;
-2. every candidate latent of every request goes through the rectified-flow sampler in fixed-size batches of mixed
-   conditions, then through the VAE decoder (grids);
+2. every candidate latent of every request goes through the model's own sampling chain
+   (:meth:`GPSKModel.sample_grids`: rectified-flow sampler, then VAE decoder) in fixed-size batches of mixed
+   conditions;
 3. the closed-form decoder turns all grids into Structures in one batched pass (with exactly the cell content the
    request conditioned on, or an inferred composition when it left the composition free); a grid that does not
    decode is a failed candidate, never returned;
-4. the post-checks (``checks=``) score the candidates and the best ``n`` of ``n * best_of`` are kept.
+4. the post-checks (``checks=``, :func:`gpsk_materials.checks.post.post_checks`) score the candidates and the best
+   ``n`` of ``n * best_of`` are kept.
 
 Reproducibility: the noise of request ``i`` comes from its own ``torch.Generator`` seeded with ``seed + i`` (or the
 request's own seed), and the sampler always runs batches of exactly ``batch_size`` latents (padded), because CPU
@@ -34,15 +36,15 @@ from monty.json import MSONable
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gpsk_materials import provenance
+from gpsk_materials.checks.post import make_scorer, parse_checks, post_checks
+from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
-from gpsk_materials.models import rectified_flow
 from gpsk_materials.models.generative import GPSKModel
 from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
 
 logger = logging.getLogger(__name__)
 
-#: check names accepted by ``checks=`` (a name, a comma/plus-separated string, or a list of names)
-CHECKS = ("none", "basic", "energy", "volume_scan", "relax", "hull")
 #: cells a model folder is assumed to support when its config.json does not say (the default training cache)
 DEFAULT_MAX_SITES = 20
 #: sampler batch when none is set: small on the CPU (a lone request pays for a whole padded batch), large on GPUs
@@ -51,7 +53,6 @@ GPU_BATCH_SIZE = 64
 #: residual bound of the default decoder: a generated grid is a sample, not an exact featurization (0.3 is the
 #: bound for exact grids); candidates are ranked by it and the checks after decoding judge the structure
 GENERATED_MAX_RESIDUAL = 0.5
-PROPERTY_KEY = "gpsk"
 _GRID_PREFIX = re.compile(r"^grid \d+: ")
 
 
@@ -60,25 +61,6 @@ def default_model_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("gpsk_materials"))) / "weights" / "default"
-
-
-def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
-    """Normalise ``checks=``: None -> basic; ``"energy"``, ``"volume_scan"``, ``"relax"`` and ``"hull"`` imply
-    ``"basic"`` and the potential energy; ``"none"`` alone skips every check."""
-    if checks is None:
-        return frozenset({"basic"})
-    names = checks.replace("+", ",").split(",") if isinstance(checks, str) else list(checks)
-    flags = {str(c).strip().lower().replace("-", "_") for c in names if str(c).strip()}
-    unknown = flags - set(CHECKS)
-    if unknown or not flags:
-        raise ConditioningError(f"unknown checks {sorted(unknown) or checks!r}; choose from {CHECKS}")
-    if flags == {"none"}:
-        return frozenset()
-    if "none" in flags:
-        raise ConditioningError(f"checks 'none' cannot be combined with {sorted(flags - {'none'})}")
-    if flags & {"volume_scan", "relax", "hull"}:
-        flags.add("energy")
-    return frozenset(flags | {"basic"})
 
 
 def _plain(x: Any) -> Any:
@@ -173,8 +155,8 @@ class CrystalGenerator(MSONable):
         decoder: Any = None,
         potential: Any = None,
         symprec: float = 0.1,
-        relax_steps: int = 200,
-        fmax: float = 0.05,
+        relax_steps: int = RELAX_STEPS,
+        fmax: float = FMAX,
         reference_hull: Any = None,
         model_hash: str | None = None,
     ) -> None:
@@ -283,8 +265,8 @@ class CrystalGenerator(MSONable):
             batch_size=d.get("batch_size"),
             decoder=ReciprocalGridDecoder.from_dict(d["decoder"]),
             symprec=d.get("symprec", 0.1),
-            relax_steps=d.get("relax_steps", 200),
-            fmax=d.get("fmax", 0.05),
+            relax_steps=d.get("relax_steps", RELAX_STEPS),
+            fmax=d.get("fmax", FMAX),
             potential=d.get("potential"),
         )
         expected = d.get("model_hash")
@@ -314,16 +296,9 @@ class CrystalGenerator(MSONable):
         return self._potential
 
     def _scorer(self, flags: frozenset[str]):
-        from gpsk_materials.checks.scoring import CandidateScorer
-        from gpsk_materials.checks.symmetry import SymmetryCheck
-
         key = flags & {"energy", "volume_scan"}
         if key not in self._scorers:
-            self._scorers[key] = CandidateScorer(
-                potential=self.potential if "energy" in key else False,
-                volume_scan="volume_scan" in key,
-                symmetry=SymmetryCheck(symprec=self.symprec),
-            )
+            self._scorers[key] = make_scorer(key, self.potential if "energy" in key else None, self.symprec)
         return self._scorers[key]
 
     def _reference_hull(self):
@@ -342,31 +317,27 @@ class CrystalGenerator(MSONable):
         composition: Any,
         n: int = 1,
         *,
-        crystal_system: str | None = None,
-        space_group: int | None = None,
-        band_gap: float | None = None,
-        formation_energy: float | None = None,
-        e_above_hull: float | None = None,
-        magnetic_ordering: str | None = None,
-        guidance: float = 2.0,
-        steps: int = 50,
+        guidance: float = GUIDANCE,
+        steps: int = SAMPLER_STEPS,
         seed: int | None = None,
         best_of: int = 1,
         checks: str | Iterable[str] | None = "basic",
         output: str = "structure",
         progress: bool | None = None,
+        **conditions: Any,
     ) -> list:
         """Generate ``n`` structures of one composition; raise the request's error if it is invalid.
+
+        ``conditions`` are the other fields of :class:`~gpsk_materials.models.conditioning.Conditions`
+        (``crystal_system``, ``space_group``, ``band_gap``, ``formation_energy``, ``e_above_hull``,
+        ``magnetic_ordering``). ``gen.generate(c, n, seed=s)`` is ``gen.run([{"composition": c, "n": n}],
+        seed=s)[0].structures``: the same defaults (:mod:`gpsk_materials.defaults`), the same structures.
 
         Returns pymatgen Structures (``output="ase"``: ASE Atoms) with their provenance in
         ``properties["gpsk"]``; fewer than ``n`` when not enough candidates decoded (the count of failures is in
         the provenance, and a warning is logged).
         """
-        request = GenerationRequest(
-            composition=composition, n=n, crystal_system=crystal_system, space_group=space_group, band_gap=band_gap,
-            formation_energy=formation_energy, e_above_hull=e_above_hull, magnetic_ordering=magnetic_ordering,
-            guidance=guidance, steps=steps, best_of=best_of,
-        )
+        request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress)[0]
         return result.raise_for_error().structures
 
@@ -510,8 +481,7 @@ class CrystalGenerator(MSONable):
                     padded = chunk + [chunk[-1]] * (batch - len(chunk))
                     cond = cond_all.index(torch.tensor([k for k, _ in padded], device=cond_all.present.device))
                     x1 = torch.stack([noise[k][j] for k, j in padded]).to(device)
-                    z = rectified_flow.sample(self.model.mmdit, cond, steps, guidance, noise=x1, device=device)
-                    g = self.model.vae.decode(self.model.denormalize_latents(z)).float()
+                    g = self.model.sample_grids(cond, steps, guidance, noise=x1)
                     for (k, j), grid in zip(chunk, g[: len(chunk)]):
                         out[k][j] = grid
                     bar.update(len(chunk))
@@ -538,7 +508,8 @@ class CrystalGenerator(MSONable):
 
     def _finish_request(self, r: ResolvedRequest, grids: Tensor, flags: frozenset[str], res: GenerationResult,
                         decoded_reasons: tuple[list, list]) -> None:
-        """Stage 4 for one request: check, select, annotate (fills ``res``)."""
+        """Stage 4 for one request: check and select (:func:`~gpsk_materials.checks.post.post_checks`), then
+        write the provenance (fills ``res``)."""
         decoded, reasons = decoded_reasons
         cands = [(j, s) for j, s in enumerate(decoded) if s is not None]
         res.decoded = len(cands)
@@ -550,107 +521,50 @@ class CrystalGenerator(MSONable):
                 r.index, r.formula, len(cands), len(grids), want,
             )
         structures = [s for _, s in cands]
-        samples = [j for j, _ in cands]
-        scores: list[dict | None] = [None] * len(structures)
-        if "basic" in flags and structures:
-            structures = self._scorer(flags).evaluate(structures, r.conditions)
-            from gpsk_materials.checks.scoring import SCORE_KEY
-
-            scores = [dict(s.properties[SCORE_KEY]) for s in structures]
-        if r.request.best_of > 1 and structures:
+        records = post_checks(
+            structures, r.conditions, flags,
             # the checks' total first; among equal totals (and without checks) the candidate whose grid its
             # decoded structure explains best
-            resid = [s.properties.get("decode_relative_residual", 0.0) for s in structures]
-            order = sorted(range(len(structures)), key=lambda i: (-(scores[i] or {}).get("total", 0.0), resid[i]))
-            structures = [structures[i] for i in order]
-            samples = [samples[i] for i in order]
-            scores = [scores[i] for i in order]
-        structures, samples, scores = structures[:want], samples[:want], scores[:want]
-        checks = [self._check_record(sc, flags) for sc in scores]
-        if "relax" in flags and structures:
-            structures = self._relax(structures, checks, r)
-        if "hull" in flags:
-            hull = self._reference_hull()
-            for s, rec in zip(structures, checks):
-                e = rec.get("energy_per_atom")
-                try:
-                    rec["e_above_hull"] = None if e is None else hull.e_above_hull(s, e)
-                except GPSKError as exc:
-                    rec["e_above_hull"], rec["e_above_hull_error"] = None, str(exc)
-        for rank, (s, j, sc, rec) in enumerate(zip(structures, samples, scores, checks)):
-            s.properties = {**s.properties, PROPERTY_KEY: self._provenance(r, s, j, rank, sc, rec, flags, res)}
-        res.structures = list(structures)
+            keep=want if r.request.best_of > 1 else None,
+            tie_break=[provenance.read(s, "decode", {}).get("relative_residual", 0.0) for s in structures],
+            scorer=self._scorer(flags) if "basic" in flags else None,
+            potential=self.potential if "energy" in flags else None,
+            hull=self._reference_hull() if "hull" in flags else None,
+            symprec=self.symprec, relax_steps=self.relax_steps, fmax=self.fmax,
+        )[:want]
+        res.structures = []
+        for rank, rec in enumerate(records):
+            j, decoded_s = cands[rec.index]
+            s = rec.structure
+            for section, value in self._provenance(r, decoded_s, j, rank, rec, flags, res).items():
+                provenance.write(s, section, value)
+            res.structures.append(s)
 
-    @staticmethod
-    def _check_record(scores: dict | None, flags: frozenset[str]) -> dict[str, Any]:
-        if scores is None:
-            return {}
-        rec = {k: scores.get(k) for k in ("valid", "strict_valid", "space_group", "space_group_match",
-                                            "crystal_system_match", "connectivity")}
-        if "energy" in flags:
-            rec["energy_per_atom"] = scores.get("energy_per_atom")
-        if "volume_scan" in flags:
-            rec["volume_scale_factor"] = scores.get("volume_scale_factor")
-        return rec
-
-    def _relax(self, structures: list, checks: list[dict], r: ResolvedRequest) -> list:
-        from gpsk_materials.checks.symmetry import SymmetryCheck
-        from gpsk_materials.checks.validity import ValidityCheck
-
-        try:
-            relaxed = self.potential.relax(structures, fmax=self.fmax, steps=self.relax_steps)
-        except GPSKError as exc:
-            for rec in checks:
-                rec["relaxed"], rec["relax_error"] = False, str(exc)
-            return structures
-        sym, val = SymmetryCheck(symprec=self.symprec), ValidityCheck()
-        out = []
-        for res, rec in zip(relaxed, checks):
-            s = res.structure
-            v = val.check(s)
-            rec.update(relaxed=True, relax_converged=res.converged, relax_steps=res.steps,
-                       energy_per_atom=res.energy_per_atom, valid=v.valid, strict_valid=v.strict_valid)
-            try:
-                sr = sym.check(s, space_group=r.conditions.space_group, crystal_system=r.conditions.crystal_system)
-                rec.update(space_group=sr.space_group_number, space_group_match=sr.space_group_match,
-                           crystal_system_match=sr.crystal_system_match)
-            except GPSKError:
-                rec.update(space_group=None, space_group_match=None if r.conditions.space_group is None else False)
-            out.append(s)
-        return out
-
-    def _provenance(self, r: ResolvedRequest, s, sample: int, rank: int, scores: dict | None, checks: dict,
-                    flags: frozenset[str], res: GenerationResult) -> dict[str, Any]:
+    def _provenance(self, r: ResolvedRequest, decoded, sample: int, rank: int, rec, flags: frozenset[str],
+                    res: GenerationResult) -> dict[str, Any]:
+        """The ``gpsk`` sections of one kept structure (see :mod:`gpsk_materials.provenance`)."""
         units = None
         if r.reduced is not None:
-            units = len(s) // max(1, sum(r.reduced.values()))
+            units = len(decoded) // max(1, sum(r.reduced.values()))
         return _plain({
-            "request_index": r.index,
-            "request": r.request.to_dict(),
-            "conditions": asdict(r.conditions),
-            "seed": r.seed,
-            "sample_index": sample,
-            "rank": rank,
-            "guidance": float(r.request.guidance),
-            "steps": int(r.request.steps),
-            "best_of": int(r.request.best_of),
-            "batch_size": self._batch_size(),
-            "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed},
-            "decode": {
-                "method": s.properties.get("decode_method"),
-                "relative_residual": s.properties.get("decode_relative_residual"),
-                "confidence": s.properties.get("decode_confidence"),
-                "formula_units": units,
+            "request": {
+                **r.request.to_dict(),
+                "index": r.index,
+                "conditions": asdict(r.conditions),
+                "sample_index": sample,
+                "rank": rank,
+                "batch_size": self._batch_size(),
+                "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed},
             },
-            "checks": sorted(flags),
-            "check_results": checks,
-            "scores": scores,
             "model": {
                 "name": self.model.config.name,
                 "path": None if self.model_path is None else str(self.model_path),
                 "hash": self.model_hash,
+                "device": str(self.device),
             },
-            "device": str(self.device),
+            "decode": {**provenance.read(decoded, "decode", {}), "formula_units": units},
+            "scores": rec.scores,
+            "checks": {"run": sorted(flags), "results": rec.checks},
         })
 
 

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from gpsk_materials.pipelines.generator import PROPERTY_KEY, GenerationResult
+from gpsk_materials import provenance
+from gpsk_materials.pipelines.generator import GenerationResult
 
 #: columns of ``summary.csv`` (one row per written structure)
 SUMMARY_COLUMNS = (
@@ -32,13 +33,12 @@ def _structure(obj: Any):
 def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
     """The summary row of one generated structure (from its ``properties["gpsk"]`` provenance)."""
     s = _structure(structure)
-    prov = s.properties.get(PROPERTY_KEY, {})
-    checks = prov.get("check_results") or {}
-    scores = prov.get("scores") or {}
-    request = prov.get("request") or {}
+    checks = (provenance.read(s, "checks") or {}).get("results") or {}
+    scores = provenance.read(s, "scores") or {}
+    request = provenance.read(s, "request") or {}
     return {
         "file": file,
-        "request_index": prov.get("request_index"),
+        "request_index": request.get("index"),
         "request": request.get("composition"),
         "formula": s.composition.reduced_formula,
         "nsites": len(s),
@@ -50,9 +50,9 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "valid": checks.get("valid"),
         "strict_valid": checks.get("strict_valid"),
         "score": scores.get("total"),
-        "decode_residual": (prov.get("decode") or {}).get("relative_residual"),
-        "seed": prov.get("seed"),
-        "sample_index": prov.get("sample_index"),
+        "decode_residual": (provenance.read(s, "decode") or {}).get("relative_residual"),
+        "seed": request.get("seed"),
+        "sample_index": request.get("sample_index"),
     }
 
 

@@ -1,6 +1,7 @@
 """Generation requests: what a user asks for, checked against what a model can deliver.
 
-A :class:`GenerationRequest` holds one composition (or none), the other six conditions and the sampling settings.
+A :class:`GenerationRequest` holds a :class:`~gpsk_materials.models.conditioning.Conditions` (one composition or
+none, and the other six conditions) and the sampling settings.
 :func:`resolve_request` validates it for a model (elements, site count, space group against the composition's
 Wyckoff-compatible cells, value ranges) and returns a :class:`ResolvedRequest` with the integer cell content the
 model is conditioned on; every problem is a :class:`~gpsk_materials.errors.ConditioningError` that names the request.
@@ -9,22 +10,32 @@ model is conditioned on; every problem is a :class:`~gpsk_materials.errors.Condi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from functools import reduce
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
 
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.errors import ConditioningError
-from gpsk_materials.models.conditioning import MODALITIES, Conditions, parse_formula
+from gpsk_materials.models.conditioning import MODALITIES, Conditions
+from gpsk_materials.vocabulary import composition_amounts, formula_string, integer_cell, reduced_formula
 
-DEFAULT_GUIDANCE = 1.0
-DEFAULT_STEPS = 50
+__all__ = [
+    "SAMPLING_FIELDS", "GenerationRequest", "ResolvedRequest", "composition_label", "integer_cell", "resolve_request",
+]
 
 
-@dataclass(frozen=True)
+#: what a request adds to its :class:`~gpsk_materials.models.conditioning.Conditions`
+SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed")
+
+
+@dataclass(frozen=True, init=False)
 class GenerationRequest:
-    """One generation request: ``n`` structures of ``composition`` under the given conditions.
+    """One generation request: ``n`` structures under ``conditions``, with the sampling settings.
+
+    ``GenerationRequest("Fe2O3", n=4, space_group=167)`` is ``GenerationRequest(n=4,
+    conditions=Conditions("Fe2O3", space_group=167))``: the composition (positional) and the keyword conditions
+    fill (or override) the fields of ``conditions``.
 
     Parameters
     ----------
@@ -34,58 +45,83 @@ class GenerationRequest:
         conditioned on; fractional amounts are scaled to the smallest integer multiple.
     n
         Structures wanted.
-    crystal_system, space_group, band_gap, formation_energy, e_above_hull, magnetic_ordering
-        Optional conditions (see :mod:`gpsk_materials.models.conditioning`).
+    conditions
+        A :class:`~gpsk_materials.models.conditioning.Conditions` (the seven modalities); keyword conditions
+        (``crystal_system``, ``space_group``, ``band_gap``, ``formation_energy``, ``e_above_hull``,
+        ``magnetic_ordering``) are set on top of it.
     guidance
-        Classifier-free guidance scale (1 = conditional prediction only).
+        Classifier-free guidance scale (1 = conditional prediction only; default
+        :data:`gpsk_materials.defaults.GUIDANCE`).
     steps
-        Euler steps of the flow sampler.
+        Euler steps of the flow sampler (default :data:`gpsk_materials.defaults.SAMPLER_STEPS`).
     best_of
         Candidates drawn per wanted structure; the best ``n`` of ``n * best_of`` are kept.
     seed
         Seed of this request's noise; None takes the run's seed plus the request index.
     """
 
-    composition: Any = None
+    conditions: Conditions
     n: int = 1
-    crystal_system: str | None = None
-    space_group: int | None = None
-    band_gap: float | None = None
-    formation_energy: float | None = None
-    e_above_hull: float | None = None
-    magnetic_ordering: str | None = None
-    guidance: float = DEFAULT_GUIDANCE
-    steps: int = DEFAULT_STEPS
+    guidance: float = GUIDANCE
+    steps: int = SAMPLER_STEPS
     best_of: int = 1
     seed: int | None = None
 
+    def __init__(
+        self,
+        composition: Any = None,
+        n: int = 1,
+        *,
+        conditions: Conditions | None = None,
+        guidance: float = GUIDANCE,
+        steps: int = SAMPLER_STEPS,
+        best_of: int = 1,
+        seed: int | None = None,
+        **condition_fields: Any,
+    ) -> None:
+        base = Conditions() if conditions is None else conditions
+        if not isinstance(base, Conditions):
+            raise ConditioningError(f"conditions must be a Conditions, got {type(base).__name__}")
+        unknown = set(condition_fields) - set(MODALITIES)
+        if unknown:
+            raise ConditioningError(f"unknown request fields {sorted(unknown)}; expected some of {sorted(_NAMES)}")
+        if composition is not None:
+            condition_fields["composition"] = composition
+        for name, value in (("conditions", replace(base, **condition_fields)), ("n", n), ("guidance", guidance),
+                            ("steps", steps), ("best_of", best_of), ("seed", seed)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def composition(self) -> Any:
+        """The requested composition (as given; None: free)."""
+        return self.conditions.composition
+
     @classmethod
     def coerce(cls, obj: Any, **defaults: Any) -> GenerationRequest:
-        """A request from a GenerationRequest, a mapping of its fields, or a bare composition; ``defaults`` fill
-        the fields the object does not set."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(defaults) - names
+        """A request from a GenerationRequest, a mapping of its fields (condition fields included), or a bare
+        composition; ``defaults`` fill the fields the object does not set."""
+        unknown = set(defaults) - _NAMES
         if unknown:
-            raise ConditioningError(f"unknown request fields {sorted(unknown)}; expected some of {sorted(names)}")
+            raise ConditioningError(f"unknown request fields {sorted(unknown)}; expected some of {sorted(_NAMES)}")
         if isinstance(obj, GenerationRequest):
             return obj
         if isinstance(obj, Mapping) and not _is_amount_mapping(obj):
-            unknown = set(obj) - names
+            unknown = set(obj) - _NAMES
             if unknown:
-                raise ConditioningError(f"unknown request fields {sorted(unknown)}; expected some of {sorted(names)}")
+                raise ConditioningError(f"unknown request fields {sorted(unknown)}; expected some of {sorted(_NAMES)}")
             return cls(**{**defaults, **obj})
         return cls(**{**defaults, "composition": obj})
 
-    def conditions(self, composition: Mapping[str, float] | None = None) -> Conditions:
-        """The model conditions of this request (``composition`` overrides the requested one)."""
-        comp = self.composition if composition is None else dict(composition)
-        return Conditions(comp, *(getattr(self, m) for m in MODALITIES[1:]))
-
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly fields (the composition as a formula string)."""
-        d = asdict(self)
+        """JSON-friendly flat fields: the seven conditions (the composition as a formula string), then the
+        sampling settings."""
+        d = asdict(self.conditions)
         d["composition"] = composition_label(self.composition)
-        return d
+        return {**d, **{name: getattr(self, name) for name in SAMPLING_FIELDS}}
+
+
+#: every field name a mapping may give for a request
+_NAMES = frozenset(MODALITIES) | frozenset(SAMPLING_FIELDS) | {"conditions"}
 
 
 def _is_amount_mapping(obj: Mapping) -> bool:
@@ -108,16 +144,8 @@ def composition_label(comp: Any) -> str | None:
     if isinstance(comp, Composition):
         return comp.formula.replace(" ", "")
     if isinstance(comp, Mapping):
-        return "".join(f"{el}{_fmt_amount(a)}" for el, a in comp.items())
+        return formula_string(comp)
     return str(comp)
-
-
-def _fmt_amount(a: Any) -> str:
-    try:
-        a = float(a)
-    except (TypeError, ValueError):
-        return str(a)
-    return "" if a == 1 else str(int(a)) if a == int(a) else f"{a:g}"
 
 
 @dataclass(frozen=True)
@@ -139,39 +167,7 @@ class ResolvedRequest:
     @property
     def formula(self) -> str:
         """Reduced formula, or ``"free"`` for a request without composition."""
-        if self.reduced is None:
-            return "free"
-        return "".join(f"{el}{'' if k == 1 else k}" for el, k in self.reduced.items())
-
-
-def _amounts(comp: Any) -> dict[str, float]:
-    from pymatgen.core import Composition
-
-    if isinstance(comp, str):
-        return parse_formula(comp)
-    if isinstance(comp, Composition):
-        out: dict[str, float] = {}
-        for sp, amt in comp.items():
-            sym = getattr(sp, "symbol", None) or getattr(getattr(sp, "element", None), "symbol", None)
-            if sym is None:
-                raise ConditioningError(f"composition {comp} holds {sp}, not an element")
-            out[sym] = out.get(sym, 0.0) + float(amt)
-        return out
-    if isinstance(comp, Mapping):
-        return {str(k): v for k, v in comp.items()}
-    raise ConditioningError(f"a composition is a formula string, Composition or dict, got {type(comp).__name__}")
-
-
-def integer_cell(amounts: Mapping[str, float], max_sites: int) -> dict[str, int]:
-    """Integer cell content: the amounts as given if they are integers, else their smallest integer multiple."""
-    values = np.array([float(v) for v in amounts.values()])
-    for k in range(1, max_sites + 1):
-        scaled = values * k
-        if np.all(np.abs(scaled - np.round(scaled)) < 1e-6 * max(1.0, scaled.max())):
-            return {el: int(round(v)) for el, v in zip(amounts, scaled)}
-    raise ConditioningError(
-        f"amounts {dict(amounts)} are not a ratio of integers small enough for a cell of at most {max_sites} sites"
-    )
+        return "free" if self.reduced is None else formula_string(self.reduced)
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -201,12 +197,11 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
     seed = base_seed + index if request.seed is None else _check_int("seed", request.seed, 0)
     cell = reduced = None
     if request.composition is not None:
-        amounts = _amounts(request.composition)
+        amounts = composition_amounts(request.composition)
         # element names, amounts and the element count are checked by Conditions before any arithmetic
         Conditions(composition=amounts).validated(max_elements)
         cell = integer_cell(amounts, max_sites)
-        gcd = reduce(math.gcd, cell.values())
-        reduced = {el: v // gcd for el, v in cell.items()}
+        reduced = reduced_formula(cell)
         n_reduced, n_cell = sum(reduced.values()), sum(cell.values())
         if n_reduced > max_sites:
             raise ConditioningError(
@@ -215,9 +210,10 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
         if n_cell > max_sites:
             raise ConditioningError(
                 f"the requested cell holds {n_cell} atoms; the model generates cells of at most {max_sites} sites "
-                f"(ask for the formula unit {''.join(f'{e}{k}' for e, k in reduced.items())} instead)"
+                f"(ask for the formula unit {formula_string(reduced)} instead)"
             )
-    conditions = request.conditions(cell).validated(max_elements)
+    conditions = (request.conditions if cell is None else replace(request.conditions, composition=cell)).validated(
+        max_elements)
     if conditions.space_group is not None and reduced is not None:
         _check_space_group_fits(conditions.space_group, reduced, max_sites)
     return ResolvedRequest(index, replace(request, seed=seed), conditions, cell, reduced, seed)
@@ -230,7 +226,7 @@ def _check_space_group_fits(space_group: int, reduced: Mapping[str, int], max_si
     for k in range(1, max_sites // n_reduced + 1):
         if site_count_compatible(space_group, {el: v * k for el, v in reduced.items()}):
             return
-    formula = "".join(f"{el}{'' if v == 1 else v}" for el, v in reduced.items())
+    formula = formula_string(reduced)
     raise ConditioningError(
         f"space group {space_group} cannot hold {formula} in any cell of at most {max_sites} sites: the site counts "
         f"of no multiple of the formula are sums of its Wyckoff multiplicities"

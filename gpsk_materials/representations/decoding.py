@@ -7,9 +7,11 @@ from typing import Any, Sequence
 import numpy as np
 from monty.json import MSONable
 
-from gpsk_materials.errors import DecodingError, GridError, UnknownElementError
+from gpsk_materials import provenance
+from gpsk_materials.errors import ConditioningError, DecodingError, GridError, UnknownElementError
 from gpsk_materials.representations import grid as G
-from gpsk_materials.representations.form_factors import MAX_Z, form_factor_at_zero
+from gpsk_materials.representations.form_factors import form_factor_at_zero
+from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
 
 METHODS = ("reciprocal", "peaks")
 #: largest factor by which F of a grid is rescaled to the electron count of a given cell (``exact_counts``)
@@ -35,20 +37,20 @@ def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
 
 
 def parse_composition(comp: Any) -> dict[int, float]:
-    """Atomic number -> amount from a formula string, pymatgen Composition or dict."""
-    from pymatgen.core import Composition
-
+    """Atomic number -> amount from a formula string, pymatgen Composition or dict (read by
+    :func:`gpsk_materials.vocabulary.composition_amounts`)."""
     try:
-        c = comp if isinstance(comp, Composition) else Composition(comp)
-    except Exception as exc:  # pymatgen raises several types for bad formulas
+        amounts = composition_amounts(comp)
+    except ConditioningError as exc:
         raise UnknownElementError(f"cannot read composition {comp!r}: {exc}") from exc
     out: dict[int, float] = {}
-    for el, amt in c.element_composition.items():
-        if not hasattr(el, "Z") or el.Z > MAX_Z:
+    for el, amt in amounts.items():
+        if el not in ATOMIC_NUMBER:
             raise UnknownElementError(f"composition {comp!r} holds {el}, outside the supported Z = 1..{MAX_Z}")
         if amt < 0:
             raise UnknownElementError(f"composition {comp!r} has a negative amount of {el}")
-        out[el.Z] = out.get(el.Z, 0.0) + float(amt)
+        if amt > 0:
+            out[ATOMIC_NUMBER[el]] = out.get(ATOMIC_NUMBER[el], 0.0) + float(amt)
     if not out:
         raise UnknownElementError(f"composition {comp!r} is empty")
     return out
@@ -57,17 +59,16 @@ def parse_composition(comp: Any) -> dict[int, float]:
 def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tuple[dict[int, int], int]:
     """Integer cell content of ``comp`` scaled to the observed F(000) (number of formula units); with ``exact``
     the amounts are the cell content as they stand (F(000) is ignored)."""
-    amounts = np.array(list(comp.values()))
-    if np.any(np.abs(amounts - np.round(amounts)) > 1e-6):
-        raise DecodingError(f"composition amounts {amounts.tolist()} are not integers")
-    ints = np.round(amounts).astype(int)
-    g = int(np.gcd.reduce(ints))
+    try:
+        ints, g = integer_counts(comp)
+    except ValueError as exc:
+        raise DecodingError(str(exc)) from exc
     if exact:
-        if np.any(ints < 1):
-            raise DecodingError(f"cell content {amounts.tolist()} must hold at least one atom of each element")
-        return {z: int(a) for z, a in zip(comp, ints)}, g
+        if min(ints.values()) < 1:
+            raise DecodingError(f"cell content {list(comp.values())} must hold at least one atom of each element")
+        return ints, g
     # reduce to the smallest integer formula, then take as many formula units as F(000) asks for
-    reduced = ints // g
+    reduced = np.array([v // g for v in ints.values()])
     f_unit = float(np.dot(reduced, form_factor_at_zero(np.array(list(comp)))))
     units = int(round(f000 / f_unit)) if np.isfinite(f000) else 0
     # a generated grid may under-shoot F(000); half a formula unit or more still means one unit
@@ -84,7 +85,11 @@ def _better(a, b):
         return b if not isinstance(b, DecodingError) else a
     if isinstance(b, DecodingError):
         return a
-    return b if b.properties["decode_relative_residual"] < a.properties["decode_relative_residual"] else a
+    return b if _residual(b) < _residual(a) else a
+
+
+def _residual(structure) -> float:
+    return provenance.read(structure, "decode")["relative_residual"]
 
 
 class ReciprocalGridDecoder(MSONable):
@@ -177,7 +182,7 @@ class ReciprocalGridDecoder(MSONable):
         structure prediction); otherwise they are scaled to the number of formula units F(000) indicates. With
         exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
         count (a generated grid's overall scale is a nuisance, as in refinement), and the better fit is kept
-        (``properties["decode_scale"]`` says which).
+        (``properties["gpsk"]["decode"]["scale"]`` says which).
         ``errors="raise"`` raises the first :class:`DecodingError`; ``"none"`` puts None in its place and
         records the reason in :attr:`last_errors`.
         """
@@ -584,12 +589,12 @@ class ReciprocalGridDecoder(MSONable):
                     "decode_confidence": confidence.round(6).tolist(),
                 },
             )
-            s.properties.update({
-                "decode_method": self.method,
-                "decode_relative_residual": float(rel[b]),
-                "decode_composition": "given" if known[b] else "inferred",
-                "decode_scale": 1.0 if scale is None else float(scale[b]),
-                "decode_confidence": float(confidence.min()),
+            provenance.write(s, "decode", {
+                "method": self.method,
+                "relative_residual": float(rel[b]),
+                "composition": "given" if known[b] else "inferred",
+                "scale": 1.0 if scale is None else float(scale[b]),
+                "confidence": float(confidence.min()),
             })
             if rel[b] > self.max_residual:
                 out.append(DecodingError(

@@ -14,9 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from gpsk_materials.errors import UnknownElementError
-
-#: Largest atomic number with tabulated coefficients (Cf).
-MAX_Z = 98
+from gpsk_materials.vocabulary import MAX_Z  # noqa: F401 -- the largest atomic number with coefficients (Cf)
 
 CITATION = (
     "@article{waasmaier1995,\n"

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from monty.json import MSONable
 
+from gpsk_materials import provenance
 from gpsk_materials.errors import DecodingError, GridError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
@@ -228,7 +229,7 @@ class RealSpacePeakDecoder(MSONable):
             offsets[:, ax] = np.where(curv < 0, 0.5 * (vm - vp) / np.where(curv < 0, curv, -1.0), 0.0)
         frac = ((peaks + np.clip(offsets, -0.5, 0.5)) / n) % 1.0
         s = Structure(lat, labels.tolist(), frac, site_properties={"decode_peak_height": heights.round(6).tolist()})
-        s.properties.update({"decode_method": "realspace_peaks", "decode_composition": "given"})
+        provenance.write(s, "decode", {"method": "realspace_peaks", "composition": "given"})
         if len(s) > 1:
             dmin = s.distance_matrix[np.triu_indices(len(s), 1)].min()
             if dmin < self.min_distance:

@@ -1,0 +1,162 @@
+"""Post-checks of generated candidates, with a plain interface: structures, the request's conditions and the
+check flags in; one record per kept structure out (scores, best-of-N choice, relaxation, hull).
+
+``post_checks`` writes nothing on the structures: the caller (e.g. :class:`~gpsk_materials.pipelines.CrystalGenerator`)
+decides where the records go. The flags are those of :func:`parse_checks`:
+
+============== ================================================================================================
+``basic``      validity, space group found and matched, connectivity (the :class:`CandidateScorer` breakdown)
+``energy``     + the potential's energy per atom (scored)
+``volume_scan`` + the volume scan at fixed shape before the energy; **the returned cells are rescaled**
+``relax``      + FIRE relaxation of the kept structures, re-checked by the same scorer
+``hull``       + energy above a :class:`~gpsk_materials.checks.hull.ReferenceHull`
+============== ================================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpsk_materials.defaults import FMAX, RELAX_STEPS
+from gpsk_materials.errors import ConditioningError, GPSKError
+
+#: check names accepted by ``checks=`` (a name, a comma/plus-separated string, or a list of names)
+CHECKS = ("none", "basic", "energy", "volume_scan", "relax", "hull")
+#: the keys of a check record taken from the scorer's breakdown, and those added by the energy-based checks
+_BASIC_KEYS = ("valid", "strict_valid", "space_group", "space_group_match", "crystal_system_match", "connectivity")
+
+
+def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
+    """Normalise ``checks=``: None -> basic; ``"energy"``, ``"volume_scan"``, ``"relax"`` and ``"hull"`` imply
+    ``"basic"`` and the potential energy; ``"none"`` alone skips every check."""
+    if checks is None:
+        return frozenset({"basic"})
+    names = checks.replace("+", ",").split(",") if isinstance(checks, str) else list(checks)
+    flags = {str(c).strip().lower().replace("-", "_") for c in names if str(c).strip()}
+    unknown = flags - set(CHECKS)
+    if unknown or not flags:
+        raise ConditioningError(f"unknown checks {sorted(unknown) or checks!r}; choose from {CHECKS}")
+    if flags == {"none"}:
+        return frozenset()
+    if "none" in flags:
+        raise ConditioningError(f"checks 'none' cannot be combined with {sorted(flags - {'none'})}")
+    if flags & {"volume_scan", "relax", "hull"}:
+        flags.add("energy")
+    return frozenset(flags | {"basic"})
+
+
+@dataclass
+class CheckRecord:
+    """One kept structure: ``index`` into the structures given, the ``structure`` as checked (volume-scanned or
+    relaxed where those checks ran), the scorer's ``scores`` (None without checks) and the ``checks`` record
+    (``valid``, ``strict_valid``, ``space_group``, ``space_group_match``, ``crystal_system_match``,
+    ``connectivity``, and ``energy_per_atom``, ``volume_scale_factor``, ``relaxed``, ``e_above_hull`` where run)."""
+
+    index: int
+    structure: Any
+    scores: dict[str, Any] | None = None
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def make_scorer(flags: frozenset[str], potential: Any = None, symprec: float = 0.1):
+    """The :class:`~gpsk_materials.checks.scoring.CandidateScorer` that ``flags`` ask for."""
+    from gpsk_materials.checks.scoring import CandidateScorer
+    from gpsk_materials.checks.symmetry import SymmetryCheck
+
+    return CandidateScorer(
+        potential=potential if "energy" in flags else False,
+        volume_scan="volume_scan" in flags,
+        symmetry=SymmetryCheck(symprec=symprec),
+    )
+
+
+def post_checks(
+    structures: Sequence[Any],
+    conditions: Any = None,
+    flags: frozenset[str] | str | Iterable[str] | None = "basic",
+    *,
+    keep: int | None = None,
+    tie_break: Sequence[float] | None = None,
+    scorer: Any = None,
+    potential: Any = None,
+    hull: Any = None,
+    symprec: float = 0.1,
+    relax_steps: int = RELAX_STEPS,
+    fmax: float = FMAX,
+) -> list[CheckRecord]:
+    """Check ``structures`` (pymatgen Structures) against ``conditions`` and return the records of the kept ones.
+
+    Parameters
+    ----------
+    conditions
+        Anything with (or a mapping of) ``space_group`` and ``crystal_system``, e.g. the request's validated
+        :class:`~gpsk_materials.models.conditioning.Conditions`; None checks nothing against a request.
+    flags
+        The checks (see :func:`parse_checks`).
+    keep
+        Best-of-N: keep the best ``keep`` by the checks' total score, best first (among equal totals, and
+        without checks, the lowest ``tie_break`` first). None keeps every structure in the order given.
+    scorer
+        A configured CandidateScorer (default: :func:`make_scorer` of ``flags``, ``potential``, ``symprec``).
+    potential
+        The :class:`~gpsk_materials.checks.potentials.Potential` of the energy-based checks.
+    hull
+        The :class:`~gpsk_materials.checks.hull.ReferenceHull` of the ``"hull"`` check (on the potential's scale).
+    relax_steps, fmax
+        Settings of the ``"relax"`` check.
+    """
+    from gpsk_materials.checks._common import as_structures
+
+    flags = flags if isinstance(flags, frozenset) else parse_checks(flags)
+    structures = as_structures(structures)
+    if "basic" in flags and structures and scorer is None:
+        scorer = make_scorer(flags, potential, symprec)
+    records = [CheckRecord(j, s) for j, s in enumerate(structures)]
+    if "basic" in flags and records:
+        scored, scores = scorer.score_records(structures, conditions)
+        for rec, s, sc in zip(records, scored, scores):
+            rec.structure, rec.scores, rec.checks = s, sc, _check_record(sc, flags)
+    if keep is not None:
+        ties = [0.0] * len(records) if tie_break is None else list(tie_break)
+        order = sorted(range(len(records)), key=lambda i: (-(records[i].scores or {}).get("total", 0.0), ties[i]))
+        records = [records[i] for i in order][:keep]
+    if "relax" in flags and records:
+        _relax(records, conditions, scorer, potential, relax_steps, fmax)
+    if "hull" in flags:
+        for rec in records:
+            e = rec.checks.get("energy_per_atom")
+            try:
+                rec.checks["e_above_hull"] = None if e is None else hull.e_above_hull(rec.structure, e)
+            except GPSKError as exc:
+                rec.checks["e_above_hull"], rec.checks["e_above_hull_error"] = None, str(exc)
+    return records
+
+
+def _check_record(scores: dict[str, Any], flags: frozenset[str]) -> dict[str, Any]:
+    rec = {k: scores.get(k) for k in _BASIC_KEYS}
+    if "energy" in flags:
+        rec["energy_per_atom"] = scores.get("energy_per_atom")
+    if "volume_scan" in flags:
+        rec["volume_scale_factor"] = scores.get("volume_scale_factor")
+    return rec
+
+
+def _relax(records: list[CheckRecord], conditions: Any, scorer: Any, potential: Any, steps: int, fmax: float) -> None:
+    """Relax the kept structures; the relaxed ones are re-checked by the scorer that chose them."""
+    try:
+        relaxed = potential.relax([r.structure for r in records], fmax=fmax, steps=steps)
+    except GPSKError as exc:
+        for rec in records:
+            rec.checks.update(relaxed=False, relax_error=str(exc))
+        return
+    structures = [r.structure for r in relaxed]
+    again = scorer.breakdowns(structures, conditions, energies=[r.energy_per_atom for r in relaxed])
+    for rec, res, sc in zip(records, relaxed, again):
+        rec.structure = res.structure
+        rec.checks.update(relaxed=True, relax_converged=res.converged, relax_steps=res.steps,
+                          energy_per_atom=res.energy_per_atom, **{k: sc[k] for k in _BASIC_KEYS})
+
+
+__all__ = ["CHECKS", "CheckRecord", "make_scorer", "parse_checks", "post_checks"]

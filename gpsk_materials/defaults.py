@@ -1,0 +1,50 @@
+"""One default per knob, used by the Python API, the ``gpsk`` commands and the docs alike.
+
+Each value says why it is what it is; change it here and every entry point follows.
+"""
+
+from __future__ import annotations
+
+#: Classifier-free guidance scale of the sampler. 1 is the conditional prediction alone (the unconditional branch is
+#: not evaluated, so a sampler step costs half as much); of the scales 1, 2 and 3 it gave the most decodable samples
+#: with the shipped model (docs/generator.md).
+GUIDANCE = 1.0
+
+#: Euler steps of the rectified-flow sampler: the step count the shipped model's benchmarks (decode rate, known
+#: crystals, generation speed) were measured with; fewer steps trade sample quality for time linearly.
+SAMPLER_STEPS = 50
+
+#: Force threshold of every relaxation, eV/A: the Materials Project / MatterGen convention, used by the hull's
+#: reference energies too (energies compare only between relaxations stopped at one threshold).
+FMAX = 0.05
+
+#: Maximum FIRE steps of the ``"relax"`` post-check (``CrystalGenerator``, ``gpsk check --relax``,
+#: ``Potential.relax``): the few kept structures of a request, already scored, at ~0.07 s per step on 2 CPU cores,
+#: so at most ~15 s per structure; pool structures stop after 17-20 steps on average (docs/benchmarks.md).
+RELAX_STEPS = 200
+
+#: Maximum FIRE steps of the reference energies of the hull (``ReferenceHull(mode="relax")``): the pool structures
+#: start from their DFT-relaxed geometries, and the shipped reference energies (40,183 structures,
+#: docs/results/reference_energies_tensornet_relax.json) were built with this bound; the cache does not record the
+#: bound, so it must not change under an existing cache.
+REFERENCE_RELAX_STEPS = 100
+
+#: Maximum FIRE steps of the stability evaluation (``gpsk evaluate --stability``): generated structures start far
+#: from a minimum (only 53 % of the de novo set converged within 300 steps, docs/benchmarks.md); an unconverged
+#: structure is scored at its last energy, an upper bound, so the evaluation allows more steps than the checks.
+EVALUATION_RELAX_STEPS = 500
+
+#: Structures per forward pass of the batched FIRE relaxation (a stopped structure makes room for the next): the
+#: batch measured for both backends on an H200 (docs/benchmarks.md). Each structure keeps its own FIRE state, so
+#: the batch bounds memory and throughput, not where a relaxation ends.
+RELAX_BATCH = 256
+
+__all__ = [
+    "EVALUATION_RELAX_STEPS",
+    "FMAX",
+    "GUIDANCE",
+    "REFERENCE_RELAX_STEPS",
+    "RELAX_BATCH",
+    "RELAX_STEPS",
+    "SAMPLER_STEPS",
+]
