@@ -38,10 +38,10 @@ if [ "$mode" = start ]; then
   cache_pid=$!
   PYTHONPATH=.carry/baseline python3 .carry/baseline/benchmarks/training_speed.py --data .carry/bench/data.npz \
       --device cuda --vae-batches 128 --flow-batches 1024 --steps 20 --out $OUT/training_speed_before.json 2>&1 | grep '^{'
-  PYTHONPATH=$R/code python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
+  PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
       --vae-batches 128 256 --flow-batches 1024 --steps 20 --variants bf16 bf16+channels_last \
       --out $OUT/training_speed.json 2>&1 | grep -v Warn | tail -n 6
-  PYTHONPATH=$R/code python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
+  PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
       --vae-batches 256 --flow-batches 1024 --steps 20 --variants bf16+channels_last+compile bf16+compile \
       --out $OUT/training_speed_compile.json 2>&1 | grep -v Warn | tail -n 3
   wait $cache_pid; tail -n 4 $R/cache.log; cp $R/pool/data.npz $OUT/data.npz
@@ -65,7 +65,7 @@ PY
   FLOW_STEPS=$(python3 -c "print(int($FLOW_RATE * 0.8 * 60 * $M * (1 - $SHARE - 0.04) / 1024))")
   OPTS=$([ "$VAE_OPTS" = none ] || echo "$VAE_OPTS" | tr ',' ' ')
   echo "setup took ${spent} min; VAE $VAE_RATE/s -> $VAE_STEPS steps; flow $FLOW_RATE/s -> $FLOW_STEPS steps; options: $OPTS"
-  cd $R && setsid nohup env PYTHONPATH=$R/code python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
+  cd $R && setsid nohup env PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
       --init-weights ${INIT:-$R/code/gpsk_materials/weights/default} --max-minutes $M --export-minutes 3 --vae-steps $VAE_STEPS --flow-steps $FLOW_STEPS \
       --batch-size 256 --flow-batch-size 1024 --vae-lr 4e-4 --flow-lr 3e-4 --warmup-steps 200 --log-every 50 \
       --eval-every 500 --ckpt-every 2000 --compact-checkpoints --device cuda --no-progress $OPTS \

@@ -374,7 +374,9 @@ class Trainer:
         cfg = self.model_config
         model = (GridVAE(cfg.vae) if stage == "vae" else MMDiT(cfg.mmdit)).to(self.device)
         if stage == "vae" and self.cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)  # cuDNN's preferred 3D convolution layout
+            for p in model.parameters():  # cuDNN's preferred 3D convolution layout, for the 5-D kernels
+                if p.ndim == 5:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
         return model
 
     def stage_objects(self, stage: str) -> tuple[nn.Module, torch.optim.Optimizer, Any, EMA]:
