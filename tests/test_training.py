@@ -293,13 +293,23 @@ def test_export_is_written_at_the_time_limit_and_training_continues_from_it(cach
 
 
 def test_export_every_few_minutes_is_atomic_and_current(cache, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import gpsk_materials.training.trainer as trainer_module
+
+    clock = iter(range(0, 10**6, 61))  # each look at the trainer's clock is 61 s later: an export is due every step
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
     trainer = Trainer(cache, tmp_path, _cfg(vae_steps=4, flow_steps=0, export_minutes=1.0), progress=False)
-    clock = iter(range(0, 10**6, 61))  # every look at the clock is 61 s later: an export is due at every step
-    real = trainer._export_due
-    monkeypatch.setattr("gpsk_materials.training.trainer.time.monotonic", lambda: float(next(clock)))
-    steps = []
-    monkeypatch.setattr(trainer, "export", lambda stage, ema, ctx: steps.append(trainer.step))
-    assert real.__self__ is trainer
-    trainer.run()
-    assert steps[:4] == [1, 2, 3, 4]
-    assert not list(tmp_path.glob(".export*"))  # no half-written folder left behind
+    exported = []
+    real_export = trainer.export
+
+    def export(stage, ema, ctx):
+        exported.append(trainer.step)
+        return real_export(stage, ema, ctx)
+
+    monkeypatch.setattr(trainer, "export", export)
+    assert trainer.run() == "done"
+    assert exported[:4] == [1, 2, 3, 4]  # due at every step, plus the stage-end export
+    info = json.loads((tmp_path / "export" / "config.json").read_text())["export"]
+    assert info["stage"] == "vae" and info["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []  # no half-written folder
