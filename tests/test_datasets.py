@@ -114,15 +114,16 @@ def test_cache_validation_and_subset(toy_cache):
         ArrayCache(**{**fields, "numbers": np.where(fields["numbers"] > 0, 99, 0)})
 
 
-def _write_csv(path, structures, rows):
+def _write_csv(path, structures, rows, ids=None):
     from pymatgen.io.cif import CifWriter
 
+    ids = [f"mp-{i}" for i in range(len(structures))] if ids is None else ids
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wt", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["material_id", *rows[0].keys(), "cif"])
         w.writeheader()
-        for i, (s, r) in enumerate(zip(structures, rows)):
-            w.writerow({"material_id": f"mp-{i}", **r, "cif": str(CifWriter(s))})
+        for mid, s, r in zip(ids, structures, rows):
+            w.writerow({"material_id": mid, **r, "cif": str(CifWriter(s))})
 
 
 def test_cache_from_csv_label_columns(tmp_path):
@@ -209,6 +210,96 @@ def test_magnetic_ordering_rule():
     occ[6, 0] = 0.5
     gap = np.array([5.0, 2.0, 1.0, 0.0, np.nan, 3.0, 5.0])
     assert derive_magnetic_ordering(numbers, occ, gap).tolist() == [0, -1, -1, 0, -1, -1, -1]
+
+
+def _mag_files(tmp_path):
+    """A pool CSV (no orderings; gaps) and a magnetic-ordering CSV (`ordering` column, as in shared/data/magnetic)
+    sharing one material id. Toys: 0 NaCl, 5 NiO, 8 FeAl, 21 Fe (bcc), 22 W, 23 Cu, 1 MgO."""
+    structures, _ = toy_structures()
+    pool = tmp_path / "pool.csv.gz"
+    _write_csv(pool, [structures[i] for i in (0, 5, 8, 22)],
+               [{"band_gap": g, "source": "mp"} for g in ("5.0", "3.0", "0.0", "0.0")],
+               ids=["mp-22862", "mp-19009", "mp-2658", "mp-91"])
+    mag = tmp_path / "mp_magnetic_orderings.csv"
+    _write_csv(mag, [structures[i] for i in (5, 21, 8, 23)],
+               [{"reduced_formula": "NiO", "nsites": "4", "ordering": "AFM", "magmoms": "[1.7, -1.7, 0, 0]"},
+                {"reduced_formula": "Fe", "nsites": "1", "ordering": "FM", "magmoms": "[2.2]"},
+                {"reduced_formula": "FeAl", "nsites": "2", "ordering": "FiM", "magmoms": "[0.7, -0.02]"},
+                {"reduced_formula": "Cu", "nsites": "1", "ordering": "", "magmoms": "[0]"}],
+               ids=["mp-19009", "mp-13", "mp-2658-mag", "mp-30"])
+    return pool, mag
+
+
+def test_ordering_column_gives_labels(tmp_path):
+    _, mag = _mag_files(tmp_path)
+    c = cache_from_csv(mag, progress=False, workers=1)
+    got = dict(zip(c.material_id.tolist(), c.magnetic_ordering.tolist()))
+    # AFM, FM, FiM by name; an empty cell is unknown (Cu: a d-block metal, so the NM rule does not apply either)
+    assert got == {"mp-19009": 3, "mp-13": 1, "mp-2658-mag": 2, "mp-30": -1}
+    assert c.meta["magnetic_ordering"]["given"] == 3
+    assert c.meta["magnetic_ordering"]["counts"] == {"NM": 0, "FM": 1, "FiM": 1, "AFM": 1}
+    # a given label wins over the derived NM rule (NaCl would be derived NM)
+    structures, _ = toy_structures(1)
+    _write_csv(tmp_path / "nacl.csv", structures, [{"band_gap": "5.0", "ordering": "fm"}])
+    nacl = cache_from_csv(tmp_path / "nacl.csv", progress=False, workers=1)
+    assert nacl.magnetic_ordering.tolist() == [1] and nacl.meta["magnetic_ordering"]["given_over_derived_nm"] == 1
+
+
+def test_duplicate_material_ids_are_merged(tmp_path, caplog):
+    pool, mag = _mag_files(tmp_path)
+    with caplog.at_level("INFO", logger="gpsk_materials.datasets.sources"):
+        c = cache_from_csv([pool, mag], progress=False, workers=1)
+    ids = c.material_id.tolist()
+    assert sorted(ids) == sorted(["mp-22862", "mp-19009", "mp-2658", "mp-91", "mp-13", "mp-2658-mag", "mp-30"])
+    i = ids.index("mp-19009")  # NiO: in both files, once in the cache
+    assert c.magnetic_ordering[i] == 3 and c.band_gap[i] == 3.0 and c.source[i] == "mp"  # pool row + measured label
+    assert c.magnetic_ordering[ids.index("mp-22862")] == 0  # NaCl, only in the pool: derived NM
+    assert c.meta["merged"] == {"rows": 1, "magnetic_attached": 1, "magnetic_clashes": 0}
+    assert "merged 1 rows" in caplog.text
+    # the other order: the magnetic row comes first and takes the pool's band gap
+    c2 = cache_from_csv([mag, pool], progress=False, workers=1)
+    j = c2.material_id.tolist().index("mp-19009")
+    assert c2.magnetic_ordering[j] == 3 and c2.band_gap[j] == 3.0 and c2.meta["merged"]["magnetic_attached"] == 0
+    # two different measured orderings for one id: the first is kept, and said
+    clash = tmp_path / "clash.csv"
+    structures, _ = toy_structures()
+    _write_csv(clash, [structures[5]], [{"ordering": "FM"}], ids=["mp-19009"])
+    caplog.clear()
+    c3 = cache_from_csv([mag, clash], progress=False, workers=1)
+    assert c3.magnetic_ordering[c3.material_id.tolist().index("mp-19009")] == 3
+    assert c3.meta["merged"]["magnetic_clashes"] == 1 and "two different magnetic orderings" in caplog.text
+
+
+def test_magnetic_rows_of_evaluation_materials_are_excluded(tmp_path):
+    from gpsk_materials.cli import main
+
+    pool, mag = _mag_files(tmp_path)
+    structures, _ = toy_structures()
+    strained = structures[21].copy()  # bcc Fe under another id, 2% larger: caught only by structure matching
+    strained.scale_lattice(strained.volume * 1.02)
+    test_csv = tmp_path / "test.csv"
+    _write_csv(test_csv, [structures[5], strained], [{"band_gap": ""}] * 2, ids=["mp-19009", "eval-fe"])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(pool), str(mag), "--exclude-csv", str(test_csv), "--match-structures",
+                 "--out", str(out), "--cache-only", "--workers", "1", "--no-progress"]) == 0
+    built = ArrayCache.load(out / "data.npz")
+    ids = built.material_id.tolist()
+    assert "mp-19009" not in ids and "mp-13" not in ids  # by id (in both files) and by structure (magnetic only)
+    assert sorted(ids) == sorted(["mp-22862", "mp-2658", "mp-91", "mp-2658-mag", "mp-30"])
+    assert built.meta["excluded"] == 2 and sorted(built.magnetic_ordering.tolist()) == [-1, -1, -1, 0, 2]
+
+
+def test_bad_magnetic_label_names_file_and_row(tmp_path):
+    structures, _ = toy_structures(3)
+    path = tmp_path / "bad_ordering.csv"
+    _write_csv(path, structures, [{"ordering": "FM"}, {"ordering": "AFM"}, {"ordering": "ferrimagnetic"}])
+    with pytest.raises(DataError, match=r"bad_ordering\.csv, row 3 \(material_id mp-2\).*'ferrimagnetic'"):
+        cache_from_csv(path, progress=False, workers=1)
+    with pytest.raises(DataError, match="structure 0 .*magnetic ordering 'PM'"):
+        cache_from_structures(structures[:1], {"magnetic_ordering": ["PM"]}, progress=False)
+    # explicit unknowns and indices are accepted
+    ok = cache_from_structures(structures, {"magnetic_ordering": ["unknown", 3, "Unknown"]}, progress=False)
+    assert ok.magnetic_ordering.tolist() == [0, 3, 0]  # NaCl, KBr: unknown given, so derived NM; MgO: index 3 (AFM)
 
 
 def test_splits_are_deterministic_and_leak_free(toy_cache):

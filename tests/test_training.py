@@ -251,3 +251,65 @@ def test_compact_optimizer_state_is_bf16_and_loads_back():
     st = fresh.state_dict()["state"][0]
     assert st["exp_avg"].dtype == torch.float32  # cast back to the parameters' type
     torch.testing.assert_close(st["exp_avg"], opt.state_dict()["state"][0]["exp_avg"], rtol=1e-2, atol=1e-6)
+
+
+def test_export_is_written_at_the_time_limit_and_training_continues_from_it(cache, tmp_path):
+    """The time-limited-machine procedure: a run stopped by --max-minutes leaves a weights-only export (EMA weights as
+    a model folder); a fresh run on another machine starts each stage from it with a fresh optimizer and warm-up."""
+    first = tmp_path / "first"
+    stopped = Trainer(cache, first, _cfg(vae_steps=50, export_minutes=30.0), progress=False, max_minutes=1e-9)
+    assert stopped.run() == "time_limit"
+    export = load_model_folder(first / "export")
+    info = json.loads((first / "export" / "config.json").read_text())["export"]
+    assert export.mmdit is None and info["stage"] == "vae" and info["step"] == stopped.step == 1
+    assert info["data_fingerprint"] == stopped.fingerprint
+
+    # the next run's VAE stage starts from exactly the exported (EMA) weights
+    second = tmp_path / "second"
+    cfg = _cfg(vae_steps=3, flow_steps=2, warmup_steps=3, export_minutes=30.0)
+    resumed = Trainer(cache, second, cfg, progress=False, init_weights=first / "export")
+    model, *_ = resumed.stage_objects("vae")
+    resumed._initial_weights("vae", model)
+    for k, v in export.vae.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert resumed.run() == "done"
+    lrs = [r["lr"] for r in MetricsLog(second / "metrics.jsonl").read() if r["split"] == "train" and r["stage"] == "vae"]
+    assert lrs[0] == pytest.approx(cfg.vae_lr * 2 / 3)  # fresh schedule: the rate after warm-up step 1 of 3
+    # at the end of the flow stage the export is the complete model (bf16 MMDiT), as model/ is (float32)
+    final = load_model_folder(second / "export")
+    assert json.loads((second / "export" / "config.json").read_text())["export"]["stage"] == "flow"
+    for k, v in load_model_folder(second / "model").mmdit.state_dict().items():
+        torch.testing.assert_close(final.mmdit.state_dict()[k].float(), v.float(), rtol=1e-2, atol=1e-2)
+
+    # a flow-stage export continues the flow from its MMDiT; with vae_steps=0 its VAE is adopted as it is
+    third = tmp_path / "third"
+    Trainer(cache, third, _cfg(vae_steps=0, flow_steps=0), progress=False, init_weights=second / "export").run()
+    assert json.loads((third / "model" / "vae.json").read_text())["shards"] == \
+        json.loads((second / "export" / "vae.json").read_text())["shards"]
+    for k, v in final.mmdit.state_dict().items():
+        torch.testing.assert_close(load_model_folder(third / "model").mmdit.state_dict()[k], v.float()), k
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(cache, tmp_path / "x", _cfg(), progress=False, init_vae=first / "export", init_weights=first / "export")
+
+
+def test_export_every_few_minutes_is_atomic_and_current(cache, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import gpsk_materials.training.trainer as trainer_module
+
+    clock = iter(range(0, 10**6, 61))  # each look at the trainer's clock is 61 s later: an export is due every step
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    trainer = Trainer(cache, tmp_path, _cfg(vae_steps=4, flow_steps=0, export_minutes=1.0), progress=False)
+    exported = []
+    real_export = trainer.export
+
+    def export(stage, ema, ctx):
+        exported.append(trainer.step)
+        return real_export(stage, ema, ctx)
+
+    monkeypatch.setattr(trainer, "export", export)
+    assert trainer.run() == "done"
+    assert exported[:4] == [1, 2, 3, 4]  # due at every step, plus the stage-end export
+    info = json.loads((tmp_path / "export" / "config.json").read_text())["export"]
+    assert info["stage"] == "vae" and info["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []  # no half-written folder

@@ -1,8 +1,10 @@
 """Magnetic-ordering labels that can honestly be derived without magnetic data.
 
-None of the shared sources (MP-20, MPTS-52, the Materials Project / Alexandria / OQMD / JARVIS samples, WBM)
-carries magnetic-ordering labels or site magnetic moments, so FM, FiM and AFM can never be derived here. Only one
-label follows from the composition with good confidence:
+None of the structure sources of the pool (MP-20, MPTS-52, the Materials Project / Alexandria / OQMD / JARVIS
+samples, WBM) carries magnetic-ordering labels or site magnetic moments, so FM, FiM and AFM can never be derived
+here. They come only from a source that gives them (an ``ordering`` / ``magnetic_ordering`` column, e.g.
+``shared/data/magnetic/mp_magnetic_orderings.csv.gz``; see :mod:`gpsk_materials.datasets.sources`), and a given label
+always wins over this rule. Only one label follows from the composition with good confidence:
 
 **NM** when (1) no element of the structure has open d or f shells in common oxidation states, i.e. none is a d-block
 (Sc-Zn, Y-Cd, La, Hf-Hg) or f-block (Ce-Lu, Ac-Cf) element, and (2) the structure is not an insulator with an odd

@@ -16,8 +16,19 @@ Label columns (first non-empty column wins):
 - energy above hull: ``e_above_hull``, then ``energy_above_hull`` (MPTS-52).
 - space group: ``spacegroup_number_pmg``, ``spacegroup.number``, ``spacegroup_number_src``, ``space_group``; if none
   is given it is computed with pymatgen's SpacegroupAnalyzer (symprec 0.1), like ``spacegroup_number_pmg``.
-- magnetic ordering: ``magnetic_ordering`` or ``ordering`` when present (none of the shared files has one); otherwise
-  derived where honest (only NM; see :mod:`gpsk_materials.datasets.magnetism`).
+- magnetic ordering: ``magnetic_ordering``, then ``ordering`` (``shared/data/magnetic/mp_magnetic_orderings.csv.gz``
+  has one). Values are ``NM``, ``FM``, ``FiM``, ``AFM`` (any case) or their indices 0-3 in
+  :data:`~gpsk_materials.models.conditioning.MAGNETIC_ORDERINGS`; an empty cell, ``unknown`` or ``nan`` means
+  unknown (-1). Any other value is an error (:class:`~gpsk_materials.errors.DataError` naming the file, the 1-based
+  data row and the material id), not a silent unknown: a typo in a labelled file would otherwise drop every label
+  of that class without notice. Rows with no given label get the derived one where honest (only NM; see
+  :mod:`gpsk_materials.datasets.magnetism`): a given label always wins over the derived rule.
+
+Several CSV files are read as one table. A ``material_id`` that occurs more than once (e.g. a Materials Project
+material in ``pool.csv.gz`` and in the magnetic-ordering file) is kept once: the first row's structure and labels,
+with every label that row lacks taken from the later rows (first non-missing value wins; so the magnetic file's
+measured ordering is attached to the pool row). Two different given orderings for one id keep the first and are
+counted in a warning. How many rows were merged is logged and stored in ``cache.meta["merged"]``.
 
 pymatgen is imported only inside the parsing functions: reading a finished cache needs NumPy alone.
 """
@@ -56,6 +67,9 @@ LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
 #: default largest number of sites (canonical primitive cell) kept in a cache
 MAX_SITES = 20
 _MAG_INDEX = {m.lower(): i for i, m in enumerate(MAGNETIC_ORDERINGS[:4])}
+_MAG_INDEX.update({str(i): i for i in range(4)})
+_MAG_MISSING = {"", "unknown", "nan", "none", "-1"}
+_LABELS = ("band_gap", "formation_energy", "e_above_hull", "space_group", "magnetic_ordering")
 
 
 def _float(value: Any) -> float:
@@ -73,9 +87,37 @@ def parse_labels(record: Mapping[str, Any]) -> dict[str, Any]:
         out[name] = next((v for v in (_float(record.get(c)) for c in LABEL_COLUMNS[name]) if not math.isnan(v)), math.nan)
     sg = next((v for v in (_float(record.get(c)) for c in LABEL_COLUMNS["space_group"]) if not math.isnan(v)), math.nan)
     out["space_group"] = int(sg) if not math.isnan(sg) and sg == int(sg) and 1 <= sg <= 230 else -1
-    mag = next((str(record[c]) for c in LABEL_COLUMNS["magnetic_ordering"] if record.get(c) not in (None, "")), "")
-    out["magnetic_ordering"] = _MAG_INDEX.get(mag.strip().lower(), -1)
+    out["magnetic_ordering"] = -1
+    for column in LABEL_COLUMNS["magnetic_ordering"]:
+        value = record.get(column)
+        text = "" if value is None else str(value).strip().lower()
+        number = _float(text)
+        if not math.isnan(number) and number == int(number):
+            text = str(int(number))  # 1, 1.0 (ASE key-value pairs, NumPy ints) -> "1"
+        if text in _MAG_MISSING:
+            continue
+        if text not in _MAG_INDEX:
+            raise DataError(f"unknown magnetic ordering {value!r} in column {column!r}; expected one of "
+                            f"{', '.join(MAGNETIC_ORDERINGS[:4])} (or 0-3), or empty/'unknown' for unknown")
+        out["magnetic_ordering"] = _MAG_INDEX[text]
+        break
     return out
+
+
+def _missing(name: str, value: Any) -> bool:
+    return value < 0 if name in ("space_group", "magnetic_ordering") else math.isnan(value)
+
+
+def _merge_labels(kept: dict[str, Any], other: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Fill the labels ``kept`` lacks from ``other`` (in place); returns (magnetic label attached, orderings clash)."""
+    attached = clash = False
+    for name in _LABELS:
+        if _missing(name, kept[name]) and not _missing(name, other[name]):
+            kept[name] = other[name]
+            attached |= name == "magnetic_ordering"
+    if not attached and not _missing("magnetic_ordering", other["magnetic_ordering"]):
+        clash = other["magnetic_ordering"] != kept["magnetic_ordering"]
+    return attached, clash
 
 
 def _prepare(item: tuple[Any, bool, int, float]) -> dict[str, Any] | str:
@@ -161,6 +203,9 @@ def build_cache(
     lab["space_group"] = np.array([results[i].get("space_group", labels[i]["space_group"]) for i in keep])
     derived = derive_magnetic_ordering(arrays["numbers"], arrays["occupancy"], lab["band_gap"])
     given = lab["magnetic_ordering"] >= 0
+    overridden = int((given & (derived == 0) & (lab["magnetic_ordering"] != 0)).sum())
+    if overridden:
+        log.info("%d given magnetic orderings replace the derived NM label", overridden)
     lab["magnetic_ordering"] = np.where(given, lab["magnetic_ordering"], derived)
     info = {
         "format": FORMAT,
@@ -174,6 +219,8 @@ def build_cache(
             "given": int(given.sum()),
             "derived_nm": int((~given & (derived == 0)).sum()),
             "unknown": int((lab["magnetic_ordering"] < 0).sum()),
+            "given_over_derived_nm": overridden,
+            "counts": {m: int((lab["magnetic_ordering"] == i).sum()) for i, m in enumerate(MAGNETIC_ORDERINGS[:4])},
             "rule": "NM only: no d/f-block element, fully ordered, not (odd electrons and gap > 0 or unknown); "
             "see gpsk_materials.datasets.magnetism",
         },
@@ -206,25 +253,45 @@ def iter_csv(path: str | Path) -> Iterator[dict[str, str]]:
 def cache_from_csv(
     paths: str | Path | Sequence[str | Path], limit: int | None = None, **kwargs: Any
 ) -> ArrayCache:
-    """Cache of one or more CSV files (``limit``: at most that many rows per file). ``kwargs`` go to
+    """Cache of one or more CSV files (``limit``: at most that many rows per file). A material id seen again is
+    merged into its first row (missing labels filled; see the module docstring). ``kwargs`` go to
     :func:`build_cache` (``max_sites``, ``workers``, ``progress``, ...)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     payloads, labels, ids, sources = [], [], [], []
-    seen: set[str] = set()
+    row_of: dict[str, int] = {}
+    merged = attached = 0
+    clashes: list[str] = []
     for path in paths:
         stem = Path(path).name.split(".")[0]
         for k, row in enumerate(iter_csv(path)):
             if limit is not None and k >= limit:
                 break
             mid = (row.get("material_id") or "").strip() or f"{stem}:{k}"
-            if mid in seen:  # the same material listed twice (e.g. in two files): keep the first
+            try:
+                lab = parse_labels(row)
+            except DataError as exc:
+                raise DataError(f"{path}, row {k + 1} (material_id {mid}): {exc}") from None
+            if mid in row_of:  # the same material listed twice (e.g. in two files): one row, labels merged
+                got, clash = _merge_labels(labels[row_of[mid]], lab)
+                merged += 1
+                attached += got
+                if clash:
+                    clashes.append(mid)
                 continue
-            seen.add(mid)
+            row_of[mid] = len(ids)
             payloads.append(row["cif"])
-            labels.append(parse_labels(row))
+            labels.append(lab)
             ids.append(mid)
             sources.append(row.get("source") or str(path))
-    return build_cache(payloads, labels, ids, sources, meta={"sources": [str(p) for p in paths]}, **kwargs)
+    if merged:
+        log.info("merged %d rows whose material_id was already read (first row kept, missing labels filled); "
+                 "%d of them gave a magnetic-ordering label", merged, attached)
+    if clashes:
+        log.warning("%d material ids have two different magnetic orderings; the first was kept, e.g. %s",
+                    len(clashes), clashes[:3])
+    meta = {"sources": [str(p) for p in paths],
+            "merged": {"rows": merged, "magnetic_attached": attached, "magnetic_clashes": len(clashes)}}
+    return build_cache(payloads, labels, ids, sources, meta=meta, **kwargs)
 
 
 def cache_from_structures(
@@ -249,7 +316,10 @@ def cache_from_structures(
         rec.update({k: v[i] for k, v in given.items()})
         if "formation_energy" in rec:
             rec.setdefault("formation_energy_per_atom", rec["formation_energy"])
-        records.append(parse_labels(rec))
+        try:
+            records.append(parse_labels(rec))
+        except DataError as exc:
+            raise DataError(f"structure {i} ({ids[i]}): {exc}") from None
     return build_cache(structures, records, ids, ["structures"] * n, **kwargs)
 
 
@@ -271,7 +341,10 @@ def cache_from_ase_db(path: str | Path, selection: Any = None, **kwargs: Any) ->
         if "formation_energy" in kvp:
             kvp.setdefault("formation_energy_per_atom", kvp["formation_energy"])
         atoms.append(row.toatoms())
-        records.append(parse_labels(kvp))
+        try:
+            records.append(parse_labels(kvp))
+        except DataError as exc:
+            raise DataError(f"{path}, row id {row.id}: {exc}") from None
         ids.append(str(kvp.get("material_id") or f"{path.stem}-{row.id}"))
     return build_cache(atoms, records, ids, [str(path)] * len(atoms), meta={"sources": [str(path)]}, **kwargs)
 

@@ -51,15 +51,17 @@ def miller_features(n: int, device=None, dtype=None) -> Tensor:
     return out.to(dtype or torch.get_default_dtype())
 
 
-def check_grid(grid: Tensor, size: int = 32, channels: int = 3) -> None:
-    """Raise :class:`GridError` unless ``grid`` is a finite float tensor of shape (B, channels, size, size, size)."""
+def check_grid(grid: Tensor, size: int = 32, channels: int = 3, finite: bool = True) -> None:
+    """Raise :class:`GridError` unless ``grid`` is a float tensor of shape (B, channels, size, size, size), and
+    (``finite=True``) free of NaN and inf. The finiteness test reads a value back from the device, so the training
+    loop, whose grids come from the featurizer, skips it."""
     if not isinstance(grid, Tensor):
         raise GridError(f"grid must be a torch.Tensor, got {type(grid).__name__}")
     if grid.ndim != 5 or tuple(grid.shape[1:]) != (channels, size, size, size):
         raise GridError(f"grid must have shape (B, {channels}, {size}, {size}, {size}), got {tuple(grid.shape)}")
     if not grid.is_floating_point():
         raise GridError(f"grid must be floating point, got {grid.dtype}")
-    if not torch.isfinite(grid).all():
+    if finite and not torch.isfinite(grid).all():
         raise GridError("grid contains NaN or inf")
 
 
@@ -189,9 +191,10 @@ class GridVAE(nn.Module):
             re, im = compress_structure_factor(F_h.real, F_h.imag)
             return torch.stack([re, im], dim=1)
 
-    def encode(self, grid: Tensor) -> LatentDistribution:
-        """Posterior over latents (B, 64, 8, 8, 8) of a batch of grids."""
-        check_grid(grid, self.config.grid_size, self.config.grid_channels)
+    def encode(self, grid: Tensor, check_finite: bool = True) -> LatentDistribution:
+        """Posterior over latents (B, 64, 8, 8, 8) of a batch of grids (``check_finite=False`` skips the NaN/inf
+        test, a host sync, for grids known to be finite)."""
+        check_grid(grid, self.config.grid_size, self.config.grid_channels, finite=check_finite)
         if self.real:
             coef = self.metric_coefficients(grid)
             x = torch.cat([self.to_density(grid), coef[:, :, None, None, None].expand(-1, -1, *grid.shape[2:])], 1)
@@ -218,8 +221,9 @@ class GridVAE(nn.Module):
             metric = torch.einsum("bk,kxyz->bxyz", coef, self.coords[3:].float()) + residual
             return torch.cat([sf.float(), metric.unsqueeze(1)], dim=1)
 
-    def forward(self, grid: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, LatentDistribution]:
-        posterior = self.encode(grid)
+    def forward(self, grid: Tensor, generator: torch.Generator | None = None,
+                check_finite: bool = True) -> tuple[Tensor, LatentDistribution]:
+        posterior = self.encode(grid, check_finite)
         return self.decode(posterior.sample(generator)), posterior
 
     @staticmethod

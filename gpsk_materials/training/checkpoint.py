@@ -63,6 +63,9 @@ def optimizer_from_tensors(
                 raise CheckpointError(
                     f"optimizer state {pid}.{key} has shape {tuple(value.shape)}, the parameter {tuple(params[pid].shape)}"
                 )
+            if torch.is_tensor(value) and value.ndim:
+                # moments take the parameter's memory layout (channels_last_3d weights keep fused updates fast)
+                st[key] = torch.empty_like(params[pid], dtype=value.dtype, device=value.device).copy_(value)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, RuntimeError) as exc:

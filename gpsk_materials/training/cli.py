@@ -31,6 +31,10 @@ _HELP = {
     "compile": "torch.compile the models (worth it on GPUs)",
     "split_by": "hash key of the train/val split: material_id or formula",
     "compact_checkpoints": "store optimizer moments as bf16 (a third smaller; resume no longer bit-exact)",
+    "export_minutes": "write the EMA weights to OUT/export every this many minutes, at the time limit and at the end "
+                      "of each stage (what --init-weights continues from)",
+    "channels_last": "channels_last_3d memory layout for the VAE (faster cuDNN 3D convolutions on GPUs)",
+    "warmup_steps": "linear learning-rate warm-up steps (also after --init-weights)",
 }
 
 
@@ -47,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="model folder whose trained VAE a fresh run adopts, skipping the VAE stage")
     p.add_argument("--init-model", type=Path, default=None,
                    help="model folder to fine-tune: a fresh run adopts its VAE and starts the flow from its MMDiT")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="model folder or weights-only export (OUT/export) to continue from: each stage with steps > 0 "
+                        "starts from its weights, with a fresh optimizer and --warmup-steps of warm-up")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("data preparation (CSV / ASE sources need pymatgen)")
     g.add_argument("--cache-only", action="store_true", help="write OUT/data.npz and stop")
@@ -64,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.type in (bool, "bool"):
             g.add_argument(flag, action="store_true", default=None, help=_HELP.get(f.name))
         else:
-            typ = {"int": int, "int | None": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            typ = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str}.get(
+                str(f.type), type(f.default))
             g.add_argument(flag, type=typ, default=None, help=f"{_HELP.get(f.name, '')} (default {f.default})".strip())
 
 
@@ -129,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if len(cache) == 0:
             raise DataError("no training data left after exclusions")
         trainer = Trainer(cache, args.out, cfg, info, max_minutes=args.max_minutes, progress=not args.no_progress,
-                          init_vae=args.init_vae, init_model=args.init_model)
+                          init_vae=args.init_vae, init_model=args.init_model, init_weights=args.init_weights)
         status = trainer.run(resume=args.resume)
         if info.is_main:
             if status == "time_limit":

@@ -19,11 +19,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        """One averaging step: a single multi-tensor lerp over every float32 tensor (no per-tensor launches)."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in module.state_dict().items():
-            s = self.shadow[k]
+        live = module.state_dict()
+        fast, slow = [], []
+        for k, s in self.shadow.items():
+            v = live[k].detach()
+            if s.is_floating_point() and v.dtype == s.dtype and v.device == s.device:
+                fast.append((s, v))
+            else:
+                slow.append((s, v))
+        if fast:
+            torch._foreach_lerp_([s for s, _ in fast], [v for _, v in fast], 1.0 - d)
+        for s, v in slow:
             if s.is_floating_point():
-                s.lerp_(v.detach().float(), 1.0 - d)
+                s.lerp_(v.float(), 1.0 - d)
             else:
                 s.copy_(v)
         self.updates += 1

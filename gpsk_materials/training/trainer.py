@@ -11,6 +11,8 @@ Output folder::
     OUT/vae/                          model folder with the EMA VAE (after the VAE stage)
     OUT/latents.json + shards         posterior-mean latents of train + val rows (float16), with their statistics
     OUT/model/                        final model folder (EMA VAE + EMA MMDiT + statistics) for sampling
+    OUT/export/                       weights-only export of the stage in progress (``export_minutes``): EMA weights
+                                      as a model folder, the file a time-limited machine sends back
     OUT/metrics.jsonl, OUT/curves.png metrics log and plot
 """
 
@@ -63,7 +65,8 @@ from gpsk_materials.training.metrics import MetricsLog, plot_curves
 
 STAGES = ("vae", "latents", "flow", "done")
 #: TrainConfig fields that may change between a checkpoint and its resumption without breaking exactness
-MUTABLE = {"log_every", "eval_every", "ckpt_every", "compile", "keep_checkpoints", "val_size", "compact_checkpoints"}
+MUTABLE = {"log_every", "eval_every", "ckpt_every", "compile", "keep_checkpoints", "val_size", "compact_checkpoints",
+           "export_minutes", "channels_last"}
 
 
 @dataclass
@@ -94,6 +97,8 @@ class TrainConfig:
     compile: bool = False
     keep_checkpoints: int = 2
     compact_checkpoints: bool = False
+    export_minutes: float | None = None
+    channels_last: bool = False
 
     def check(self) -> None:
         get_config(self.model)
@@ -103,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.export_minutes is not None and not self.export_minutes > 0:
+            raise ValueError(f"export_minutes must be > 0, got {self.export_minutes}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def cache_fingerprint(cache: ArrayCache) -> str:
@@ -119,7 +128,7 @@ def lr_lambda(warmup: int, total: int):
     """Linear warm-up, then cosine decay to 10% of the peak."""
 
     def f(step: int) -> float:
-        if step < warmup:
+        if warmup and step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
@@ -149,16 +158,35 @@ class Trainer:
     init_model
         Model folder to fine-tune: its VAE is adopted and the flow stage starts from its MMDiT weights (with a
         fresh optimizer and learning-rate schedule), e.g. to continue training a shipped model in time-limited chunks.
+    init_weights
+        Model folder or weights-only export (``OUT/export`` of an earlier run) to continue from: every stage with
+        steps > 0 starts from the folder's weights for it (VAE stage from its VAE, flow stage from its MMDiT when it
+        has one), with a fresh optimizer and ``warmup_steps`` of linear warm-up; with ``vae_steps=0`` its VAE is
+        adopted as it is. This is how training continues on a new machine when only an export came back.
+
+    Raises
+    ------
+    ValueError
+        For more than one of ``init_vae``, ``init_model``, ``init_weights``, or an invalid ``config``.
+    CheckpointError
+        (from :meth:`run`) for an init folder of another model config, or a missing or corrupted one.
     """
 
     def __init__(self, cache: ArrayCache, out: str | Path, config: TrainConfig, info: D.DistInfo | None = None,
                  max_minutes: float | None = None, progress: bool = True, init_vae: str | Path | None = None,
-                 init_model: str | Path | None = None):
+                 init_model: str | Path | None = None, init_weights: str | Path | None = None):
         config.check()
-        if init_vae is not None and init_model is not None:
-            raise ValueError("give init_vae or init_model, not both (init_model adopts the folder's VAE too)")
+        if sum(x is not None for x in (init_vae, init_model, init_weights)) > 1:
+            raise ValueError("init_vae, init_model and init_weights exclude each other: give one, not both "
+                             "(init_model and init_weights adopt the folder's VAE too)")
         self.init_model = None if init_model is None else Path(init_model)
         self.init_vae = self.init_model if init_vae is None else Path(init_vae)
+        self.init_weights = None if init_weights is None else Path(init_weights)
+        if self.init_weights is not None and config.vae_steps == 0:
+            self.init_vae = self.init_weights  # nothing to train on the VAE: adopt it as it is
+        # the folder each stage's weights start from in a fresh run
+        self.stage_init = {"vae": self.init_weights if config.vae_steps > 0 else None,
+                           "flow": self.init_model or self.init_weights}
         self.cache, self.out, self.cfg = cache, Path(out), config
         self.info = info or D.DistInfo()
         self.model_config: ModelConfig = get_config(config.model)
@@ -192,6 +220,7 @@ class Trainer:
         self.scalars = t(np.stack([self.stats.normalize(k, getattr(cache, k)) for k in SCALARS], 1), torch.float32)
         self.stage, self.step, self.epoch, self.batch_in_epoch = "vae", 0, 0, 0
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed * 1000 + self.info.rank)
+        self.last_export = time.monotonic()
         self._eval_models: dict[str, nn.Module] = {}
         self.rank_checksums: dict[str, list[list[float]]] = {}
 
@@ -343,21 +372,49 @@ class Trainer:
     def _build(self, stage: str) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
         cfg = self.model_config
-        return (GridVAE(cfg.vae) if stage == "vae" else MMDiT(cfg.mmdit)).to(self.device)
+        model = (GridVAE(cfg.vae) if stage == "vae" else MMDiT(cfg.mmdit)).to(self.device)
+        if stage == "vae" and self.cfg.channels_last:
+            for p in model.parameters():  # cuDNN's preferred 3D convolution layout, for the 5-D kernels
+                if p.ndim == 5:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        return model
+
+    def stage_objects(self, stage: str) -> tuple[nn.Module, torch.optim.Optimizer, Any, EMA]:
+        """Fresh model, optimizer, learning-rate schedule and EMA of a stage, as the training loop uses them."""
+        cfg = self.cfg
+        model = self._build(stage)
+        lr = cfg.vae_lr if stage == "vae" else cfg.flow_lr
+        # one fused kernel for the whole update on CUDA (the unfused loop launches several kernels per tensor)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
+                                fused=self.device.type == "cuda")
+        total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
+        return model, opt, sched, EMA(model, cfg.ema_decay)
+
+    def _initial_weights(self, stage: str, model: nn.Module) -> None:
+        """Load the stage's starting weights of a fresh run from ``init_weights`` / ``init_model``."""
+        folder = self.stage_init[stage]
+        if folder is None:
+            return
+        start = load_model_folder(folder, "cpu", expect=self.model_config)
+        source = start.vae if stage == "vae" else start.mmdit
+        if source is None:
+            if self.init_model is not None:
+                raise CheckpointError(f"--init-model {folder} holds no MMDiT; use --init-vae for a VAE")
+            return  # an export of the VAE stage: the flow starts fresh
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(device=self.device, dtype=own[k].dtype) for k, v in source.state_dict().items()})
+        if self.info.is_main:
+            print(f"{stage} stage starts from the weights of {folder} (fresh optimizer, "
+                  f"{self.cfg.warmup_steps} warm-up steps)", flush=True)
 
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
         cfg = self.cfg
         total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
-        model = self._build(stage)
-        if stage == "flow" and state is None and self.step == 0 and self.init_model is not None:
-            start = load_model_folder(self.init_model, "cpu", expect=self.model_config).mmdit
-            if start is None:
-                raise CheckpointError(f"--init-model {self.init_model} holds no MMDiT; use --init-vae for a VAE")
-            model.load_state_dict({k: v.to(self.device) for k, v in start.state_dict().items()})
-        lr = cfg.vae_lr if stage == "vae" else cfg.flow_lr
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
-        ema = EMA(model, cfg.ema_decay)
+        model, opt, sched, ema = self.stage_objects(stage)
+        if state is None and self.step == 0:
+            self._initial_weights(stage, model)
+            ema = EMA(model, cfg.ema_decay)
         if state is not None and "model" in state["_sets"]:
             sets = state["_sets"]
             load_module_weights(model, sets["model"], "checkpoint model")
@@ -367,43 +424,36 @@ class Trainer:
         flow_ctx = self._flow_context() if stage == "flow" else None
         wrapped = self._wrap(model)
         bar = tqdm(total=total, initial=self.step, desc=stage, disable=not self.progress, dynamic_ncols=True)
-        acc: dict[str, float] = {}
+        acc: dict[str, Tensor] = {}
+        n_acc = 0
         while self.step < total:
-            model.train()
-            idx = self.next_batch()
-            with torch.autocast(**self.autocast):
-                if stage == "vae":
-                    grid = self.grids(idx)
-                    recon, post = wrapped(grid, self.gen)
-                    loss, parts = model.loss_from(grid, recon, post)
-                else:
-                    loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            ema.update(model)
+            parts = self.train_step(stage, model, wrapped, opt, sched, ema, self.next_batch(), flow_ctx)
             self.step += 1
-            for k, v in {"loss": loss.detach(), "grad_norm": gnorm, **parts}.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-            acc["n"] = acc.get("n", 0) + 1
+            # metrics stay on the device until the log step: no host sync inside the loop
+            for k, v in parts.items():
+                acc[k] = acc[k] + v if k in acc else v.clone()
+            n_acc += 1
             if self.step % cfg.log_every == 0 or self.step == total:
-                n = acc.pop("n")
-                means = D.mean_scalars({k: v / n for k, v in acc.items()}, self.info)
+                keys = sorted(acc)
+                values = (torch.stack([acc[k].float() for k in keys]) / n_acc).tolist()
+                means = D.mean_scalars(dict(zip(keys, values)), self.info)
                 self.log.write({"stage": stage, "split": "train", "step": self.step, "lr": sched.get_last_lr()[0],
                                 "time": round(time.monotonic() - self.t0, 2), **means})
                 bar.set_postfix(loss=f"{means['loss']:.4g}")
-                acc = {}
+                acc, n_acc = {}, 0
             if self.step % cfg.eval_every == 0 or self.step == total:
                 self._evaluate(stage, ema, flow_ctx)
             bar.update(1)
+            if self._export_due():
+                self.export(stage, ema, flow_ctx)
             last = self.step == total
             if last or self.step % cfg.ckpt_every == 0 or self.time_is_up():
                 if last:
                     # every rank's own in-memory weights, for the DDP sync report
                     self.rank_checksums[stage] = D.gather_objects(D.parameter_checksum(model), self.info)
                     self._finish_stage(stage, ema, flow_ctx)
+                    if cfg.export_minutes is not None:
+                        self.export(stage, ema, flow_ctx)
                     self._advance("latents" if stage == "vae" else "done")
                     self.checkpoint()
                 else:
@@ -411,6 +461,8 @@ class Trainer:
                 if last:
                     break
                 if self.time_is_up():
+                    if cfg.export_minutes is not None:
+                        self.export(stage, ema, flow_ctx)
                     bar.close()
                     return "time_limit"
         bar.close()
@@ -419,6 +471,63 @@ class Trainer:
             self._advance("latents" if stage == "vae" else "done")
             self.checkpoint()
         return "continue"
+
+    def train_step(self, stage: str, model: nn.Module, wrapped: nn.Module, opt: torch.optim.Optimizer, sched,
+                   ema: EMA, idx: Tensor, flow_ctx: dict[str, Any] | None) -> dict[str, Tensor]:
+        """One optimizer step on rows ``idx``; returns the step's detached metrics (device tensors, no host sync).
+
+        Used by :meth:`run` and by ``benchmarks/training_speed.py``, so the benchmark times exactly this loop body.
+        """
+        model.train()
+        with torch.autocast(**self.autocast):
+            if stage == "vae":
+                grid = self.grids(idx)
+                if self.cfg.channels_last:
+                    grid = grid.contiguous(memory_format=torch.channels_last_3d)
+                recon, post = wrapped(grid, self.gen, check_finite=False)
+                loss, parts = model.loss_from(grid, recon, post)
+            else:
+                loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update(model)
+        return {"loss": loss.detach(), "grad_norm": gnorm.detach(), **parts}
+
+    # ------------------------------------------------------------------ weights-only export
+    def _export_due(self) -> bool:
+        due = self.cfg.export_minutes is not None and time.monotonic() - self.last_export >= 60 * self.cfg.export_minutes
+        return D.any_flag(due, self.info)
+
+    def export(self, stage: str, ema: EMA, flow_ctx: dict[str, Any] | None) -> Path:
+        """Write the EMA weights of the stage in progress to ``OUT/export`` (a model folder, atomically replaced).
+
+        A VAE-stage export holds the VAE alone (float32: its output feeds the decoder's least squares); a flow-stage
+        export is a complete model folder (the run's VAE, the MMDiT in bf16, the latent statistics) that
+        ``load_model_folder`` and ``CrystalGenerator`` read. Either is what ``init_weights`` continues from. About
+        10 MB (VAE) and 18 MB (default config), against 30-57 MB for a resumable checkpoint.
+        """
+        self.last_export = time.monotonic()
+        path = self.out / "export"
+        if self.info.is_main:
+            info = {"stage": stage, "step": self.step, "stage_steps": self.cfg.vae_steps if stage == "vae"
+                    else self.cfg.flow_steps, "minutes": round((time.monotonic() - self.t0) / 60, 2),
+                    "data_fingerprint": self.fingerprint, "train_config": asdict(self.cfg)}
+            if stage == "vae":
+                vae = GridVAE(self.model_config.vae)
+                ema.copy_to(vae)
+                save_model_folder(path, self.model_config, vae, None, self.stats.to_dict(), None, None,
+                                  extra={"export": info})
+            else:
+                mmdit = MMDiT(self.model_config.mmdit)
+                ema.copy_to(mmdit)
+                save_model_folder(path, self.model_config, flow_ctx["vae"], mmdit, self.stats.to_dict(),
+                                  flow_ctx["latent_mean"].cpu(), flow_ctx["latent_std"].cpu(),
+                                  extra={"export": info}, mmdit_dtype=torch.bfloat16)
+        D.barrier(self.info)
+        return path
 
     # ------------------------------------------------------------------ VAE stage end and latent cache
     def _finish_stage(self, stage: str, ema: EMA, flow_ctx: dict[str, Any] | None) -> None:

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One GPU machine hold of the training campaign (issue 13), in three kinds of call on the lent device:
+#   bash tools/device_campaign.sh start   # wheels, cache build (CPU cores) + speed benchmark (GPU), then training
+#                                         # detached (setsid), the run's folder under /tmp/campaign
+#   bash tools/device_campaign.sh poll    # progress, newest export, metrics -> $OUT
+#   bash tools/device_campaign.sh wait    # poll, after waiting for the training process to end
+# Carry: .whl .carry/data .carry/bench .carry/baseline .carry/magpkg (see docs/models.md).
+# Settings come from the environment: TRAIN_MINUTES, VAE_SHARE (fraction of it for the VAE stage), INIT (the
+# model folder or export to continue from; default the shipped model).
+set -u
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+R=/tmp/campaign
+OUT=${OUT:-/tmp/out}
+mode=${1:-poll}
+
+report() {
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  tail -n 3 $R/train.log 2>/dev/null
+  grep '"split": "val"' $R/run/metrics.jsonl 2>/dev/null | tail -n 2
+  tail -n 1 $R/run/metrics.jsonl 2>/dev/null
+  cp $R/run/metrics.jsonl $R/train.log $OUT/ 2>/dev/null
+  if [ -d $R/run/export ]; then
+    tar -C $R/run -cf - export | split -b 15M - $OUT/export.tar.part-
+    python3 -c "import json; print('export:', json.load(open('$R/run/export/config.json'))['export'])"
+  fi
+  ls -la $OUT
+}
+
+if [ "$mode" = start ]; then
+  t0=$(date +%s)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  rm -rf $R; mkdir -p $R; cp -r gpsk_materials $R/code_pkg; mkdir -p $R/code; mv $R/code_pkg $R/code/gpsk_materials
+  cp -r .carry/data $R/data
+  # the training cache, built on the CPU cores while the GPU benchmark runs
+  (cd $R && PYTHONPATH=$OLDPWD/.carry/magpkg:/tmp/site python3 -m gpsk_materials.training \
+      --data data/pool.csv.gz data/mp_magnetic_orderings.csv.gz --exclude-csv data/test.csv --match-structures \
+      --out $R/pool --cache-only --workers 14 --no-progress > $R/cache.log 2>&1; echo "cache rc=$?" >> $R/cache.log) &
+  cache_pid=$!
+  PYTHONPATH=.carry/baseline python3 .carry/baseline/benchmarks/training_speed.py --data .carry/bench/data.npz \
+      --device cuda --vae-batches 128 --flow-batches 1024 --steps 20 --out $OUT/training_speed_before.json 2>&1 | grep '^{'
+  PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
+      --vae-batches 128 256 --flow-batches 1024 --steps 20 --variants bf16 bf16+channels_last \
+      --out $OUT/training_speed.json 2>&1 | grep -v Warn | tail -n 6
+  PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
+      --vae-batches 256 --flow-batches 1024 --steps 20 --variants bf16+channels_last+compile bf16+compile \
+      --out $OUT/training_speed_compile.json 2>&1 | grep -v Warn | tail -n 3
+  wait $cache_pid; tail -n 4 $R/cache.log; cp $R/pool/data.npz $OUT/data.npz
+  # speed options and step counts from what was just measured
+  read -r VAE_OPTS VAE_RATE FLOW_RATE <<<"$(python3 - <<'PY'
+import json, os
+rows = [r for f in ("training_speed.json", "training_speed_compile.json")
+        for r in json.load(open(os.environ["OUT"] + "/" + f))["rows"]]
+vae = [r for r in rows if r["stage"] == "vae" and r["batch"] == 256 and r.get("samples_per_s")]
+best = max(vae, key=lambda r: r["samples_per_s"])
+opts = {"bf16": "", "bf16+channels_last": "--channels-last", "bf16+channels_last+compile": "--channels-last,--compile"}
+flow = [r for r in rows if r["stage"] == "flow" and r.get("samples_per_s")]
+if "compile" in best["variant"] and not any("compile" in r["variant"] for r in flow):
+    best = max((r for r in vae if "compile" not in r["variant"]), key=lambda r: r["samples_per_s"])  # one flag: both stages
+print(opts[best["variant"]] or "none", best["samples_per_s"], max(r["samples_per_s"] for r in flow))
+PY
+)"
+  spent=$(( ($(date +%s) - t0) / 60 ))
+  M=${TRAIN_MINUTES:-21}; SHARE=${VAE_SHARE:-0.72}
+  VAE_STEPS=$(python3 -c "print(int($VAE_RATE * 0.92 * 60 * $M * $SHARE / 256))")
+  FLOW_STEPS=$(python3 -c "print(int($FLOW_RATE * 0.8 * 60 * $M * (1 - $SHARE - 0.04) / 1024))")
+  OPTS=$([ "$VAE_OPTS" = none ] || echo "$VAE_OPTS" | tr ',' ' ')
+  echo "setup took ${spent} min; VAE $VAE_RATE/s -> $VAE_STEPS steps; flow $FLOW_RATE/s -> $FLOW_STEPS steps; options: $OPTS"
+  cd $R && setsid nohup env PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
+      --init-weights ${INIT:-$R/code/gpsk_materials/weights/default} --max-minutes $M --export-minutes 3 --vae-steps $VAE_STEPS --flow-steps $FLOW_STEPS \
+      --batch-size 256 --flow-batch-size 1024 --vae-lr 4e-4 --flow-lr 3e-4 --warmup-steps 200 --log-every 50 \
+      --eval-every 500 --ckpt-every 2000 --compact-checkpoints --device cuda --no-progress $OPTS \
+      > $R/train.log 2>&1 < /dev/null &
+  sleep 45; cd - >/dev/null; report
+elif [ "$mode" = wait ]; then
+  while pgrep -f "gpsk_materials.training --data $R" >/dev/null; do sleep 5; done
+  report
+else
+  sleep ${POLL_SLEEP:-0}; report
+fi
