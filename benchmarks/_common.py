@@ -59,6 +59,14 @@ def default_model() -> str:
     return str(default_model_dir())
 
 
+def vae_digest(model: str | Path) -> str:
+    """SHA-256 of the ``vae.json`` index of a model or VAE folder (the index holds the SHA-256 of every shard), so
+    that a number says which VAE it was measured on."""
+    import hashlib
+
+    return hashlib.sha256((Path(model) / "vae.json").read_bytes()).hexdigest()
+
+
 def generation_parser(doc: str | None):
     """Argument parser with the options every generation benchmark takes: --model, --device, --seed, --out."""
     import argparse
