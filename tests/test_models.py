@@ -93,6 +93,32 @@ def test_vae_metric_head_spans_the_quadratic_form():
     np.testing.assert_allclose(feats * 256.0, metric_design_matrix(32))
 
 
+def test_shell_log_power_error_measures_amplitude_and_falloff(vae):
+    from pymatgen.core import Lattice, Structure
+
+    from gpsk_materials.representations.grid import compress_structure_factor, expand_structure_factor
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    grid = torch.as_tensor(ReciprocalGridFeaturizer().featurize(nacl))[None]
+    assert vae.shell_log_power_error(grid, grid).item() == pytest.approx(0.0, abs=1e-10)
+
+    def scaled(factor):  # every amplitude times factor (h-dependent allowed), in the stored compressed channels
+        re, im = expand_structure_factor(grid[:, 0].double(), grid[:, 1].double())
+        zr, zi = compress_structure_factor(re * factor, im * factor)
+        return torch.cat([torch.stack([zr, zi], 1).float(), grid[:, 2:]], 1)
+
+    # 5 % too weak everywhere: (2 ln 0.95)^2 in every shell
+    assert vae.shell_log_power_error(grid, scaled(0.95)).item() == pytest.approx((2 * math.log(0.95)) ** 2, rel=1e-3)
+    # a fall-off error (weak low orders, strong high orders) is seen although the mean amplitude is right
+    radius = vae.coords[:3].pow(2).sum(0).sqrt()
+    tilt = 1.0 + 0.1 * (radius / radius.max() - 0.5)
+    assert vae.shell_log_power_error(grid, scaled(tilt.double())).item() > 1e-3
+    recon = scaled(0.9).requires_grad_(True)
+    vae.shell_log_power_error(grid, recon).sum().backward()
+    assert torch.isfinite(recon.grad).all() and recon.grad.abs().sum() > 0
+
+
 def test_vae_density_transform_and_metric_fit_are_exact(vae):
     from gpsk_materials.representations.grid import metric_design_matrix
 

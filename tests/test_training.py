@@ -313,3 +313,20 @@ def test_export_every_few_minutes_is_atomic_and_current(cache, tmp_path, monkeyp
     info = json.loads((tmp_path / "export" / "config.json").read_text())["export"]
     assert info["stage"] == "vae" and info["step"] == 4
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []  # no half-written folder
+
+
+def test_vae_shell_weight_adds_the_shell_term_and_old_checkpoints_still_resume(cache, tmp_path):
+    trainer = Trainer(cache, tmp_path / "shell", _cfg(vae_steps=2, flow_steps=0, vae_shell_weight=1.0), progress=False)
+    assert trainer.run() == "done"
+    train = [r for r in MetricsLog(tmp_path / "shell" / "metrics.jsonl").read() if r["stage"] == "vae"]
+    assert all(r["shell"] >= 0 for r in train) and any(r["split"] == "train" and "shell" in r for r in train)
+    # a checkpoint written before an option existed resumes with that option at its default
+    out = tmp_path / "old"
+    assert Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3), progress=False, max_minutes=1e-9).run() == "time_limit"
+    state_file = latest_checkpoint(out) / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["train_config"]["vae_shell_weight"]
+    state_file.write_text(json.dumps(state))
+    assert Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3), progress=False).run(resume=True) == "done"
+    with pytest.raises(CheckpointError, match="vae_shell_weight"):
+        Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3, vae_shell_weight=0.5), progress=False).run(resume=True)

@@ -35,6 +35,8 @@ _HELP = {
                       "of each stage (what --init-weights continues from)",
     "channels_last": "channels_last_3d memory layout for the VAE (faster cuDNN 3D convolutions on GPUs)",
     "warmup_steps": "linear learning-rate warm-up steps (also after --init-weights)",
+    "vae_shell_weight": "weight of the VAE's per-shell log-power term (GridVAE.shell_log_power_error), which keeps "
+                        "the form-factor fall-off that tells elements apart",
 }
 
 

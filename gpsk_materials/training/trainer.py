@@ -99,6 +99,7 @@ class TrainConfig:
     compact_checkpoints: bool = False
     export_minutes: float | None = None
     channels_last: bool = False
+    vae_shell_weight: float = 0.0
 
     def check(self) -> None:
         get_config(self.model)
@@ -307,8 +308,10 @@ class Trainer:
                 f"not {self.model_config.name!r}"
             )
         saved = state["train_config"]
-        now = asdict(self.cfg)
-        diff = {k: (saved.get(k), now[k]) for k in now if k not in MUTABLE and saved.get(k) != now[k]}
+        now, default = asdict(self.cfg), asdict(TrainConfig())
+        # an option added after the checkpoint was written counts as its default
+        diff = {k: (saved.get(k, default[k]), now[k]) for k in now
+                if k not in MUTABLE and saved.get(k, default[k]) != now[k]}
         if diff:
             raise CheckpointError(f"cannot resume {folder}: training options changed (saved, now): {diff}")
         if state["data_fingerprint"] != self.fingerprint:
@@ -486,6 +489,10 @@ class Trainer:
                     grid = grid.contiguous(memory_format=torch.channels_last_3d)
                 recon, post = wrapped(grid, self.gen, check_finite=False)
                 loss, parts = model.loss_from(grid, recon, post)
+                if self.cfg.vae_shell_weight:
+                    shell = model.shell_log_power_error(grid, recon).mean()
+                    loss = loss + self.cfg.vae_shell_weight * shell
+                    parts = {**parts, "shell": shell.detach()}
             else:
                 loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
         opt.zero_grad(set_to_none=True)
@@ -627,7 +634,11 @@ class Trainer:
                 if stage == "vae":
                     grid = self.grids(idx)
                     post = model.encode(grid)
-                    loss, parts = model.loss_from(grid, model.decode(post.mean), post)
+                    recon = model.decode(post.mean)
+                    loss, parts = model.loss_from(grid, recon, post)
+                    shell = model.shell_log_power_error(grid, recon).mean()  # logged whatever its weight
+                    loss = loss + self.cfg.vae_shell_weight * shell
+                    parts = {**parts, "shell": shell}
                 else:
                     loss, parts = self._flow_loss(model, idx, flow_ctx, dropout=False, gen=gen)
             n = len(idx)
