@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -62,6 +63,8 @@ from gpsk_materials.training.checkpoint import (
 )
 from gpsk_materials.training.ema import EMA
 from gpsk_materials.training.metrics import MetricsLog, plot_curves
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("vae", "latents", "flow", "done")
 #: TrainConfig fields that may change between a checkpoint and its resumption without breaking exactness
@@ -408,8 +411,8 @@ class Trainer:
         own = model.state_dict()
         model.load_state_dict({k: v.to(device=self.device, dtype=own[k].dtype) for k, v in source.state_dict().items()})
         if self.info.is_main:
-            print(f"{stage} stage starts from the weights of {folder} (fresh optimizer, "
-                  f"{self.cfg.warmup_steps} warm-up steps)", flush=True)
+            logger.info("%s stage starts from the weights of %s (fresh optimizer, %d warm-up steps)", stage, folder,
+                        self.cfg.warmup_steps)
 
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
         cfg = self.cfg
