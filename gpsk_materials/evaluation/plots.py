@@ -1,4 +1,4 @@
-"""Plots of an evaluation (matplotlib, Agg backend, written to files)."""
+"""Plots of an evaluation (matplotlib figures written to files; the caller's pyplot backend is never touched)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ import numpy as np
 from pymatgen.core import Structure
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kw):
+    """A bare ``matplotlib.figure.Figure``: drawn and saved without pyplot, so no backend is switched."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def plot_ehull_histogram(e_hull: Sequence[float], path: str | Path, metastable: float = 0.1) -> Path:
     """Histogram of energies above hull (eV/atom), with the stable (0) and metastable thresholds marked."""
-    plt = _pyplot()
     values = np.asarray([e for e in e_hull if e is not None and np.isfinite(e)], dtype=float)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = _figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     if len(values):
         hi = max(0.5, float(np.quantile(values, 0.98)))
         ax.hist(np.clip(values, None, hi), bins=np.linspace(min(values.min(), -0.05), hi, 60), color="tab:blue")
@@ -34,7 +32,6 @@ def plot_ehull_histogram(e_hull: Sequence[float], path: str | Path, metastable: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -52,9 +49,9 @@ def plot_property_distributions(
     generated: Sequence[Structure], reference: Sequence[Structure], path: str | Path
 ) -> Path:
     """Normalised histograms of density, volume per atom, sites and elements: generated vs reference."""
-    plt = _pyplot()
     gen, ref = structure_properties(generated), structure_properties(reference)
-    fig, axes = plt.subplots(2, 2, figsize=(8, 6))
+    fig = _figure(figsize=(8, 6))
+    axes = fig.subplots(2, 2)
     for ax, name in zip(axes.ravel(), gen):
         both = np.concatenate([gen[name], ref[name]])
         both = both[np.isfinite(both)]
@@ -68,5 +65,4 @@ def plot_property_distributions(
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)

@@ -49,15 +49,13 @@ class MetricsLog:
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     """Loss curves per stage (train and val, log scale) to a PNG; None if there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is never switched
 
     stages = [s for s in ("vae", "flow") if any(r["stage"] == s for r in records)]
     if not stages:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(stages), 4))
+    axes = fig.subplots(1, len(stages), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         for split, style in (("train", "-"), ("val", "o-")):
             rows = [r for r in records if r["stage"] == stage and r.get("split") == split and "loss" in r]
@@ -76,6 +74,5 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
