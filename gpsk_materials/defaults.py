@@ -39,10 +39,16 @@ EVALUATION_RELAX_STEPS = 500
 #: the batch bounds memory and throughput, not where a relaxation ends.
 RELAX_BATCH = 256
 
+#: Smallest distance (A) between two sites that the featurizers accept, periodic images included: the CDVAE/DiffCSP
+#: structural-validity bound that the decoder (``min_distance``) and ``ValidityCheck`` apply too, below the shortest
+#: bond of any ordered crystal (H-H 0.74 A). Closer sites are duplicates, and the grid cannot tell them from one atom.
+MIN_SITE_DISTANCE = 0.5
+
 __all__ = [
     "EVALUATION_RELAX_STEPS",
     "FMAX",
     "GUIDANCE",
+    "MIN_SITE_DISTANCE",
     "REFERENCE_RELAX_STEPS",
     "RELAX_BATCH",
     "RELAX_STEPS",

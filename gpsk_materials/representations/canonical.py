@@ -31,7 +31,13 @@ _PROPER_SIGNED_PERMUTATIONS = [m for m in _SIGNED_PERMUTATIONS if round(np.linal
 
 
 def as_structure(obj: Any):
-    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``; raise otherwise."""
+    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``.
+
+    Raises
+    ------
+    InvalidStructureError
+        ``obj`` is none of these, or ASE ``Atoms`` not periodic in all three directions.
+    """
     from pymatgen.core import IStructure, Structure
 
     if isinstance(obj, Structure):
@@ -52,8 +58,9 @@ def as_structure(obj: Any):
 
 
 def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.ndarray]:
-    """Validate ``structure`` and return ``lattice`` (3, 3), ``frac_coords`` (A, 3), ``numbers`` (A,) and
-    ``occupancy`` (A,). A disordered site contributes one entry per species at the same position."""
+    """Validate ``structure`` and return ``lattice`` (3, 3), ``frac_coords`` (A, 3), ``numbers`` (A,),
+    ``occupancy`` (A,) and ``site_index`` (A,), the site of ``structure`` each entry comes from. A disordered site
+    contributes one entry per species at the same position."""
     from pymatgen.core import Element
 
     structure = as_structure(structure)
@@ -63,7 +70,7 @@ def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.
     frac = np.array(structure.frac_coords, dtype=float)
     if not (np.all(np.isfinite(lattice)) and np.all(np.isfinite(frac))):
         raise InvalidStructureError("structure has non-finite lattice or coordinates (NaN or inf)")
-    coords, numbers, occupancy = [], [], []
+    coords, numbers, occupancy, site_index = [], [], [], []
     for i, site in enumerate(structure):
         species = site.species
         total = sum(species.values())
@@ -82,11 +89,13 @@ def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.
             coords.append(frac[i])
             numbers.append(el.Z)
             occupancy.append(float(occ))
+            site_index.append(i)
     return {
         "lattice": lattice,
         "frac_coords": np.array(coords),
         "numbers": np.array(numbers, dtype=np.int64),
         "occupancy": np.array(occupancy),
+        "site_index": np.array(site_index, dtype=np.int64),
     }
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials import provenance
+from gpsk_materials.defaults import MIN_SITE_DISTANCE
 from gpsk_materials.errors import DecodingError, GridError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
@@ -72,6 +73,9 @@ class RealSpaceDensityFeaturizer(MSONable):
         Largest number of (species, site) entries accepted.
     max_resolution : float
         Largest real-space voxel spacing (Angstrom) accepted.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites accepted, periodic images included; closer sites raise
+        ``ResolutionError`` naming both (default ``gpsk_materials.defaults.MIN_SITE_DISTANCE``, 0.5).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class RealSpaceDensityFeaturizer(MSONable):
         allow_disorder: bool = True,
         max_sites: int = 256,
         max_resolution: float = 1.6,
+        min_distance: float = MIN_SITE_DISTANCE,
     ):
         G.miller_axis(grid_size)
         if not (np.isfinite(sigma) and sigma > 0):
@@ -92,6 +97,7 @@ class RealSpaceDensityFeaturizer(MSONable):
         self.allow_disorder = allow_disorder
         self.max_sites = max_sites
         self.max_resolution = max_resolution
+        self.min_distance = min_distance
 
     def canonical_structure(self, structure):
         """The cell whose grid :meth:`featurize` returns (canonical cell when ``canonicalize``)."""
@@ -100,7 +106,7 @@ class RealSpaceDensityFeaturizer(MSONable):
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
         return validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
-                                self.max_resolution)
+                                self.max_resolution, self.min_distance)
 
     def featurize(self, structure) -> np.ndarray:
         """Density of one structure, shape (1, n, n, n), float32."""

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from monty.json import MSONable
 
+from gpsk_materials.defaults import MIN_SITE_DISTANCE
 from gpsk_materials.errors import DegenerateLatticeError, GridError, ResolutionError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
@@ -25,11 +26,42 @@ def check_cell(
     max_sites: int = 256,
     min_volume_per_atom: float = 1.0,
     max_resolution: float = 1.6,
+    *,
+    numbers: np.ndarray | None = None,
+    occupancy: np.ndarray | None = None,
+    site_index: np.ndarray | None = None,
+    min_distance: float = MIN_SITE_DISTANCE,
 ) -> None:
     """Raise if a cell cannot be represented faithfully on an n^3 grid.
 
-    ``max_resolution`` bounds the real-space grid spacing (Angstrom) along each axis, |a_i| / n for the
-    distance between the lattice planes; larger cells alias: neighbouring atoms blur into one peak.
+    Parameters
+    ----------
+    lattice : ndarray (3, 3)
+        Lattice vectors as rows, Angstrom.
+    frac : ndarray (A, 3)
+        Fractional coordinates of the entries.
+    n : int
+        Grid size.
+    max_sites : int
+        Largest number of entries accepted.
+    min_volume_per_atom : float
+        Smallest volume per entry, A^3.
+    max_resolution : float
+        Bound on the real-space grid spacing (Angstrom) along each axis, |a_i| / n for the distance between the
+        lattice planes; larger cells alias: neighbouring atoms blur into one peak.
+    numbers, occupancy, site_index : ndarray (A,), optional
+        Atomic numbers (they name the sites in messages), occupancies, and the input site of each entry (a
+        disordered site gives one entry per species). See :func:`check_overlap`.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites, periodic images included; 0 skips the test.
+
+    Raises
+    ------
+    DegenerateLatticeError
+        The lattice is singular, too small per site, or too large for the grid.
+    ResolutionError
+        More than ``max_sites`` entries, or two sites (or a site and its own periodic image) closer than
+        ``min_distance``; the message names both sites and their distance.
     """
     volume = abs(np.linalg.det(lattice))
     if not np.isfinite(volume) or volume < 1e-6:
@@ -48,21 +80,102 @@ def check_cell(
             f"cell too large for a {n}^3 grid: spacing {spacing.max():.3f} A exceeds {max_resolution} A "
             f"(lattice lengths {np.round(np.linalg.norm(lattice, axis=1), 3).tolist()} A alias)"
         )
+    if min_distance > 0:
+        check_overlap(lattice, frac, min_distance, numbers=numbers, occupancy=occupancy, site_index=site_index)
+
+
+def check_overlap(
+    lattice: np.ndarray,
+    frac: np.ndarray,
+    min_distance: float = MIN_SITE_DISTANCE,
+    *,
+    numbers: np.ndarray | None = None,
+    occupancy: np.ndarray | None = None,
+    site_index: np.ndarray | None = None,
+) -> None:
+    """Raise ``ResolutionError`` if two sites of a periodic cell lie closer than ``min_distance``.
+
+    The species of one disordered site share its position, and entries whose occupancies sum to at most 1 (the
+    alternative positions of a positionally disordered site) may lie closer: neither is an overlap.
+
+    Parameters
+    ----------
+    lattice, frac, min_distance
+        As in :func:`check_cell`.
+    numbers, occupancy, site_index : ndarray (A,), optional
+        Atomic numbers, occupancies (default 1) and input site (default: one site per entry) of each entry.
+
+    Raises
+    ------
+    ResolutionError
+        Names the closest offending pair and its distance, e.g. ``sites 0 (Al) and 4 (Al) are 0.0000 A apart``.
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    frac = np.asarray(frac, dtype=float)
+    lattice = np.ascontiguousarray(lattice, dtype=float)
+    n_entries = len(frac)
+    site = np.arange(n_entries) if site_index is None else np.asarray(site_index)
+    occ = np.ones(n_entries) if occupancy is None else np.asarray(occupancy, dtype=float)
+    cart = np.ascontiguousarray((frac % 1.0) @ lattice)
+    centers, neighbors, images, dist = find_points_in_spheres(
+        cart, cart, r=float(min_distance), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=1e-8
+    )
+    centers, neighbors = np.asarray(centers, dtype=int), np.asarray(neighbors, dtype=int)
+    home = np.all(np.asarray(images) == 0, axis=1)
+    # species of one site at its own position; entries sharing a position by partial occupancy (sum <= 1)
+    allowed = (home & (site[centers] == site[neighbors])) | (
+        (site[centers] != site[neighbors]) & (occ[centers] + occ[neighbors] <= 1 + 1e-6)
+    )
+    bad = ~allowed & (dist < min_distance)
+    if not bad.any():
+        return
+    k = np.flatnonzero(bad)[np.argmin(dist[bad])]
+    i, j = sorted((int(centers[k]), int(neighbors[k])))
+
+    def name(e: int) -> str:
+        if numbers is None:
+            return str(site[e])
+        from pymatgen.core import Element
+
+        return f"{site[e]} ({Element.from_Z(int(numbers[e])).symbol})"
+
+    if site[i] == site[j]:
+        what = f"site {name(i)} and its own periodic image {tuple(int(x) for x in images[k])} are"
+    else:
+        what = f"sites {name(i)} and {name(j)} are"
+    raise ResolutionError(
+        f"{what} {dist[k]:.4f} A apart, closer than {min_distance} A: atoms overlap "
+        "(remove the duplicate site, or merge sites closer than a tolerance with Structure.merge_sites)"
+    )
 
 
 def validated_arrays(
     structure, canonicalize: bool = True, allow_disorder: bool = True, n: int = G.GRID_SIZE, max_sites: int = 256,
-    max_resolution: float = 1.6,
+    max_resolution: float = 1.6, min_distance: float = MIN_SITE_DISTANCE,
 ) -> dict[str, np.ndarray]:
-    """Arrays of ``structure`` (its canonical cell if ``canonicalize``) after every input check of the featurizers."""
+    """Arrays of ``structure`` (its canonical cell if ``canonicalize``) after every input check of the featurizers.
+
+    Raises
+    ------
+    InvalidStructureError
+        Any check of :func:`~gpsk_materials.representations.canonical.structure_to_arrays` or :func:`check_cell`
+        (subclasses ``DegenerateLatticeError``, ``ResolutionError``, ``UnknownElementError``, ``DisorderError``);
+        overlapping sites are named by their index in ``structure``.
+    """
     arrays = structure_to_arrays(structure, allow_disorder=allow_disorder)
     if canonicalize:
         # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError
         check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites=len(arrays["numbers"]),
-                   max_resolution=np.inf)
+                   max_resolution=np.inf, min_distance=min_distance, **_site_arrays(arrays))
         arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=allow_disorder)
-    check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution)
+    check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution,
+               min_distance=min_distance, **_site_arrays(arrays))
     return arrays
+
+
+def _site_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"numbers": arrays["numbers"], "occupancy": arrays["occupancy"], "site_index": arrays["site_index"]}
 
 
 def featurize_arrays(
@@ -209,11 +322,18 @@ def structures_to_arrays(
     structures: Iterable[Any], max_sites: int | None = None, canonicalize: bool = True, allow_disorder: bool = True,
 ) -> dict[str, np.ndarray]:
     """Padded arrays of many structures for :func:`featurize_batch`: ``lattice`` (B, 3, 3), ``frac_coords``
-    (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N)."""
-    items = []
-    for s in structures:
-        s = canonical_structure(s) if canonicalize else as_structure(s)
-        items.append(structure_to_arrays(s, allow_disorder=allow_disorder))
+    (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N).
+
+    Raises
+    ------
+    InvalidStructureError
+        A structure fails an input check of :func:`validated_arrays` (overlapping sites: ``ResolutionError``).
+    ResolutionError
+        A structure has more than ``max_sites`` entries.
+    """
+    # every input check but the grid's bounds (sites, resolution), which the callers apply to the padded arrays
+    items = [validated_arrays(s, canonicalize, allow_disorder, max_sites=np.iinfo(np.int64).max, max_resolution=np.inf)
+             for s in structures]
     width = max([len(it["numbers"]) for it in items] + [1])
     if max_sites is not None:
         if width > max_sites:
@@ -254,6 +374,9 @@ class ReciprocalGridFeaturizer(MSONable):
         Largest number of (species, site) entries accepted.
     max_resolution : float
         Largest real-space grid spacing (Angstrom) accepted; larger cells alias.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites accepted, periodic images included; closer sites raise
+        ``ResolutionError`` naming both (default ``gpsk_materials.defaults.MIN_SITE_DISTANCE``, 0.5).
     backend : {"numpy", "torch"}
         Engine of :meth:`featurize_many`; :meth:`featurize` always uses NumPy.
     device : str
@@ -271,6 +394,7 @@ class ReciprocalGridFeaturizer(MSONable):
         allow_disorder: bool = True,
         max_sites: int = 256,
         max_resolution: float = 1.6,
+        min_distance: float = MIN_SITE_DISTANCE,
         backend: str = "numpy",
         device: str = "cpu",
         batch_size: int = 256,
@@ -285,6 +409,7 @@ class ReciprocalGridFeaturizer(MSONable):
         self.allow_disorder = allow_disorder
         self.max_sites = max_sites
         self.max_resolution = max_resolution
+        self.min_distance = min_distance
         self.backend = backend
         self.device = device
         self.batch_size = batch_size
@@ -293,7 +418,7 @@ class ReciprocalGridFeaturizer(MSONable):
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
         arrays = validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
-                                  self.max_resolution)
+                                  self.max_resolution, self.min_distance)
         if self.random_origin:
             arrays["frac_coords"] = (arrays["frac_coords"] + self._rng.random(3)) % 1.0
         return arrays
