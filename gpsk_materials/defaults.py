@@ -44,7 +44,14 @@ RELAX_BATCH = 256
 #: bond of any ordered crystal (H-H 0.74 A). Closer sites are duplicates, and the grid cannot tell them from one atom.
 MIN_SITE_DISTANCE = 0.5
 
+#: Widest accepted distance of a requested band gap, formation energy or energy above hull from the training labels'
+#: mean, in their standard deviations: with the shipped statistics formation energies in [-9.0, 7.0] eV/atom, band
+#: gaps up to 10.5 eV and energies above hull up to 1.16 eV/atom, wider than any Materials Project entry's, while
+#: a value the model has never come near (formation_energy=1e9) is refused rather than normalised into noise.
+CONDITION_MAX_SIGMA = 8.0
+
 __all__ = [
+    "CONDITION_MAX_SIGMA",
     "EVALUATION_RELAX_STEPS",
     "FMAX",
     "GUIDANCE",

@@ -74,3 +74,132 @@ def test_disordered_sites_are_not_overlaps():
     # but two fully occupied entries at one position are an overlap
     with pytest.raises(ResolutionError, match="sites 0 and 1 are 0.0000 A apart"):
         check_overlap(np.eye(3) * 4, np.zeros((2, 3)))
+
+
+# --- case 7: the project's own errors, not numpy's, torch's or Python's --------------------------------------------
+
+def test_ase_atoms_with_zero_cell_raise_degenerate_lattice_error():
+    from ase import Atoms
+
+    from gpsk_materials.errors import DegenerateLatticeError
+
+    for cell in (np.zeros((3, 3)), [[4, 0, 0], [0, 4, 0], [4, 4, 0]], [[np.nan, 0, 0], [0, 4, 0], [0, 0, 4]]):
+        atoms = Atoms("NaCl", positions=[[0, 0, 0], [2, 2, 2]], cell=cell, pbc=True)
+        with pytest.raises(DegenerateLatticeError, match="singular or undefined cell"):
+            ReciprocalGridFeaturizer().featurize(atoms)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5])
+def test_decoder_grid_sizes_too_small_or_odd_raise_grid_error(size):
+    from gpsk_materials.errors import GridError
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    grid = np.zeros((3, size, size, size), dtype=np.float32)
+    with pytest.raises(GridError, match="even integer >= 4"):
+        ReciprocalGridDecoder().decode(grid)
+    with pytest.raises(GridError, match="even integer >= 4"):
+        ReciprocalGridDecoder().decode_many(grid[None], errors="none")
+    with pytest.raises(GridError, match="even integer >= 4"):
+        ReciprocalGridFeaturizer(grid_size=size)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from gpsk_materials.pipelines.generator import CrystalGenerator
+
+    return CrystalGenerator.from_pretrained()
+
+
+@pytest.mark.parametrize("amount", [float("nan"), float("inf"), -1.0])
+def test_generate_with_invalid_amount_raises_conditioning_error(generator, amount):
+    from gpsk_materials.errors import ConditioningError
+
+    with pytest.raises(ConditioningError, match="amount of Na must be a positive finite number"):
+        generator.generate({"Na": amount, "Cl": 1}, checks=None)
+
+
+@pytest.mark.parametrize(
+    "field,value,words",
+    [
+        ("formation_energy", 1e9, ["formation_energy = 1e+09 eV/atom", "standard deviations", "[-9"]),
+        ("formation_energy", -50.0, ["formation_energy = -50 eV/atom", "outside the accepted range"]),
+        ("band_gap", 1e4, ["band_gap = 10000 eV", "outside the accepted range"]),
+        ("e_above_hull", 30.0, ["e_above_hull = 30 eV/atom", "outside the accepted range"]),
+    ],
+)
+def test_physically_impossible_conditions_are_bounded_by_training_statistics(generator, field, value, words):
+    from gpsk_materials.errors import ConditioningError
+
+    with pytest.raises(ConditioningError) as info:
+        generator.generate("NaCl", checks=None, **{field: value})
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_conditions_within_the_training_range_are_accepted():
+    from gpsk_materials.models.conditioning import ConditionStats
+
+    stats = ConditionStats({"formation_energy": -1.0}, {"formation_energy": 1.0})
+    for v in (-4.5, 0.0, 3.0, -9.0, 7.0):
+        stats.check_range("formation_energy", v)
+
+
+def test_gpsk_train_unknown_model_is_a_one_line_error(tmp_path, capsys):
+    from gpsk_materials.cli import main
+
+    rc = main(["train", "--data", str(tmp_path / "x.npz"), "--out", str(tmp_path / "run"), "--model", "nosuch"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "unknown model config 'nosuch'" in err and "tiny" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "section,field,value,words",
+    [
+        ("mmdit", "hidden", "64", "MMDiTConfig.hidden must be an integer, got '64'"),
+        ("mmdit", "mlp_ratio", "four", "MMDiTConfig.mlp_ratio must be a finite number"),
+        ("vae", "channels", [8, "16", 32], "VAEConfig.channels must be a tuple"),
+        ("vae", "groups", None, "VAEConfig.groups must be an integer, got None"),
+    ],
+)
+def test_model_config_with_a_non_numeric_field_names_the_field(section, field, value, words):
+    from gpsk_materials.errors import ConfigError
+    from gpsk_materials.models.configs import CONFIGS, ModelConfig
+
+    data = CONFIGS["tiny"].to_dict()
+    data[section][field] = value
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_dict(data)
+    assert words in str(info.value)
+
+
+def test_train_config_with_a_non_numeric_field_names_the_field():
+    from gpsk_materials.errors import ConfigError, UnknownConfigError
+    from gpsk_materials.training.trainer import TrainConfig
+
+    with pytest.raises(ConfigError, match="TrainConfig.vae_lr must be a finite number, got 'fast'"):
+        TrainConfig(vae_lr="fast").check()
+    with pytest.raises(ConfigError, match="TrainConfig.batch_size must be an integer"):
+        TrainConfig(batch_size=64.5).check()
+    with pytest.raises(UnknownConfigError, match="named configs"):
+        TrainConfig(model="nosuch").check()
+    with pytest.raises(KeyError):  # get_config's error stays a KeyError for existing handlers
+        TrainConfig(model="nosuch").check()
+
+
+def test_byte_flipped_shard_says_hash_mismatch(tmp_path):
+    import torch
+
+    from gpsk_materials.errors import CheckpointError
+    from gpsk_materials.models.io import load_tensors, save_tensors
+
+    save_tensors(tmp_path, "set", {"a": torch.randn(1000)})
+    shard = tmp_path / "set-00001.safetensors"
+    blob = bytearray(shard.read_bytes())
+    blob[-7] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="corrupt: SHA-256 hash mismatch"):
+        load_tensors(tmp_path, "set")
+    shard.write_bytes(bytes(blob[:-3]))
+    with pytest.raises(CheckpointError, match=r"truncated .*\(\d+ bytes, expected \d+\)"):
+        load_tensors(tmp_path, "set")

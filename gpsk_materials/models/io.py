@@ -151,8 +151,13 @@ def load_tensors(
             blob = path.read_bytes()
         except FileNotFoundError as exc:
             raise CheckpointError(f"missing shard {path}") from exc
-        if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-            raise CheckpointError(f"shard {path} is truncated or corrupt ({len(blob)} bytes, expected {entry['bytes']})")
+        if len(blob) != entry["bytes"]:
+            raise CheckpointError(f"shard {path} is truncated or extended ({len(blob)} bytes, expected {entry['bytes']})")
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != entry["sha256"]:
+            raise CheckpointError(
+                f"shard {path} is corrupt: SHA-256 hash mismatch (file {digest[:16]}..., index {entry['sha256'][:16]}...)"
+            )
         try:
             flat.update(load(blob))
         except (SafetensorError, ValueError, RuntimeError) as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpsk_materials.errors import DisorderError, InvalidStructureError, UnknownElementError
+from gpsk_materials.errors import DegenerateLatticeError, DisorderError, InvalidStructureError, UnknownElementError
 from gpsk_materials.representations.form_factors import MAX_Z
 
 _SIGNED_PERMUTATIONS = [
@@ -37,6 +37,8 @@ def as_structure(obj: Any):
     ------
     InvalidStructureError
         ``obj`` is none of these, or ASE ``Atoms`` not periodic in all three directions.
+    DegenerateLatticeError
+        ASE ``Atoms`` with a zero, singular or non-finite cell.
     """
     from pymatgen.core import IStructure, Structure
 
@@ -53,6 +55,13 @@ def as_structure(obj: Any):
 
         if not np.all(obj.pbc):
             raise InvalidStructureError("ASE Atoms must be periodic in all three directions (pbc=True)")
+        cell = np.asarray(obj.cell[:], dtype=float)
+        volume = abs(np.linalg.det(cell)) if np.all(np.isfinite(cell)) else np.nan
+        if not volume > 1e-6:
+            raise DegenerateLatticeError(
+                f"ASE Atoms have a singular or undefined cell (volume {volume:.3g} A^3): set a periodic cell "
+                "(atoms.set_cell(...)) before passing them"
+            )
         return AseAtomsAdaptor.get_structure(obj)
     raise InvalidStructureError(f"expected a pymatgen Structure or ASE Atoms, got {type(obj).__name__}")
 

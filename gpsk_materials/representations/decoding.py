@@ -8,7 +8,7 @@ import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials import provenance
-from gpsk_materials.errors import ConditioningError, DecodingError, GridError, UnknownElementError
+from gpsk_materials.errors import ConditioningError, ConfigError, DecodingError, GridError, UnknownElementError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
@@ -19,7 +19,13 @@ MAX_SCALE = 3.0
 
 
 def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
-    """Validate grids of shape (3, n, n, n) or (B, 3, n, n, n); return a batch (NumPy or torch)."""
+    """Validate grids of shape (3, n, n, n) or (B, 3, n, n, n); return a batch (NumPy or torch).
+
+    Raises
+    ------
+    GridError
+        Wrong number of dimensions or channels, a non-cubic or too small / odd grid size, or a non-float dtype.
+    """
     shape = tuple(getattr(grids, "shape", ()))
     if not hasattr(grids, "shape"):
         grids = np.asarray(grids)
@@ -30,6 +36,7 @@ def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
     if len(shape) != 5 or shape[1] != 3 or not (shape[2] == shape[3] == shape[4]) or (n and shape[2] != n):
         want = f"(3, {n or 'n'}, {n or 'n'}, {n or 'n'})"
         raise GridError(f"grid must have shape {want} or (B, *{want}), got {shape}")
+    G.miller_axis(int(shape[2]))  # GridError for a grid size the Miller layout cannot hold (0, 1, 2, odd)
     kind = str(getattr(grids, "dtype", ""))
     if "float" not in kind:
         raise GridError(f"grid must hold floating-point values, got dtype {kind}")
@@ -139,9 +146,9 @@ class ReciprocalGridDecoder(MSONable):
         batch_size: int = 16,
     ):
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+            raise ConfigError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         self.method = method
         self.max_residual = max_residual
         self.min_distance = min_distance
@@ -189,7 +196,7 @@ class ReciprocalGridDecoder(MSONable):
         from tqdm.auto import tqdm
 
         if errors not in ("raise", "none"):
-            raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
+            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
         grids = as_grid_batch(grids)
         B = grids.shape[0]
         if compositions is None:

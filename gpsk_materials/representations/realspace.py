@@ -15,7 +15,7 @@ from monty.json import MSONable
 
 from gpsk_materials import provenance
 from gpsk_materials.defaults import MIN_SITE_DISTANCE
-from gpsk_materials.errors import DecodingError, GridError
+from gpsk_materials.errors import ConfigError, DecodingError, GridError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
 from gpsk_materials.representations.reciprocal import validated_arrays
@@ -90,7 +90,7 @@ class RealSpaceDensityFeaturizer(MSONable):
     ):
         G.miller_axis(grid_size)
         if not (np.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number of voxels, got {sigma}")
+            raise ConfigError(f"sigma must be a positive number of voxels, got {sigma}")
         self.grid_size = grid_size
         self.sigma = sigma
         self.canonicalize = canonicalize
@@ -246,7 +246,7 @@ class RealSpacePeakDecoder(MSONable):
         """Decode a batch (B, 1, n, n, n) with one lattice and composition per grid; ``errors="none"`` puts None
         in place of a failure and records the reason in :attr:`last_errors`."""
         if errors not in ("raise", "none"):
-            raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
+            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
         if not (len(grids) == len(lattices) == len(compositions)):
             raise GridError(f"{len(grids)} grids, {len(lattices)} lattices and {len(compositions)} compositions")
         out, self.last_errors = [], []

@@ -13,7 +13,7 @@ import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials.defaults import MIN_SITE_DISTANCE
-from gpsk_materials.errors import DegenerateLatticeError, GridError, ResolutionError
+from gpsk_materials.errors import ConfigError, DegenerateLatticeError, GridError, ResolutionError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
 from gpsk_materials.representations.form_factors import CITATION, check_numbers, form_factor
@@ -400,7 +400,7 @@ class ReciprocalGridFeaturizer(MSONable):
         batch_size: int = 256,
     ):
         if backend not in ("numpy", "torch"):
-            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+            raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
         G.miller_axis(grid_size)
         self.grid_size = grid_size
         self.canonicalize = canonicalize

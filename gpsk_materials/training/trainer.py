@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
-from gpsk_materials.errors import CheckpointError, DataError
+from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
-from gpsk_materials.models.configs import ModelConfig, get_config
+from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
 from gpsk_materials.models.io import (
     load_model_folder,
     load_module_weights,
@@ -101,17 +101,19 @@ class TrainConfig:
     channels_last: bool = False
 
     def check(self) -> None:
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the first invalid field."""
+        check_fields(self)
         get_config(self.model)
         if self.batch_size < 1 or (self.flow_batch_size or 1) < 1 or self.vae_steps < 0 or self.flow_steps < 0:
-            raise ValueError("batch sizes must be >= 1 and step counts >= 0")
+            raise ConfigError("batch sizes must be >= 1 and step counts >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.export_minutes is not None and not self.export_minutes > 0:
-            raise ValueError(f"export_minutes must be > 0, got {self.export_minutes}")
+            raise ConfigError(f"export_minutes must be > 0, got {self.export_minutes}")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def cache_fingerprint(cache: ArrayCache) -> str:
@@ -177,7 +179,7 @@ class Trainer:
                  init_model: str | Path | None = None, init_weights: str | Path | None = None):
         config.check()
         if sum(x is not None for x in (init_vae, init_model, init_weights)) > 1:
-            raise ValueError("init_vae, init_model and init_weights exclude each other: give one, not both "
+            raise ConfigError("init_vae, init_model and init_weights exclude each other: give one, not both "
                              "(init_model and init_weights adopt the folder's VAE too)")
         self.init_model = None if init_model is None else Path(init_model)
         self.init_vae = self.init_model if init_vae is None else Path(init_vae)
@@ -197,7 +199,7 @@ class Trainer:
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.is_main)
         for b in {config.batch_size, config.flow_batch_size or config.batch_size}:
             if b % self.info.world_size:
-                raise ValueError(f"batch size {b} is not divisible by {self.info.world_size} ranks")
+                raise ConfigError(f"batch size {b} is not divisible by {self.info.world_size} ranks")
         splits = split_indices(cache, {"train": 1 - config.val_fraction, "val": config.val_fraction}, config.seed, config.split_by)
         self.train_idx, self.val_idx = splits["train"], splits["val"][: config.val_size]
         if len(self.train_idx) < max(config.batch_size, config.flow_batch_size or 0):
