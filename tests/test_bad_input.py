@@ -203,3 +203,45 @@ def test_byte_flipped_shard_says_hash_mismatch(tmp_path):
     shard.write_bytes(bytes(blob[:-3]))
     with pytest.raises(CheckpointError, match=r"truncated .*\(\d+ bytes, expected \d+\)"):
         load_tensors(tmp_path, "set")
+
+
+# --- case 6: what cannot fit is refused before the expensive primitive-cell search ---------------------------------
+
+def _thousand_sites() -> Structure:
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(10)] * 3, indexing="ij"), -1).reshape(-1, 3) / 10
+    return Structure(Lattice.cubic(30), ["Si"] * 500 + ["O"] * 500, grid + rng.normal(0, 0.003, grid.shape))
+
+
+@pytest.mark.parametrize("featurize", [
+    lambda s: ReciprocalGridFeaturizer().featurize(s),
+    lambda s: RealSpaceDensityFeaturizer().featurize(s),
+    lambda s: structures_to_arrays([s], max_sites=256, max_resolution=1.6),
+])
+@pytest.mark.parametrize(
+    "make,error,words",
+    [
+        (_thousand_sites, ResolutionError, "1000 sites; the primitive cell holds 1000, more than the 256"),
+        (lambda: Structure(Lattice.cubic(1e6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]), None,
+         "cell too large for a 32^3 grid"),
+        (lambda: Structure(Lattice.cubic(1e6), ["Na"], [[0, 0, 0]]), None, "cell too large for a 32^3 grid"),
+    ],
+)
+def test_what_cannot_fit_is_refused_in_seconds(make, error, words, featurize):
+    import time
+
+    from gpsk_materials.errors import DegenerateLatticeError
+
+    s = make()
+    start = time.perf_counter()
+    with pytest.raises(error or DegenerateLatticeError, match=words.replace("^", r"\^")):
+        featurize(s)
+    assert time.perf_counter() - start < 5.0  # 150 s (1,000 sites) and 10-17 s (10^6 A) before
+
+
+def test_a_supercell_of_a_small_crystal_still_fits():
+    # 8 x 8 = 64 sites in a 2 x 2 x 2 NaCl supercell with max_sites=8: its primitive cell (2 sites) fits
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    grid = ReciprocalGridFeaturizer(max_sites=8).featurize(nacl * (2, 2, 2))
+    np.testing.assert_allclose(grid, ReciprocalGridFeaturizer().featurize(nacl), atol=1e-5)
+

@@ -134,7 +134,7 @@ def _prepare(item: tuple[Any, bool, int, float]) -> dict[str, Any] | str:
             structure = Structure.from_str(payload, fmt="cif")
         else:
             structure = as_structure(payload)
-        arrays = structures_to_arrays([structure], canonicalize=True)
+        arrays = structures_to_arrays([structure], canonicalize=True, max_resolution=max_resolution)
         n_sites = int((arrays["numbers"][0] > 0).sum())
         if n_sites > max_sites:
             return f"more than {max_sites} sites"

@@ -7,6 +7,7 @@ Layout and scaling are documented in :mod:`.grid`; the canonical cell in :mod:`.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -73,15 +74,127 @@ def check_cell(
         raise DegenerateLatticeError(
             f"volume per site {volume / n_atoms:.3f} A^3 is below {min_volume_per_atom} A^3: atoms overlap"
         )
-    # interplanar spacing of the (100), (010), (001) planes over n gives the grid spacing along each axis
-    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1) / n
-    if spacing.max() > max_resolution:
-        raise DegenerateLatticeError(
-            f"cell too large for a {n}^3 grid: spacing {spacing.max():.3f} A exceeds {max_resolution} A "
-            f"(lattice lengths {np.round(np.linalg.norm(lattice, axis=1), 3).tolist()} A alias)"
-        )
+    check_resolution(lattice, n, max_resolution)
     if min_distance > 0:
         check_overlap(lattice, frac, min_distance, numbers=numbers, occupancy=occupancy, site_index=site_index)
+
+
+def grid_spacing(lattice: np.ndarray, n: int = G.GRID_SIZE) -> float:
+    """Largest real-space grid spacing (Angstrom) of a cell on an n^3 grid: the interplanar spacing of the (100),
+    (010), (001) planes over n."""
+    return float((1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1) / n).max())
+
+
+def check_resolution(lattice: np.ndarray, n: int = G.GRID_SIZE, max_resolution: float = 1.6) -> None:
+    """Raise ``DegenerateLatticeError`` if the grid spacing of ``lattice`` exceeds ``max_resolution`` (it aliases).
+
+    Raises
+    ------
+    DegenerateLatticeError
+        The message gives the spacing and the lattice lengths.
+    """
+    spacing = grid_spacing(lattice, n)
+    if spacing > max_resolution:
+        raise DegenerateLatticeError(
+            f"cell too large for a {n}^3 grid: spacing {spacing:.3f} A exceeds {max_resolution} A "
+            f"(lattice lengths {np.round(np.linalg.norm(lattice, axis=1), 3).tolist()} A alias)"
+        )
+
+
+def check_primitive_fits(
+    arrays: dict[str, np.ndarray], n: int = G.GRID_SIZE, max_sites: int = 256, max_resolution: float = 1.6,
+    symprec: float = 0.05,
+) -> None:
+    """Refuse, before the primitive-cell search, a structure whose primitive cell cannot fit the grid.
+
+    pymatgen's primitive-cell search takes minutes for a thousand sites; spglib's count of the cell's lattice
+    points (pure translations, at a tolerance looser than the canonical cell's 0.02 A so that it never counts
+    fewer) bounds the primitive cell's size in well under a second: ``sites / points`` entries, and, when the cell
+    is already primitive, the grid spacing of its reduced lattice (refused here when it exceeds ``max_resolution``
+    by more than 25 %, the exact check follows the search). A cell that fits as given is not searched at all.
+
+    Parameters
+    ----------
+    arrays : dict
+        Output of :func:`~gpsk_materials.representations.canonical.structure_to_arrays` of the input.
+    n, max_sites, max_resolution
+        As in :func:`check_cell`.
+    symprec : float
+        spglib tolerance (Angstrom) of the translation search.
+
+    Raises
+    ------
+    ResolutionError
+        The primitive cell holds more than ``max_sites`` entries.
+    DegenerateLatticeError
+        The cell is primitive and its reduced lattice too large for the grid.
+    """
+    lattice, n_entries = arrays["lattice"], len(arrays["numbers"])
+    if n_entries <= max_sites and grid_spacing(lattice, n) <= max_resolution:
+        return
+    import spglib
+
+    site_index = arrays["site_index"]
+    sites, first = np.unique(site_index, return_index=True)
+    # one spglib type per distinct site content (species and occupancies), so a disordered site keeps its identity
+    content = [tuple(zip(arrays["numbers"][site_index == i], np.round(arrays["occupancy"][site_index == i], 4)))
+               for i in sites]
+    kinds = {c: k for k, c in enumerate(dict.fromkeys(content))}
+    types = np.array([kinds[c] + 1 for c in content], dtype=np.intc)
+    try:
+        sym = spglib.get_symmetry((lattice, arrays["frac_coords"][first] % 1.0, types), symprec=symprec)
+    except Exception:  # noqa: BLE001 - no bound from spglib: the primitive-cell search decides
+        sym = None
+    points = 1
+    if sym is not None:
+        points = int(sum(np.array_equal(r, np.eye(3, dtype=int)) for r in sym["rotations"])) or 1
+    if n_entries / points > max_sites:
+        raise ResolutionError(
+            f"{n_entries} sites; the primitive cell holds {n_entries // points}, more than the {max_sites} that the "
+            f"{n}^3 grid is configured to resolve (refused before the primitive-cell search)"
+        )
+    if points == 1:
+        from pymatgen.core import Lattice
+
+        # the canonical cell is the Niggli reduction of this lattice (seconds for a huge cell); the LLL reduction
+        # (microseconds) is close to it, and a margin keeps borderline cells for the exact check after the search
+        reduced = Lattice(lattice).get_lll_reduced_lattice().matrix
+        if grid_spacing(reduced, n) > 1.25 * max_resolution:
+            check_resolution(reduced, n, max_resolution)
+
+
+def _close_pairs(lattice: np.ndarray, frac: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """(centers, neighbours, images, distances) of entry pairs closer than ``r``, periodic images included."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    cart = np.ascontiguousarray((frac % 1.0) @ lattice)
+    # the cell list of find_points_in_spheres has one box per (max(r, 1 A))^3 of the points' extent: a sparse
+    # cell of 10^6 A would ask for 10^18 boxes, so large extents take the minimum-image distances instead
+    boxes = np.prod(np.ceil((np.ptp(cart, axis=0) + 2 * r) / max(r, 1.0)))
+    if boxes <= 1e6:
+        centers, neighbors, images, dist = find_points_in_spheres(
+            cart, cart, r=float(r), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=1e-8
+        )
+        return np.asarray(centers, dtype=int), np.asarray(neighbors, dtype=int), np.asarray(images), np.asarray(dist)
+    from pymatgen.core import Lattice
+
+    lat = Lattice(lattice)
+    out: list[list] = [[], [], [], []]
+    for start in range(0, len(frac), 256):
+        d = lat.get_all_distances(frac[start : start + 256], frac)
+        ii, jj = np.nonzero(d < r)
+        keep = ii + start != jj
+        out[0].append(ii[keep] + start), out[1].append(jj[keep]), out[3].append(d[ii[keep], jj[keep]])
+        out[2].append(np.zeros((int(keep.sum()), 3)))
+    # shortest lattice vector among the small combinations of the LLL basis (a Niggli reduction of a huge cell
+    # takes seconds)
+    basis = lat.get_lll_reduced_lattice().matrix
+    combos = np.array([c for c in itertools.product((-1, 0, 1), repeat=3) if any(c)])
+    shortest = float(np.linalg.norm(combos @ basis, axis=1).min())
+    if shortest < r:  # each site meets its own image along the shortest lattice vector
+        out[0].append(np.array([0])), out[1].append(np.array([0])), out[3].append(np.array([shortest]))
+        out[2].append(np.array([[1, 0, 0]]))
+    return tuple(np.concatenate(x) for x in out)
 
 
 def check_overlap(
@@ -110,19 +223,13 @@ def check_overlap(
     ResolutionError
         Names the closest offending pair and its distance, e.g. ``sites 0 (Al) and 4 (Al) are 0.0000 A apart``.
     """
-    from pymatgen.optimization.neighbors import find_points_in_spheres
-
     frac = np.asarray(frac, dtype=float)
     lattice = np.ascontiguousarray(lattice, dtype=float)
     n_entries = len(frac)
     site = np.arange(n_entries) if site_index is None else np.asarray(site_index)
     occ = np.ones(n_entries) if occupancy is None else np.asarray(occupancy, dtype=float)
-    cart = np.ascontiguousarray((frac % 1.0) @ lattice)
-    centers, neighbors, images, dist = find_points_in_spheres(
-        cart, cart, r=float(min_distance), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=1e-8
-    )
-    centers, neighbors = np.asarray(centers, dtype=int), np.asarray(neighbors, dtype=int)
-    home = np.all(np.asarray(images) == 0, axis=1)
+    centers, neighbors, images, dist = _close_pairs(lattice, frac, float(min_distance))
+    home = np.all(images == 0, axis=1)
     # species of one site at its own position; entries sharing a position by partial occupancy (sum <= 1)
     allowed = (home & (site[centers] == site[neighbors])) | (
         (site[centers] != site[neighbors]) & (occ[centers] + occ[neighbors] <= 1 + 1e-6)
@@ -141,7 +248,7 @@ def check_overlap(
         return f"{site[e]} ({Element.from_Z(int(numbers[e])).symbol})"
 
     if site[i] == site[j]:
-        what = f"site {name(i)} and its own periodic image {tuple(int(x) for x in images[k])} are"
+        what = f"site {name(i)} and its own periodic image are"
     else:
         what = f"sites {name(i)} and {name(j)} are"
     raise ResolutionError(
@@ -165,9 +272,11 @@ def validated_arrays(
     """
     arrays = structure_to_arrays(structure, allow_disorder=allow_disorder)
     if canonicalize:
-        # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError
+        # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError, and what
+        # cannot fit is refused before that search (minutes for a thousand sites)
         check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites=len(arrays["numbers"]),
                    max_resolution=np.inf, min_distance=min_distance, **_site_arrays(arrays))
+        check_primitive_fits(arrays, n, max_sites, max_resolution)
         arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=allow_disorder)
     check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution,
                min_distance=min_distance, **_site_arrays(arrays))
@@ -320,9 +429,13 @@ def shift_origin(grid, shift):
 
 def structures_to_arrays(
     structures: Iterable[Any], max_sites: int | None = None, canonicalize: bool = True, allow_disorder: bool = True,
+    max_resolution: float = np.inf,
 ) -> dict[str, np.ndarray]:
     """Padded arrays of many structures for :func:`featurize_batch`: ``lattice`` (B, 3, 3), ``frac_coords``
     (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N).
+
+    ``max_resolution`` (Angstrom, default no bound) refuses cells too large for the grid; give it for any cell that
+    may be huge, as the primitive-cell search of a sparse 10^6 A cell exhausts memory.
 
     Raises
     ------
@@ -330,9 +443,12 @@ def structures_to_arrays(
         A structure fails an input check of :func:`validated_arrays` (overlapping sites: ``ResolutionError``).
     ResolutionError
         A structure has more than ``max_sites`` entries.
+    DegenerateLatticeError
+        A cell too large for ``max_resolution``.
     """
-    # every input check but the grid's bounds (sites, resolution), which the callers apply to the padded arrays
-    items = [validated_arrays(s, canonicalize, allow_disorder, max_sites=np.iinfo(np.int64).max, max_resolution=np.inf)
+    # every input check of the featurizers; the site bound applies to the padded width below
+    bound = np.iinfo(np.int64).max if max_sites is None else max_sites
+    items = [validated_arrays(s, canonicalize, allow_disorder, max_sites=bound, max_resolution=max_resolution)
              for s in structures]
     width = max([len(it["numbers"]) for it in items] + [1])
     if max_sites is not None:
