@@ -245,3 +245,62 @@ def test_a_supercell_of_a_small_crystal_still_fits():
     grid = ReciprocalGridFeaturizer(max_sites=8).featurize(nacl * (2, 2, 2))
     np.testing.assert_allclose(grid, ReciprocalGridFeaturizer().featurize(nacl), atol=1e-5)
 
+
+# --- case 2: disordered and unusual sites in the validity check ----------------------------------------------------
+
+def _cuau() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.9), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]])
+
+
+def test_validity_of_a_disordered_alloy_is_judged_by_its_integer_ratio():
+    from gpsk_materials.checks.validity import ValidityCheck
+
+    res = ValidityCheck().check(_cuau())
+    assert res.valid and res.strict_valid and res.reasons == []
+    # disordered Li0.5CoO2 -> LiCo2O4 needs mixed-valence Co: invalid, and the reason says how it was judged
+    lco = Structure(Lattice.hexagonal(2.8, 14), [{"Li": 0.5}, "Co", "O", "O"],
+                    [[0, 0, 0], [0, 0, 0.5], [1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+    res = ValidityCheck().check(lco)
+    assert not res.compositional_valid
+    assert any("disordered; judged as its integer ratio Li(CoO2)2" in r for r in res.reasons)
+
+
+def test_validity_with_an_element_smact_does_not_know_is_unknown_with_reason():
+    from gpsk_materials.checks.validity import ValidityCheck, smact_validity
+    from gpsk_materials.errors import UnknownElementError
+
+    nh = Structure(Lattice.cubic(4), ["Nh", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    res = ValidityCheck().check(nh)
+    assert res.structural_valid and not res.compositional_valid and not res.valid
+    assert res.reasons == ["SMACT: compositional validity unknown: SMACT has no oxidation states or "
+                           "electronegativity for Nh"]
+    with pytest.raises(UnknownElementError, match="SMACT has no .* for Nh"):
+        smact_validity("NhCl")
+
+
+def test_validity_of_a_dummy_species_raises_unknown_element_error():
+    from pymatgen.core import DummySpecies
+
+    from gpsk_materials.checks.symmetry import SymmetryCheck
+    from gpsk_materials.checks.validity import ValidityCheck
+    from gpsk_materials.errors import UnknownElementError
+
+    s = Structure(Lattice.cubic(4), [DummySpecies("X"), "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for check in (ValidityCheck(), SymmetryCheck()):
+        with pytest.raises(UnknownElementError, match="site 0 holds X0\\+, which is not a chemical element"):
+            check.check(s)
+
+
+def test_gpsk_check_no_energy_reports_disordered_and_unknown_elements(tmp_path, capsys):
+    import json
+
+    from gpsk_materials.cli import main
+
+    _cuau().to(filename=str(tmp_path / "cuau.cif"))
+    Structure(Lattice.cubic(4), ["Nh", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(tmp_path / "nh.cif"))
+    out = tmp_path / "r.json"
+    assert main(["check", str(tmp_path / "cuau.cif"), str(tmp_path / "nh.cif"), "--no-energy", "--json", str(out)]) == 0
+    records = {r["formula"]: r for r in json.loads(out.read_text())}
+    assert records["CuAu"]["valid"] is True and records["CuAu"]["space_group"] == 225
+    assert records["ClNh"]["valid"] is False
+    assert "compositional validity unknown" in records["ClNh"]["validity_reasons"][0]
