@@ -304,3 +304,93 @@ def test_gpsk_check_no_energy_reports_disordered_and_unknown_elements(tmp_path, 
     assert records["CuAu"]["valid"] is True and records["CuAu"]["space_group"] == 225
     assert records["ClNh"]["valid"] is False
     assert "compositional validity unknown" in records["ClNh"]["validity_reasons"][0]
+
+
+# --- case 4: one bad item never sinks a batch ------------------------------------------------------------------------
+
+def _nacl() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_decode_many_with_an_unparseable_composition_loses_only_that_grid():
+    from gpsk_materials.errors import UnknownElementError
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    g = ReciprocalGridFeaturizer().featurize(_nacl())
+    dec = ReciprocalGridDecoder(batch_size=2)
+    grids = np.stack([g] * 5)
+    out = dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"], errors="none")
+    assert [s is None for s in out] == [False, False, False, True, False]
+    assert dec.last_errors[3] == "grid 3: composition 'Xx2O' holds Xx, outside the supported Z = 1..98"
+    assert all(s.composition.reduced_formula == "NaCl" for s in out if s is not None)
+    with pytest.raises(UnknownElementError, match="grid 3: .*Xx2O"):  # fail fast keeps the error's own type
+        dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"])
+
+
+def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch):
+    import torch
+
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    g = ReciprocalGridFeaturizer().featurize(_nacl())
+    # the solver "fails" on any chunk holding the grid of NaCl at a = 6.2 A (recognised by its metric)
+    bad = ReciprocalGridFeaturizer().featurize(
+        Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+    dec = ReciprocalGridDecoder(batch_size=4)
+    peel = dec._peel
+
+    def failing_peel(eng, F, gstar, *args):
+        lengths = np.linalg.inv(gstar.double().cpu().numpy())[:, 0, 0] ** 0.5  # |a| of each (primitive) cell
+        if (lengths > 0.5 * 6.0 * 2 ** 0.5).any():
+            raise torch.linalg.LinAlgError("linalg.solve: The solver failed because the input matrix is singular.")
+        return peel(eng, F, gstar, *args)
+
+    monkeypatch.setattr(dec, "_peel", failing_peel)
+    out = dec.decode_many(np.stack([g, bad, g]), ["NaCl"] * 3, errors="none")
+    assert out[0] is not None and out[2] is not None and out[1] is None
+    assert dec.last_errors[1].startswith("grid 1: the solver failed numerically")
+
+
+def test_gpsk_check_reports_each_bad_file_and_checks_the_rest(tmp_path, capsys):
+    import json
+
+    from pymatgen.core import DummySpecies
+
+    from gpsk_materials.cli import main
+
+    _nacl().to(filename=str(tmp_path / "good.cif"))
+    (tmp_path / "junk.cif").write_text("not a cif")
+    Structure(Lattice.cubic(4), [DummySpecies("X"), "Cl"], [[0, 0, 0], [0.5] * 3]).to(filename=str(tmp_path / "x.cif"))
+    files = [str(tmp_path / n) for n in ("good.cif", "junk.cif", "x.cif")]
+    assert main(["check", *files, "--no-energy", "--json", str(tmp_path / "r.json")]) == 1
+    captured = capsys.readouterr()
+    assert "Fm-3m" in captured.out and "error" in captured.out  # the table, with an error column
+    assert f"{tmp_path / 'junk.cif'}: DataError" in captured.err
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [r["file"].rsplit("/", 1)[-1] for r in records] == ["good.cif", "junk.cif", "x.cif"]
+    assert records[0]["valid"] is True and "error" not in records[0]
+    assert "cannot read a structure" in records[1]["error"] or "not a chemical element" in records[2]["error"]
+    # fail fast: the first bad file stops the run, named
+    assert main(["check", *files, "--no-energy", "--fail-fast"]) == 1
+    assert "junk.cif" in capsys.readouterr().err
+
+
+def test_gpsk_evaluate_skips_an_unreadable_cif_and_reports_the_rest(tmp_path, capsys):
+    import json
+
+    from gpsk_materials.cli import main
+
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    _nacl().to(filename=str(folder / "a.cif"))
+    Structure.from_spacegroup("Pm-3m", Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5] * 3]).to(
+        filename=str(folder / "b.cif"))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 4\nloop_\n_atom_site_label\nNa1\n")
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    assert "skipped broken" in capsys.readouterr().err
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert data["summary"]["n_structures"] == 2 and data["summary"]["n_skipped"] == 1
+    assert data["skipped"][0]["id"] == "broken" and "DataError" in data["skipped"][0]["error"]
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep2"), "--quiet", "--fail-fast"]) == 1
+    assert "broken.cif" in capsys.readouterr().err
+

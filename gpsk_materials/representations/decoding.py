@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials import provenance
-from gpsk_materials.errors import ConditioningError, ConfigError, DecodingError, GridError, UnknownElementError
+from gpsk_materials.errors import (
+    ConditioningError,
+    ConfigError,
+    DecodingError,
+    GPSKError,
+    GridError,
+    UnknownElementError,
+)
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
@@ -88,9 +96,9 @@ def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tup
 
 def _better(a, b):
     """Of two decodings of one grid, the structure with the lower residual (a structure beats an error)."""
-    if isinstance(a, DecodingError):
-        return b if not isinstance(b, DecodingError) else a
-    if isinstance(b, DecodingError):
+    if isinstance(a, GPSKError):
+        return b if not isinstance(b, GPSKError) else a
+    if isinstance(b, GPSKError):
         return a
     return b if _residual(b) < _residual(a) else a
 
@@ -190,8 +198,17 @@ class ReciprocalGridDecoder(MSONable):
         exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
         count (a generated grid's overall scale is a nuisance, as in refinement), and the better fit is kept
         (``properties["gpsk"]["decode"]["scale"]`` says which).
-        ``errors="raise"`` raises the first :class:`DecodingError`; ``"none"`` puts None in its place and
-        records the reason in :attr:`last_errors`.
+        ``errors="raise"`` raises the first error (fail fast): a :class:`DecodingError`, or the project error of an
+        unreadable composition (``UnknownElementError``); ``"none"`` puts None in its place and records the
+        reason, ``"grid <index in the batch>: ..."``, in :attr:`last_errors`: one bad grid or composition, or a
+        numerical failure of the solver on one grid, never loses the rest of the batch.
+
+        Raises
+        ------
+        GridError
+            Grids of the wrong shape or dtype, or as many compositions as grids not given (whatever ``errors``).
+        DecodingError, UnknownElementError
+            With ``errors="raise"``, the first grid that does not decode, or whose composition cannot be read.
         """
         from tqdm.auto import tqdm
 
@@ -208,13 +225,15 @@ class ReciprocalGridDecoder(MSONable):
         self.last_errors: list = []
         for start in tqdm(range(0, B, self.batch_size), disable=not progress, desc="decode", unit="batch"):
             sl = slice(start, start + self.batch_size)
-            out = self._decode_chunk(grids[sl], compositions[sl], exact_counts)
+            out = self._safe_chunk(grids[sl], compositions[sl], exact_counts)
             if exact_counts:
                 # also try the grid brought to the cell's electron count; keep whichever fits better
-                scaled = self._decode_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
+                scaled = self._safe_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
                 out = [_better(a, b) for a, b in zip(out, scaled)]
-            for item in out:
-                if isinstance(item, DecodingError):
+            for j, item in enumerate(out):
+                if isinstance(item, GPSKError):
+                    # chunk-local grid numbers -> the grid's index in the batch
+                    item = type(item)(re.sub(r"^grid \d+", f"grid {start + j}", str(item)))
                     if errors == "raise":
                         raise item
                     results.append(None)
@@ -223,6 +242,25 @@ class ReciprocalGridDecoder(MSONable):
                     results.append(item)
                     self.last_errors.append(None)
         return results
+
+    def _safe_chunk(self, grids, compositions, exact_counts: bool, rescale: bool = False) -> list:
+        """:meth:`_decode_chunk`, where a numerical failure of the batched solver (torch's ``LinAlgError``: a
+        singular solve, an eigendecomposition that does not converge) fails only the grids that cause it: the chunk
+        is decoded again one grid at a time."""
+        import torch
+
+        try:
+            return self._decode_chunk(grids, compositions, exact_counts, rescale=rescale)
+        except torch.linalg.LinAlgError as exc:
+            if len(grids) == 1:
+                return [DecodingError(f"grid 0: the solver failed numerically ({str(exc).splitlines()[0]}); the "
+                                      "metric or structure factor is degenerate")]
+            out: list = []
+            for i in range(len(grids)):
+                item = self._safe_chunk(grids[i : i + 1], compositions[i : i + 1], exact_counts, rescale)[0]
+                out.append(type(item)(re.sub(r"^grid \d+", f"grid {i}", str(item))) if isinstance(item, GPSKError)
+                           else item)
+            return out
 
     def fit_lattice(self, grid):
         """Lattice (pymatgen ``Lattice``) from the metric channel of one grid by linear least squares."""
@@ -311,8 +349,8 @@ class ReciprocalGridDecoder(MSONable):
                 if sum(cnt.values()) > self.max_sites:
                     raise DecodingError(f"F(000) = {f000[i]:.1f} e asks for {units} formula units, "
                                         f"{sum(cnt.values())} sites > max_sites={self.max_sites}")
-            except DecodingError as exc:
-                fail[i] = DecodingError(f"grid {i}: {exc}")
+            except GPSKError as exc:  # an unreadable composition fails its grid alone, with its own error type
+                fail[i] = type(exc)(f"grid {i}: {exc}")
                 pal.append([1]), counts.append([0]), known.append(True)
                 continue
             pal.append(list(cnt)), counts.append(list(cnt.values())), known.append(True)

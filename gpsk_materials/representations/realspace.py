@@ -15,7 +15,7 @@ from monty.json import MSONable
 
 from gpsk_materials import provenance
 from gpsk_materials.defaults import MIN_SITE_DISTANCE
-from gpsk_materials.errors import ConfigError, DecodingError, GridError
+from gpsk_materials.errors import ConfigError, DecodingError, GPSKError, GridError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
 from gpsk_materials.representations.reciprocal import validated_arrays
@@ -244,19 +244,20 @@ class RealSpacePeakDecoder(MSONable):
 
     def decode_many(self, grids, lattices: Sequence[Any], compositions: Sequence[Any], errors: str = "raise") -> list:
         """Decode a batch (B, 1, n, n, n) with one lattice and composition per grid; ``errors="none"`` puts None
-        in place of a failure and records the reason in :attr:`last_errors`."""
+        in place of a failure (any project error of that item) and records ``"grid <i>: <error>"`` in
+        :attr:`last_errors`; ``"raise"`` raises the first."""
         if errors not in ("raise", "none"):
             raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
         if not (len(grids) == len(lattices) == len(compositions)):
             raise GridError(f"{len(grids)} grids, {len(lattices)} lattices and {len(compositions)} compositions")
         out, self.last_errors = [], []
-        for grid, lat, comp in zip(grids, lattices, compositions):
+        for i, (grid, lat, comp) in enumerate(zip(grids, lattices, compositions)):
             try:
                 out.append(self.decode(grid, lat, comp))
                 self.last_errors.append(None)
-            except DecodingError as exc:
+            except GPSKError as exc:  # a bad grid, lattice or composition fails its item alone
                 if errors == "raise":
                     raise
                 out.append(None)
-                self.last_errors.append(str(exc))
+                self.last_errors.append(f"grid {i}: {type(exc).__name__}: {exc}")
         return out
