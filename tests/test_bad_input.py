@@ -394,3 +394,80 @@ def test_gpsk_evaluate_skips_an_unreadable_cif_and_reports_the_rest(tmp_path, ca
     assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep2"), "--quiet", "--fail-fast"]) == 1
     assert "broken.cif" in capsys.readouterr().err
 
+
+# --- case 12: resume falls back to the older kept checkpoint when the newest is corrupt ---------------------------
+
+@pytest.fixture(scope="module")
+def toy_cache():
+    from test_datasets import toy_structures  # noqa: E402  (tests/ is on sys.path)
+
+    from gpsk_materials.datasets import cache_from_structures
+
+    structures, labels = toy_structures()
+    return cache_from_structures(structures, labels, [f"toy-{i}" for i in range(len(structures))], progress=False)
+
+
+def _tiny_cfg(**kw):
+    from gpsk_materials.training import TrainConfig
+
+    base = dict(model="tiny", vae_steps=6, flow_steps=2, batch_size=4, vae_lr=2e-3, flow_lr=1e-3, warmup_steps=2,
+                log_every=1, eval_every=100, ckpt_every=2, val_fraction=0.2, val_size=4, ema_decay=0.9,
+                keep_checkpoints=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run_chunks(cache, out, cfg, n: int) -> None:
+    from gpsk_materials.training import Trainer
+
+    for k in range(n):  # max_minutes=0: each chunk does one step, checkpoints and stops
+        assert Trainer(cache, out, cfg, max_minutes=0, progress=False).run(resume=k > 0) == "time_limit"
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_corrupt(toy_cache, tmp_path, damage):
+    import json
+    import shutil
+
+    from gpsk_materials.training import Trainer
+    from gpsk_materials.training.checkpoint import latest_checkpoint
+
+    cfg = _tiny_cfg()
+    _run_chunks(toy_cache, tmp_path, cfg, 3)  # checkpoints after steps 1, 2, 3; the newest two kept
+    newest = latest_checkpoint(tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert len(kept) == 2 and newest.name == kept[-1]
+    older_step = json.loads((tmp_path / "checkpoints" / kept[0] / "state.json").read_text())["step"]
+    if damage == "flip":
+        shard = newest / "optimizer-00001.safetensors"
+        blob = bytearray(shard.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        shard.write_bytes(bytes(blob))
+    else:
+        shutil.rmtree(newest)
+    resumed = Trainer(toy_cache, tmp_path, cfg, progress=False)
+    with pytest.warns(RuntimeWarning, match=f"resuming from the older checkpoint {kept[0]}"):
+        state = resumed.resume()
+    assert state["step"] == older_step and resumed.step == older_step
+    assert not newest.exists()  # moved aside, so it is neither resumed nor kept in place of a good one
+    assert latest_checkpoint(tmp_path).name == kept[0]  # and latest.json points at the one resumed
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Trainer(toy_cache, tmp_path, cfg, progress=False).run(resume=True) == "done"
+    assert not [w for w in caught if "older checkpoint" in str(w.message)]  # no second fallback
+
+
+def test_resume_with_no_readable_checkpoint_names_each_reason(toy_cache, tmp_path):
+    from gpsk_materials.errors import CheckpointError
+    from gpsk_materials.training import Trainer
+
+    cfg = _tiny_cfg()
+    _run_chunks(toy_cache, tmp_path, cfg, 3)
+    for folder in (tmp_path / "checkpoints").iterdir():
+        shard = folder / "model-00001.safetensors"
+        shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="no readable checkpoint .*truncated.*truncated"):
+        Trainer(toy_cache, tmp_path, cfg, progress=False).run(resume=True)
+

@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,13 @@ from gpsk_materials.models.io import (
     read_json,
     save_model_folder,
     save_tensors,
+    write_json_atomic,
 )
 from gpsk_materials.models.mmdit import MMDiT
 from gpsk_materials.models.vae import GridVAE
 from gpsk_materials.training import distributed as D
 from gpsk_materials.training.checkpoint import (
+    checkpoint_candidates,
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
@@ -298,11 +301,33 @@ class Trainer:
         D.barrier(self.info)
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the latest checkpoint's position; return its full state (tensors under ``"_sets"``) or None."""
-        folder = latest_checkpoint(self.out)
-        if folder is None:
+        """Load the newest readable checkpoint's position; return its full state (tensors under ``"_sets"``) or None.
+
+        A checkpoint that cannot be read (missing, truncated, a shard whose hash does not match) is passed over,
+        with a ``RuntimeWarning``, for the next older kept one (``keep_checkpoints``); once one is read, the main
+        rank moves the unreadable ones aside to ``checkpoints/.unreadable-<name>`` (so that they are neither resumed
+        nor kept in place of a good one) and points ``latest.json`` at the one resumed.
+
+        Raises
+        ------
+        CheckpointError
+            No kept checkpoint can be read (the message gives each one's reason), or the readable one belongs to
+            another model config, other training options, other data or another number of ranks.
+        """
+        candidates = checkpoint_candidates(self.out)
+        if not candidates:
             return None
-        state, sets = load_checkpoint(folder, device="cpu")
+        reasons = []
+        for folder in candidates:
+            try:
+                if not folder.is_dir():
+                    raise CheckpointError(f"{folder} does not exist")
+                state, sets = load_checkpoint(folder, device="cpu")
+                break
+            except CheckpointError as exc:
+                reasons.append(f"{folder.name}: {exc}")
+        else:  # nothing is moved: the user decides what to do with the folders
+            raise CheckpointError(f"no readable checkpoint in {self.out}: " + "; ".join(reasons))
         if state["model_config"] != json.loads(self.model_config.to_json()):
             raise CheckpointError(
                 f"{folder} was written for model config {state['model_config'].get('name')!r}, "
@@ -317,12 +342,29 @@ class Trainer:
             raise CheckpointError(f"cannot resume {folder}: the training data differ from the checkpoint's")
         if state["world_size"] != self.info.world_size:
             raise CheckpointError(f"{folder} was written by {state['world_size']} ranks, not {self.info.world_size}")
+        if reasons:
+            for unreadable in candidates[: len(reasons)]:
+                self._set_aside(unreadable)
+            warnings.warn(f"resuming from the older checkpoint {folder.name}: the newer one could not be read "
+                          f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=2)
+            if self.info.is_main:
+                write_json_atomic(self.out / "latest.json", {"checkpoint": f"checkpoints/{folder.name}"})
         self.stage, self.step = state["stage"], state["step"]
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.gen.set_state(sets["rng"][f"rank{self.info.rank}"])
         self.log.truncate_after(list(STAGES), self.stage, self.step)
         state["_sets"] = sets
         return state
+
+    def _set_aside(self, folder: Path) -> None:
+        """Move an unreadable checkpoint folder out of the kept ones (main rank; others find it gone)."""
+        if not self.info.is_main or not folder.is_dir() or folder.parent.name != "checkpoints":
+            return
+        try:
+            os.replace(folder, folder.parent / f".unreadable-{folder.name}")
+        except OSError as exc:
+            warnings.warn(f"could not move the unreadable checkpoint {folder} aside: {exc}", RuntimeWarning,
+                          stacklevel=3)
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> str:
