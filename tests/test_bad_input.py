@@ -471,3 +471,29 @@ def test_resume_with_no_readable_checkpoint_names_each_reason(toy_cache, tmp_pat
     with pytest.raises(CheckpointError, match="no readable checkpoint .*truncated.*truncated"):
         Trainer(toy_cache, tmp_path, cfg, progress=False).run(resume=True)
 
+
+# --- case 11: small output gaps -----------------------------------------------------------------------------------
+
+def test_gpsk_check_space_group_prints_a_match_column(tmp_path, capsys):
+    from gpsk_materials.cli import main
+
+    _nacl().to(filename=str(tmp_path / "a.cif"))
+    assert main(["check", str(tmp_path / "a.cif"), "--no-energy", "--space-group", "221"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "SG match" in header and row.split()[header.split().index("SG") + 2] == "no"  # file formula SG symbol match
+    assert main(["check", str(tmp_path / "a.cif"), "--no-energy", "--space-group", "225"]) == 0
+    assert " yes " in capsys.readouterr().out.splitlines()[1] + " "
+
+
+def test_generator_to_a_missing_cuda_device_is_a_config_error(generator, monkeypatch):
+    import torch
+
+    from gpsk_materials.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        generator.to("cuda")
+    with pytest.raises(ConfigError, match="not a torch device: 'gpu0'"):
+        generator.to("gpu0")
+    assert generator.to("cpu").device.type == "cpu"
+

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--symprec", type=float, default=0.1, help="spglib distance tolerance, A")
     p.add_argument("--json", type=Path, default=None, help="write the full results to this JSON file")
     p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first file or structure that fails (default: report it in its row, check the rest)")
+                   help="stop at the first file or structure that fails (default: report it in its row, check the "
+                        "rest)")
     p.set_defaults(func=run)
 
 
@@ -195,6 +196,8 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("e_above_hull", "E_hull"))
     if any("volume_scale_factor" in r for r in records):
         cols.append(("volume_scale_factor", "a_new/a_old"))
+    if any(r.get("space_group_match") is not None for r in records):
+        cols.append(("space_group_match", "SG match"))
     cols += [("structural_valid", "struct"), ("compositional_valid", "SMACT"), ("strict_valid", "strict")]
     if any("error" in r for r in records):
         cols.append(("error", "error"))

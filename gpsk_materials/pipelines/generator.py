@@ -195,8 +195,9 @@ class CrystalGenerator(MSONable):
         """Load a model folder (as written by :func:`~gpsk_materials.models.io.save_model_folder`); None loads the
         model shipped in the package. Keyword arguments go to the constructor (``max_sites`` overrides the
         folder's own value)."""
-        from gpsk_materials.models.io import load_model_folder, read_json
+        from gpsk_materials.models.io import load_model_folder, read_json, torch_device
 
+        device = torch_device(device)
         if path is None:
             folder = default_model_dir()
             if not (folder / "config.json").is_file():
@@ -221,8 +222,16 @@ class CrystalGenerator(MSONable):
         return self.model.device
 
     def to(self, device: str | torch.device) -> CrystalGenerator:
-        """Move the model, the decoder and a loaded potential to ``device``; returns self."""
-        device = torch.device(device)
+        """Move the model, the decoder and a loaded potential to ``device``; returns self.
+
+        Raises
+        ------
+        ConfigError
+            ``device`` is not a device torch knows, or a CUDA device on a machine or torch build without CUDA.
+        """
+        from gpsk_materials.models.io import torch_device
+
+        device = torch_device(device)
         self.model.vae.to(device)
         self.model.mmdit.to(device)
         self.decoder.to(str(device))
