@@ -497,3 +497,20 @@ def test_generator_to_a_missing_cuda_device_is_a_config_error(generator, monkeyp
         generator.to("gpu0")
     assert generator.to("cpu").device.type == "cpu"
 
+
+# --- case 5: no silent skips ---------------------------------------------------------------------------------------
+
+def test_gpsk_evaluate_refuses_train_csv_with_csp_targets(tmp_path, capsys):
+    import json
+
+    from gpsk_materials.cli import main
+
+    (tmp_path / "gen.json").write_text(json.dumps({"A__0": _nacl().as_dict()}))
+    (tmp_path / "t.json").write_text(json.dumps({"A": _nacl().as_dict()}))
+    (tmp_path / "train.csv").write_text("material_id,cif\nm1,\"" + _nacl().to(fmt="cif").replace('"', "'") + "\"\n")
+    code = main(["evaluate", str(tmp_path / "gen.json"), "--csp-targets", str(tmp_path / "t.json"),
+                 "--train-csv", str(tmp_path / "train.csv"), "--out", str(tmp_path / "rep"), "--quiet"])
+    assert code == 1
+    assert "uniqueness and novelty are not computed for crystal structure prediction" in capsys.readouterr().err
+    assert not (tmp_path / "rep" / "report.json").exists()
+

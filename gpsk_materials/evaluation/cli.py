@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
-from gpsk_materials.errors import DataError
+from gpsk_materials.errors import ConfigError, DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,8 +67,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gpsk evaluate``."""
-    from gpsk_materials.evaluation.evaluate import EvaluationOptions, evaluate, format_table, write_report
+    from gpsk_materials.evaluation.evaluate import (
+        CSP_WITH_TRAIN,
+        EvaluationOptions,
+        evaluate,
+        format_table,
+        write_report,
+    )
     from gpsk_materials.evaluation.io import ReferenceSet, read_structures
+
+    if args.csp_targets is not None and args.train_csv is not None:
+        raise ConfigError(CSP_WITH_TRAIN)  # before minutes of reading the training set
 
     if args.stability and args.train_csv is None:
         print("gpsk evaluate: note: no --train-csv, so S.U.N. rates are not computed", file=sys.stderr)
