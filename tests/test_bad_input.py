@@ -514,3 +514,26 @@ def test_gpsk_evaluate_refuses_train_csv_with_csp_targets(tmp_path, capsys):
     assert "uniqueness and novelty are not computed for crystal structure prediction" in capsys.readouterr().err
     assert not (tmp_path / "rep" / "report.json").exists()
 
+
+# --- case 3b: species given are species returned -----------------------------------------------------------------
+
+def test_decoding_with_oxidation_states_returns_those_species():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Species
+
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    mgo = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), [Species("Mg", 2), Species("O", -2)],
+                                    [[0, 0, 0], [0.5, 0.5, 0.5]])
+    grid = ReciprocalGridFeaturizer().featurize(mgo)
+    decoded = ReciprocalGridDecoder().decode(grid, mgo.composition)
+    assert {str(sp) for sp in decoded.composition} == {"Mg2+", "O2-"}
+    assert StructureMatcher().fit(mgo, decoded)
+    assert {str(sp) for sp in ReciprocalGridDecoder().decode(grid, "MgO").composition} == {"Mg", "O"}
+    # an element in two oxidation states cannot be assigned per site from the grid: it stays the element
+    fe3o4 = {Species("Fe", 2): 1, Species("Fe", 3): 2, Species("O", -2): 4}
+    from gpsk_materials.representations.decoding import _given_species
+
+    out = _given_species(Structure(Lattice.cubic(4), ["Fe", "O"], [[0, 0, 0], [0.5] * 3]), fe3o4)
+    assert {str(sp) for sp in out.composition} == {"Fe", "O2-"}
+

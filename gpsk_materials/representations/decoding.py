@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -103,6 +104,28 @@ def _better(a, b):
     return b if _residual(b) < _residual(a) else a
 
 
+def _given_species(structure, composition):
+    """``structure`` with the species of ``composition`` where it gives them (oxidation states: a pymatgen
+    ``Composition`` or a mapping with ``Species`` keys): each element of one species in the composition becomes that
+    species. An element given in two oxidation states (Fe2+ and Fe3+ of Fe3O4) stays the element: which site holds
+    which cannot be read from the grid."""
+    from pymatgen.core import Element, Species
+
+    if not isinstance(composition, Mapping):
+        return structure
+    by_element: dict[Element, set] = {}
+    for sp in composition:
+        if isinstance(sp, Species):
+            by_element.setdefault(sp.element, set()).add(sp)
+        elif isinstance(sp, Element):
+            by_element.setdefault(sp, set()).add(sp)
+    single = {el: next(iter(sps)) for el, sps in by_element.items() if len(sps) == 1}
+    mapping = {el: sp for el, sp in single.items() if isinstance(sp, Species)}
+    if mapping:
+        structure.replace_species(mapping)
+    return structure
+
+
 def _residual(structure) -> float:
     return provenance.read(structure, "decode")["relative_residual"]
 
@@ -192,7 +215,9 @@ class ReciprocalGridDecoder(MSONable):
     ) -> list:
         """Decode a batch (B, 3, n, n, n).
 
-        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition).
+        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition). Species
+        given are species returned: an element given with one oxidation state (``Species("Fe", 3)``, as in the
+        ``composition`` of a structure with oxidation states) comes back as that species.
         ``exact_counts``: the compositions are the cell contents (as a generator conditioned on them, or crystal
         structure prediction); otherwise they are scaled to the number of formula units F(000) indicates. With
         exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
@@ -239,7 +264,7 @@ class ReciprocalGridDecoder(MSONable):
                     results.append(None)
                     self.last_errors.append(str(item))
                 else:
-                    results.append(item)
+                    results.append(_given_species(item, compositions[start + j]))
                     self.last_errors.append(None)
         return results
 
