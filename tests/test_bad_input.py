@@ -537,3 +537,45 @@ def test_decoding_with_oxidation_states_returns_those_species():
     out = _given_species(Structure(Lattice.cubic(4), ["Fe", "O"], [[0, 0, 0], [0.5] * 3]), fe3o4)
     assert {str(sp) for sp in out.composition} == {"Fe", "O2-"}
 
+
+# --- case 8: answers from outside the potential's reach are flagged, not applied --------------------------------
+
+def test_volume_scan_minimum_at_the_boundary_is_flagged_and_not_applied(matgl_model_dir):
+    from gpsk_materials.checks.potentials import load_potential
+    from gpsk_materials.checks.volume_scan import VolumeScan
+
+    potential = load_potential(str(matgl_model_dir))
+    nacl = _nacl()  # its minimum lies near 23 A^3/atom: a scan over [30, 40] ends at its lower edge
+    edge = VolumeScan(potential, v_min=30, v_max=40, n_points=5, refine=False).scan(nacl)[0]
+    assert edge.at_boundary and not edge.applied and edge.success
+    assert edge.scale_factor == 1.0 and edge.structure.lattice.a == pytest.approx(5.64)
+    assert edge.volume_per_atom == pytest.approx(30.0)  # the boundary point found is still reported
+    forced = VolumeScan(potential, v_min=30, v_max=40, n_points=5, refine=False, apply_at_boundary=True).scan(nacl)[0]
+    assert forced.applied and forced.structure.volume / len(nacl) == pytest.approx(30.0)
+    inside = VolumeScan(potential, v_min=15, v_max=35, n_points=9, refine=False).scan(nacl)[0]
+    assert not inside.at_boundary and inside.applied and inside.scale_factor != 1.0
+
+
+def test_gpsk_check_table_flags_a_boundary_scan(matgl_model_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    from gpsk_materials.checks import volume_scan as vs
+    from gpsk_materials.cli import main
+
+    original = vs.VolumeScan.__init__
+
+    def narrow(self, potential=None, **kw):  # the default range holds NaCl's minimum: narrow it for the test
+        original(self, potential, v_min=30, v_max=40, n_points=5, refine=False,
+                 apply_at_boundary=kw.get("apply_at_boundary", False))
+
+    monkeypatch.setattr(vs.VolumeScan, "__init__", narrow)
+    _nacl().to(filename=str(tmp_path / "a.cif"))
+    assert main(["check", str(tmp_path / "a.cif"), "--volume-scan", "--potential", str(matgl_model_dir),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "scan@edge" in header  # "E (eV/atom)" is two words of the header, one of the row
+    assert row.split()[header.split().index("scan@edge") - 1] == "yes"
+    rec = json.loads((tmp_path / "r.json").read_text())[0]
+    assert rec["volume_scan_at_boundary"] is True and rec["volume_scan_applied"] is False
+    assert rec["volume_scale_factor"] == 1.0
+

@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force tolerance, eV/A (default {FMAX})")
     p.add_argument("--steps", type=int, default=RELAX_STEPS, help=f"maximum relaxation steps (default {RELAX_STEPS})")
     p.add_argument("--volume-scan", action="store_true", help="rescale each structure by the volume scan first")
+    p.add_argument("--scan-at-boundary", action="store_true",
+                   help="apply a volume-scan minimum found at an end of the scanned range (default: keep the "
+                        "structure as given and flag it, scan@edge = yes)")
     p.add_argument("--hull", action="store_true", help="energy above the reference hull from shared/data/pool.csv.gz")
     p.add_argument("--space-group", type=int, default=None, help="requested space group to compare with")
     p.add_argument("--symprec", type=float, default=0.1, help="spglib distance tolerance, A")
@@ -89,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.volume_scan:
         from gpsk_materials.checks.volume_scan import VolumeScan
 
-        scanner = VolumeScan(potential)
+        scanner = VolumeScan(potential, apply_at_boundary=args.scan_at_boundary)
         for k, r in _per_item(args, records, structures, scanner.scan).items():
             structures[k] = r.structure
-            records[k].update(volume_scale_factor=r.scale_factor, volume_scan_at_boundary=r.at_boundary)
+            records[k].update(volume_scale_factor=r.scale_factor, volume_scan_at_boundary=r.at_boundary,
+                              volume_scan_applied=r.applied)
     if args.relax:
         def relax(batch):
             return potential.relax(batch, fmax=args.fmax, steps=args.steps, progress=len(batch) > 1)
@@ -196,6 +200,7 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("e_above_hull", "E_hull"))
     if any("volume_scale_factor" in r for r in records):
         cols.append(("volume_scale_factor", "a_new/a_old"))
+        cols.append(("volume_scan_at_boundary", "scan@edge"))
     if any(r.get("space_group_match") is not None for r in records):
         cols.append(("space_group_match", "SG match"))
     cols += [("structural_valid", "struct"), ("compositional_valid", "SMACT"), ("strict_valid", "strict")]

@@ -164,7 +164,11 @@ class CandidateScorer(MSONable):
             out = [r.structure for r in scans]
             scale = np.array([r.scale_factor for r in scans])
         energies = None if self.potential is None else self.potential.energies(out, on_error="nan")
-        return out, self.breakdowns(out, request, energies, scale)
+        records = self.breakdowns(out, request, energies, scale)
+        if self.volume_scan is not None:
+            for rec, r in zip(records, scans):
+                rec["volume_scan_at_boundary"] = r.at_boundary  # the scan's minimum was at an end: not applied
+        return out, records
 
     def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
         """Score ``structures``; return them (volume-scanned copies when a scan is configured) with
