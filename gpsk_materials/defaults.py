@@ -50,11 +50,18 @@ MIN_SITE_DISTANCE = 0.5
 #: a value the model has never come near (formation_energy=1e9) is refused rather than normalised into noise.
 CONDITION_MAX_SIGMA = 8.0
 
+#: Numerical tolerance of "on the hull" (eV/atom): a structure whose energy above the hull is at most this counts as
+#: stable. A phase on the hull comes out a fraction of a meV/atom above it from the relaxation's force threshold
+#: (FMAX) and the hull construction's floating point (experimental NaCl: +0.00036 eV/atom), far below the
+#: potentials' own error (~30 meV/atom), so 1 meV/atom separates noise from a real distance above the hull.
+HULL_TOLERANCE = 1e-3
+
 __all__ = [
     "CONDITION_MAX_SIGMA",
     "EVALUATION_RELAX_STEPS",
     "FMAX",
     "GUIDANCE",
+    "HULL_TOLERANCE",
     "MIN_SITE_DISTANCE",
     "REFERENCE_RELAX_STEPS",
     "RELAX_BATCH",

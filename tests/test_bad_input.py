@@ -579,3 +579,14 @@ def test_gpsk_check_table_flags_a_boundary_scan(matgl_model_dir, tmp_path, capsy
     assert rec["volume_scan_at_boundary"] is True and rec["volume_scan_applied"] is False
     assert rec["volume_scale_factor"] == 1.0
 
+
+# --- case 10: a stated numerical tolerance on the hull ------------------------------------------------------------
+
+def test_a_structure_a_fraction_of_a_mev_above_the_hull_is_stable():
+    from gpsk_materials.defaults import HULL_TOLERANCE
+    from gpsk_materials.evaluation.stability import sun_rates
+
+    summary, per = sun_rates([0.00036, 0.0, -0.01, HULL_TOLERANCE, 0.0015, 0.05, float("nan")], [None] * 7, None)
+    assert per["stable"] == [True, True, True, True, False, False, False]
+    assert per["metastable"] == [True, True, True, True, True, True, False]
+    assert summary["stable_rate"] == pytest.approx(4 / 7)
