@@ -580,6 +580,23 @@ def test_gpsk_check_table_flags_a_boundary_scan(matgl_model_dir, tmp_path, capsy
     assert rec["volume_scale_factor"] == 1.0
 
 
+# --- case 9: physically broken candidates do not pass as the best -------------------------------------------------
+
+def test_best_of_prefers_a_strictly_valid_candidate_and_the_score_separates_them():
+    from gpsk_materials import provenance
+    from gpsk_materials.checks.scoring import CandidateScorer
+
+    good = _nacl()
+    squashed = Structure.from_spacegroup("Fm-3m", Lattice.cubic(1.1), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    assert min(squashed.distance_matrix[0][1:]) == pytest.approx(0.55)  # passes the CDVAE 0.5 A rule
+    scorer = CandidateScorer(potential=False)
+    bad_rec, good_rec = scorer.breakdowns([squashed, good])
+    assert bad_rec["valid"] and not bad_rec["strict_valid"] and good_rec["strict_valid"]
+    assert good_rec["total"] - bad_rec["total"] >= 5.0
+    best = scorer.select_best([[squashed, good]])[0]
+    assert provenance.read(best, "scores")["strict_valid"] is True
+
+
 # --- case 10: a stated numerical tolerance on the hull ------------------------------------------------------------
 
 def test_a_structure_a_fraction_of_a_mev_above_the_hull_is_stable():

@@ -547,6 +547,12 @@ class CrystalGenerator(MSONable):
             s = rec.structure
             for section, value in self._provenance(r, decoded_s, j, rank, rec, flags, res).items():
                 provenance.write(s, section, value)
+            if rec.scores and rec.scores.get("strict_valid") is False:
+                logger.warning(
+                    "request %d (%s): returned structure %d fails the strict check (interatomic distances against "
+                    "the elements' covalent radii, volume per atom); no better candidate was found: see "
+                    "properties['gpsk']['scores']", r.index, r.formula, rank,
+                )
             res.structures.append(s)
 
     def _provenance(self, r: ResolvedRequest, decoded, sample: int, rank: int, rec, flags: frozenset[str],
