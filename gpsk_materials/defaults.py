@@ -39,10 +39,30 @@ EVALUATION_RELAX_STEPS = 500
 #: the batch bounds memory and throughput, not where a relaxation ends.
 RELAX_BATCH = 256
 
+#: Smallest distance (A) between two sites that the featurizers accept, periodic images included: the CDVAE/DiffCSP
+#: structural-validity bound that the decoder (``min_distance``) and ``ValidityCheck`` apply too, below the shortest
+#: bond of any ordered crystal (H-H 0.74 A). Closer sites are duplicates, and the grid cannot tell them from one atom.
+MIN_SITE_DISTANCE = 0.5
+
+#: Widest accepted distance of a requested band gap, formation energy or energy above hull from the training labels'
+#: mean, in their standard deviations: with the shipped statistics formation energies in [-9.0, 7.0] eV/atom, band
+#: gaps up to 10.5 eV and energies above hull up to 1.16 eV/atom, wider than any Materials Project entry's, while
+#: a value the model has never come near (formation_energy=1e9) is refused rather than normalised into noise.
+CONDITION_MAX_SIGMA = 8.0
+
+#: Numerical tolerance of "on the hull" (eV/atom): a structure whose energy above the hull is at most this counts as
+#: stable. A phase on the hull comes out a fraction of a meV/atom above it from the relaxation's force threshold
+#: (FMAX) and the hull construction's floating point (experimental NaCl: +0.00036 eV/atom), far below the
+#: potentials' own error (~30 meV/atom), so 1 meV/atom separates noise from a real distance above the hull.
+HULL_TOLERANCE = 1e-3
+
 __all__ = [
+    "CONDITION_MAX_SIGMA",
     "EVALUATION_RELAX_STEPS",
     "FMAX",
     "GUIDANCE",
+    "HULL_TOLERANCE",
+    "MIN_SITE_DISTANCE",
     "REFERENCE_RELAX_STEPS",
     "RELAX_BATCH",
     "RELAX_STEPS",

@@ -41,6 +41,18 @@ class ConditioningError(GPSKError, ValueError):
     """A generation or training condition is invalid (unknown element, space group out of range, ...)."""
 
 
+class ConfigError(GPSKError, ValueError):
+    """A model or training configuration is unknown, or one of its fields has the wrong type or value (the message
+    names the field)."""
+
+
+class UnknownConfigError(ConfigError, KeyError):
+    """No named model configuration has this name (a ``KeyError`` too, as ``get_config`` raised before)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class CheckpointError(GPSKError, RuntimeError):
     """A checkpoint is missing, truncated, or belongs to another configuration."""
 

@@ -149,6 +149,8 @@ def _fmt_amount(a: Any) -> str:
         a = float(a)
     except (TypeError, ValueError):
         return str(a)
+    if not math.isfinite(a):  # a label of an invalid amount (NaN, inf): shown as is, refused by check_composition
+        return f"{a:g}"
     return "" if a == 1 else str(int(a)) if a == int(a) else f"{a:g}"
 
 

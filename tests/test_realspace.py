@@ -8,7 +8,14 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
 from gpsk_materials import RealSpaceDensityFeaturizer, RealSpacePeakDecoder
-from gpsk_materials.errors import DecodingError, DegenerateLatticeError, DisorderError, GridError, UnknownElementError
+from gpsk_materials.errors import (
+    DecodingError,
+    DegenerateLatticeError,
+    DisorderError,
+    GridError,
+    ResolutionError,
+    UnknownElementError,
+)
 from gpsk_materials.representations.realspace import density_arrays, periodic_gaussian_1d
 
 
@@ -87,7 +94,9 @@ def test_decoder_needs_lattice_and_composition(structure):
 def test_merged_peaks_are_reported():
     # two atoms 0.4 voxel apart along a become one peak: the baseline cannot resolve them
     s = Structure(Lattice.cubic(20.0), ["O", "O"], [[0.5, 0.5, 0.5], [0.5125, 0.5, 0.5]])
-    rho = RealSpaceDensityFeaturizer(canonicalize=False).featurize(s)
+    with pytest.raises(ResolutionError, match="sites 0 \\(O\\) and 1 \\(O\\) are 0.2500 A apart"):
+        RealSpaceDensityFeaturizer(canonicalize=False).featurize(s)  # the featurizer refuses them by default
+    rho = RealSpaceDensityFeaturizer(canonicalize=False, min_distance=0).featurize(s)
     with pytest.raises(DecodingError, match="peaks"):
         RealSpacePeakDecoder().decode(rho, s.lattice, "O2")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from gpsk_materials.defaults import FMAX, RELAX_STEPS
-from gpsk_materials.errors import DataError
+from gpsk_materials.errors import DataError, GPSKError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,10 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force tolerance, eV/A (default {FMAX})")
     p.add_argument("--steps", type=int, default=RELAX_STEPS, help=f"maximum relaxation steps (default {RELAX_STEPS})")
     p.add_argument("--volume-scan", action="store_true", help="rescale each structure by the volume scan first")
+    p.add_argument("--scan-at-boundary", action="store_true",
+                   help="apply a volume-scan minimum found at an end of the scanned range (default: keep the "
+                        "structure as given and flag it, scan@edge = yes)")
     p.add_argument("--hull", action="store_true", help="energy above the reference hull from shared/data/pool.csv.gz")
     p.add_argument("--space-group", type=int, default=None, help="requested space group to compare with")
     p.add_argument("--symprec", type=float, default=0.1, help="spglib distance tolerance, A")
     p.add_argument("--json", type=Path, default=None, help="write the full results to this JSON file")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first file or structure that fails (default: report it in its row, check the "
+                        "rest)")
     p.set_defaults(func=run)
 
 
@@ -51,16 +58,31 @@ def _read(path: Path) -> list[Structure]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the checks, print the table (and write the JSON); return 0."""
+    """Run the checks, print the table (and write the JSON).
+
+    One bad item never sinks the batch: a file that cannot be read, or a structure a check refuses, gets a row
+    with its reason (``error``), the others are computed; ``--fail-fast`` stops at the first instead.
+
+    Returns
+    -------
+    int
+        0 when every structure was checked, 1 when any file or structure failed (each named on stderr).
+    """
     from gpsk_materials.checks.symmetry import SymmetryCheck
     from gpsk_materials.checks.validity import ValidityCheck
 
-    items: list[tuple[str, Structure]] = []
+    records: list[dict] = []
+    structures: dict[int, Structure] = {}  # record index -> structure still being checked
     for f in args.files:
-        found = _read(f)
-        items += [(str(f) if len(found) == 1 else f"{f}[{i}]", s) for i, s in enumerate(found)]
-    structures = [s for _, s in items]
-    records: list[dict] = [{"file": n, "formula": s.composition.reduced_formula, "nsites": len(s)} for n, s in items]
+        try:
+            found = _read(f)
+        except GPSKError as exc:
+            _fail(args, records, {"file": str(f)}, exc)
+            continue
+        for i, s in enumerate(found):
+            structures[len(records)] = s
+            records.append({"file": str(f) if len(found) == 1 else f"{f}[{i}]",
+                            "formula": s.composition.reduced_formula, "nsites": len(s)})
 
     potential = None
     if not args.no_energy or args.relax or args.volume_scan or args.hull:
@@ -70,30 +92,40 @@ def run(args: argparse.Namespace) -> int:
     if args.volume_scan:
         from gpsk_materials.checks.volume_scan import VolumeScan
 
-        scans = VolumeScan(potential).scan(structures)
-        structures = [r.structure for r in scans]
-        for rec, r in zip(records, scans):
-            rec.update(volume_scale_factor=r.scale_factor, volume_scan_at_boundary=r.at_boundary)
+        scanner = VolumeScan(potential, apply_at_boundary=args.scan_at_boundary)
+        for k, r in _per_item(args, records, structures, scanner.scan).items():
+            structures[k] = r.structure
+            records[k].update(volume_scale_factor=r.scale_factor, volume_scan_at_boundary=r.at_boundary,
+                              volume_scan_applied=r.applied)
     if args.relax:
-        relaxed = potential.relax(structures, fmax=args.fmax, steps=args.steps, progress=len(structures) > 1)
-        structures = [r.structure for r in relaxed]
-        for rec, r in zip(records, relaxed):
-            rec.update(relax_converged=r.converged, relax_steps=r.steps)
+        def relax(batch):
+            return potential.relax(batch, fmax=args.fmax, steps=args.steps, progress=len(batch) > 1)
+
+        for k, r in _per_item(args, records, structures, relax).items():
+            structures[k] = r.structure
+            records[k].update(relax_converged=r.converged, relax_steps=r.steps)
     if potential is not None:
-        energies = potential.energies(structures)
-        for rec, e in zip(records, energies):
-            rec.update(potential=potential.name, energy_per_atom=float(e))
+        for k, e in _per_item(args, records, structures, potential.energies).items():
+            records[k].update(potential=potential.name, energy_per_atom=float(e))
     if args.hull:
         from gpsk_materials.checks.hull import ReferenceHull
 
         hull = ReferenceHull(potential)
-        for rec, s in zip(records, structures):
-            rec["e_above_hull"] = hull.e_above_hull(s, rec["energy_per_atom"])
+        for k, s in list(structures.items()):
+            try:
+                records[k]["e_above_hull"] = hull.e_above_hull(s, records[k]["energy_per_atom"])
+            except GPSKError as exc:
+                _fail(args, records, records[k], exc, structures, k)
 
     sym, val = SymmetryCheck(symprec=args.symprec), ValidityCheck()
-    for rec, s in zip(records, structures):
-        sr = sym.check(s, space_group=args.space_group)
-        vr = val.check(s)
+    for k, s in list(structures.items()):
+        rec = records[k]
+        try:
+            sr = sym.check(s, space_group=args.space_group)
+            vr = val.check(s)
+        except GPSKError as exc:
+            _fail(args, records, rec, exc, structures, k)
+            continue
         rec.update(
             space_group=sr.space_group_number,
             space_group_symbol=sr.space_group_symbol,
@@ -114,7 +146,42 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=1, default=_json_default))
-    return 0
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"gpsk check: error: {r['file']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _fail(args, records: list[dict], rec: dict, exc: Exception, structures: dict | None = None,
+          k: int | None = None) -> None:
+    """Record why an item failed (or, with --fail-fast, raise naming its file)."""
+    if args.fail_fast:
+        raise type(exc)(f"{rec['file']}: {exc}") from exc
+    rec["error"] = f"{type(exc).__name__}: {exc}"
+    if rec not in records:
+        records.append(rec)
+    if structures is not None:
+        structures.pop(k, None)
+
+
+def _per_item(args, records: list[dict], structures: dict[int, Structure], fn) -> dict[int, object]:
+    """``fn`` (a batch call: structures -> results) on the structures still being checked; when the batch call
+    raises a project error, each structure alone, so that only the ones at fault fail."""
+    keys = list(structures)
+    if not keys:
+        return {}
+    try:
+        return dict(zip(keys, fn([structures[k] for k in keys])))
+    except GPSKError:
+        if args.fail_fast and len(keys) == 1:
+            raise
+    out: dict[int, object] = {}
+    for k in keys:
+        try:
+            out[k] = fn([structures[k]])[0]
+        except GPSKError as exc:
+            _fail(args, records, records[k], exc, structures, k)
+    return out
 
 
 def _json_default(o):
@@ -133,7 +200,12 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("e_above_hull", "E_hull"))
     if any("volume_scale_factor" in r for r in records):
         cols.append(("volume_scale_factor", "a_new/a_old"))
+        cols.append(("volume_scan_at_boundary", "scan@edge"))
+    if any(r.get("space_group_match") is not None for r in records):
+        cols.append(("space_group_match", "SG match"))
     cols += [("structural_valid", "struct"), ("compositional_valid", "SMACT"), ("strict_valid", "strict")]
+    if any("error" in r for r in records):
+        cols.append(("error", "error"))
 
     from gpsk_materials.cli import format_table
 

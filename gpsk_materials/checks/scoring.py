@@ -5,7 +5,12 @@ Score (higher is better), a weighted sum of
 * ``-energy``: the potential's energy per atom (after the optional volume scan), eV/atom;
 * ``symmetry``: 1 for a matched requested space group, plus 0.5 for a matched crystal system;
 * ``connectivity``: the fraction of atoms with a neighbour within ``connectivity_factor`` x the sum of covalent radii;
-* ``validity``: 0 for a CDVAE-valid structure, -1 otherwise (a large weight makes invalid structures lose).
+* ``validity``: 0 for a CDVAE-valid structure, -1 otherwise (a large weight makes invalid structures lose);
+* ``strict``: 0 for a structure that passes the strict check (every distance >= 0.6 x the sum of covalent radii,
+  a plausible volume per atom), -1 otherwise. CDVAE's 0.5 A rule is the benchmarks' definition of validity, not a
+  physical one: an SrTiO3 with atoms 0.55 A apart passes it, so best-of selection would keep it over a sound
+  candidate; the weight (5) puts any strictly valid candidate ahead of a strictly invalid one whatever their
+  symmetry and connectivity terms (at most 1.75 + 1), and the score column separates them.
 
 Candidates of one request share a composition, so energies per atom compare directly. :meth:`CandidateScorer.breakdowns`
 and :meth:`~CandidateScorer.score_records` return the breakdowns; :meth:`~CandidateScorer.evaluate` also writes them to
@@ -29,7 +34,7 @@ from gpsk_materials.checks.validity import ValidityCheck, connectivity
 from gpsk_materials.checks.volume_scan import VolumeScan
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
 
-DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0}
+DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0, "strict": 5.0}
 #: the section of ``structure.properties["gpsk"]`` that :meth:`CandidateScorer.evaluate` fills
 SCORE_SECTION = "scores"
 
@@ -53,7 +58,7 @@ class CandidateScorer(MSONable):
         Rescale each candidate with a :class:`VolumeScan` before its energy is taken (True for the default scan
         with ``potential``, or a configured VolumeScan).
     weights
-        Overrides of :data:`DEFAULT_WEIGHTS` (keys energy, symmetry, connectivity, validity).
+        Overrides of :data:`DEFAULT_WEIGHTS` (keys energy, symmetry, connectivity, validity, strict).
     connectivity_factor
         Neighbour cutoff as a multiple of the sum of covalent radii.
     """
@@ -140,6 +145,7 @@ class CandidateScorer(MSONable):
                 + w["symmetry"] * sym_term
                 + w["connectivity"] * conn
                 - w["validity"] * float(not val.valid)
+                - w.get("strict", 0.0) * float(not val.strict_valid)
             )
             out.append({
                 "total": float(total),
@@ -164,7 +170,11 @@ class CandidateScorer(MSONable):
             out = [r.structure for r in scans]
             scale = np.array([r.scale_factor for r in scans])
         energies = None if self.potential is None else self.potential.energies(out, on_error="nan")
-        return out, self.breakdowns(out, request, energies, scale)
+        records = self.breakdowns(out, request, energies, scale)
+        if self.volume_scan is not None:
+            for rec, r in zip(records, scans):
+                rec["volume_scan_at_boundary"] = r.at_boundary  # the scan's minimum was at an end: not applied
+        return out, records
 
     def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
         """Score ``structures``; return them (volume-scanned copies when a scan is configured) with

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 import spglib
+from spglib.error import SpglibError
 from monty.json import MSONable
 from pymatgen.core import Composition, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -50,6 +51,10 @@ class SymmetryResult(MSONable):
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+#: what spglib (directly, or through pymatgen's SymmetryUndeterminedError, a ValueError) raises when it gives up
+_SPGLIB_FAILURES = (TypeError, ValueError, SpglibError)
+
+
 class SymmetryCheck(MSONable):
     """Space-group detection with spglib (via pymatgen's SpacegroupAnalyzer).
 
@@ -73,7 +78,15 @@ class SymmetryCheck(MSONable):
     def check(
         self, structure: Structure, space_group: int | None = None, crystal_system: str | None = None
     ) -> SymmetryResult:
-        """Detect the space group of ``structure`` and compare it with the requested group / crystal system."""
+        """Detect the space group of ``structure`` and compare it with the requested group / crystal system.
+
+        Raises
+        ------
+        InvalidStructureError
+            spglib gives up on the structure at this ``symprec`` (the message names the formula and symprec).
+        ConditioningError
+            A requested space group or crystal system that does not exist.
+        """
         structure = as_structure(structure)
         req_sg = None if space_group is None else check_space_group(space_group)
         req_cs = None if crystal_system is None else check_crystal_system(crystal_system)
@@ -81,8 +94,10 @@ class SymmetryCheck(MSONable):
             sga = self._analyzer(structure)
             number = int(sga.get_space_group_number())
             symbol = sga.get_space_group_symbol()
-        except (TypeError, ValueError) as exc:  # spglib gives up on degenerate cells (after as_structure above)
-            raise InvalidStructureError(f"spglib could not analyse {structure.formula}: {exc}") from exc
+        except _SPGLIB_FAILURES as exc:  # spglib gives up on degenerate cells (after as_structure above)
+            raise InvalidStructureError(
+                f"spglib could not analyse {structure.formula} at symprec={self.symprec} A: {exc or type(exc).__name__}"
+            ) from exc
         cs = crystal_system_of(number)
         if req_cs is None and req_sg is not None:
             req_cs = crystal_system_of(req_sg)
@@ -101,9 +116,19 @@ class SymmetryCheck(MSONable):
         """Return the symmetry-refined conventional standard cell (or the primitive standard cell).
 
         Site positions and lattice are snapped to the exact symmetry found at ``symprec``.
+
+        Raises
+        ------
+        InvalidStructureError
+            spglib gives up on the structure at this ``symprec``.
         """
-        sga = self._analyzer(structure)
-        out = sga.get_primitive_standard_structure() if primitive else sga.get_refined_structure()
+        try:
+            sga = self._analyzer(structure)
+            out = sga.get_primitive_standard_structure() if primitive else sga.get_refined_structure()
+        except _SPGLIB_FAILURES as exc:
+            raise InvalidStructureError(
+                f"spglib could not symmetrize {structure.formula} at symprec={self.symprec} A: {exc}"
+            ) from exc
         out.properties = dict(structure.properties)
         return out
 

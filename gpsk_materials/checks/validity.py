@@ -26,7 +26,7 @@ from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
 from pymatgen.core import Composition, Element, Structure
 
 from gpsk_materials.checks._common import as_structure
-from gpsk_materials.errors import InvalidStructureError
+from gpsk_materials.errors import InvalidStructureError, UnknownElementError
 
 #: CDVAE gives up on compositions whose oxidation-state product exceeds this (and calls them invalid).
 _CDVAE_MAX_OX_COMBOS = 1e7
@@ -86,12 +86,22 @@ def smact_validity(
     ----------
     composition
         A pymatgen Composition, a formula or an element -> count mapping (integer counts).
+
+    Raises
+    ------
+    InvalidStructureError
+        An empty composition or non-integer counts.
+    UnknownElementError
+        An element SMACT holds no data for (e.g. Nh, which pymatgen reads from a CIF type symbol ``NH3``).
     """
     elem_symbols, counts = _integer_counts(composition)
     if len(set(elem_symbols)) == 1:
         return True
     if include_alloys and all(el in smact.metals for el in elem_symbols):
         return True
+    unknown = [el for el in elem_symbols if el not in _smact_symbols()]
+    if unknown:
+        raise UnknownElementError(f"SMACT has no oxidation states or electronegativity for {', '.join(unknown)}")
     smact_elems = [smact.Element(el) for el in elem_symbols]
     electronegs = [e.pauling_eneg for e in smact_elems]
     ox_combos = [e.oxidation_states_smact14 or [] for e in smact_elems]
@@ -107,6 +117,26 @@ def smact_validity(
     return False
 
 
+def _smact_symbols() -> frozenset[str]:
+    """Elements with SMACT data (oxidation states, electronegativity)."""
+    global _SMACT_SYMBOLS
+    if _SMACT_SYMBOLS is None:
+        from smact.data_loader import lookup_element_data
+
+        _SMACT_SYMBOLS = frozenset(el.symbol for el in Element if _has_smact_data(lookup_element_data, el.symbol))
+    return _SMACT_SYMBOLS
+
+
+def _has_smact_data(lookup, symbol: str) -> bool:
+    try:
+        return lookup(symbol) is not None
+    except (KeyError, NameError, ValueError):
+        return False
+
+
+_SMACT_SYMBOLS: frozenset[str] | None = None
+
+
 def _covalent_radius(symbol: str) -> float:
     try:
         return float(CovalentRadius.radius[symbol])
@@ -114,11 +144,18 @@ def _covalent_radius(symbol: str) -> float:
         return float(Element(symbol).atomic_radius or 1.5)
 
 
+def _site_radius(species: Composition) -> float:
+    """Covalent radius of a site: occupancy-weighted mean over its species (one species: its radius)."""
+    total = sum(species.values())
+    return sum(occ * _covalent_radius(getattr(sp, "element", sp).symbol) for sp, occ in species.items()) / total
+
+
 def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndarray:
     """For each site, the smallest d_ij / (r_i + r_j) over its neighbours (covalent radii, periodic images of the
-    site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum."""
+    site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum. A
+    disordered site has the occupancy-weighted mean radius of its species."""
     structure = as_structure(structure)
-    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
+    radii = np.array([_site_radius(site.species) for site in structure])
     cutoff = cutoff_factor * 2.0 * radii.max()
     centers, points, _, dists = structure.get_neighbor_list(cutoff)
     ratios = np.full(len(structure), np.inf)
@@ -170,6 +207,23 @@ class ValidityResult(MSONable):
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
+def _compositional_validity(structure: Structure) -> tuple[bool, str]:
+    """SMACT validity of a structure's composition and, when invalid, why. A disordered structure is judged by the
+    smallest integer ratio of its composition (Cu0.5Au0.5 -> CuAu); an element without SMACT data makes the
+    verdict unknown, reported as invalid with that reason."""
+    comp = structure.composition
+    note = ""
+    if not structure.is_ordered:
+        formula, _ = comp.get_integer_formula_and_factor(max_denominator=100)
+        comp, note = Composition(formula), f" (disordered; judged as its integer ratio {formula})"
+    try:
+        if smact_validity(comp):
+            return True, ""
+    except UnknownElementError as exc:
+        return False, f"SMACT: compositional validity unknown: {exc}"
+    return False, f"SMACT: no charge-neutral, electronegativity-ordered oxidation states{note}"
+
+
 class ValidityCheck(MSONable):
     """Structural, compositional and stricter geometric validity of a structure.
 
@@ -208,12 +262,9 @@ class ValidityCheck(MSONable):
         min_dist = float(dist.min()) if len(structure) > 1 else float("inf")
         if not struct_ok:
             reasons.append(f"CDVAE structural: min distance {min_dist:.3f} A or volume {structure.volume:.3f} A^3")
-        if structure.is_ordered:
-            comp_ok = smact_validity(structure.composition)
-        else:  # SMACT needs integer counts; a disordered site has none
-            comp_ok = False
+        comp_ok, why = _compositional_validity(structure)
         if not comp_ok:
-            reasons.append("SMACT: no charge-neutral, electronegativity-ordered oxidation states")
+            reasons.append(why)
         vpa = structure.volume / structure.num_sites
         lo, hi = self.volume_per_atom_range
         vpa_ok = lo <= vpa <= hi

@@ -11,6 +11,7 @@ The scan corrects the systematic lattice compression of generated ionic crystals
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +23,18 @@ from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.checks.validity import distance_ratios
 from gpsk_materials.errors import ConditioningError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class VolumeScanResult(MSONable):
     """Outcome of the scan of one structure.
 
     ``scale_factor`` is a_new / a_old; ``success`` is False (and the structure unchanged) when no grid volume was
-    admissible; ``at_boundary`` flags a minimum at an end of the scanned range (the true minimum may lie outside).
+    admissible; ``at_boundary`` flags a minimum at an end of the scanned range (the true minimum may lie outside,
+    beyond the potential's reach); ``applied`` says whether ``structure`` was rescaled: a boundary minimum is not
+    applied unless the scan was asked to (``apply_at_boundary``), and ``scale_factor`` is then 1 while
+    ``volume_per_atom`` and ``energy_per_atom`` stay those of the boundary point found.
     """
 
     structure: Structure
@@ -40,6 +46,7 @@ class VolumeScanResult(MSONable):
     energies: list[float]
     at_boundary: bool
     success: bool
+    applied: bool = True
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -48,7 +55,7 @@ class VolumeScanResult(MSONable):
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumeScanResult:
-        kw = {k: d[k] for k in cls.__dataclass_fields__}
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         kw["structure"] = Structure.from_dict(d["structure"])
         return cls(**kw)
 
@@ -79,6 +86,9 @@ class VolumeScan(MSONable):
         are outside the potential's training data and can give spurious minima); 0 disables.
     batch_size
         Structures per batched energy call.
+    apply_at_boundary
+        Apply a minimum found at an end of the range too (default False: such a structure is returned as given and
+        flagged, since the true minimum may lie outside the range, where the potential was not asked).
     """
 
     def __init__(
@@ -92,6 +102,7 @@ class VolumeScan(MSONable):
         min_distance_ratio: float = 0.5,
         batch_size: int = 128,
         progress: bool = False,
+        apply_at_boundary: bool = False,
     ) -> None:
         if not (np.isfinite(v_min) and np.isfinite(v_max) and 0 < v_min < v_max):
             raise ConditioningError(f"volume range must satisfy 0 < v_min < v_max, got [{v_min}, {v_max}]")
@@ -108,9 +119,11 @@ class VolumeScan(MSONable):
         self.min_distance_ratio = float(min_distance_ratio)
         self.batch_size = int(batch_size)
         self.progress = progress
+        self.apply_at_boundary = bool(apply_at_boundary)
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("v_min", "v_max", "n_points", "refine", "n_refine", "min_distance_ratio", "batch_size")}
+        d = {k: getattr(self, k) for k in ("v_min", "v_max", "n_points", "refine", "n_refine", "min_distance_ratio",
+                                           "batch_size", "apply_at_boundary")}
         return {"@module": type(self).__module__, "@class": type(self).__name__, "potential": self.potential.spec, **d}
 
     @classmethod
@@ -132,7 +145,16 @@ class VolumeScan(MSONable):
         return np.split(flat, np.cumsum([len(g) for g in grids])[:-1])
 
     def scan(self, structures: Structure | list[Structure]) -> list[VolumeScanResult]:
-        """Scan each structure; return the rescaled structures with their correction factors."""
+        """Scan each structure; return the rescaled structures with their correction factors.
+
+        A minimum at an end of the scanned range is not applied (the structure is returned as given, with
+        ``at_boundary`` and ``applied=False`` and a logged warning) unless ``apply_at_boundary``.
+
+        Raises
+        ------
+        InvalidStructureError, DisorderError, UnknownElementError
+            A structure the potential cannot take (see :func:`~gpsk_materials.checks._common.as_structure`).
+        """
         structures = as_structures(structures, ordered=True)
         v0 = np.array([s.volume / len(s) for s in structures])
         # admissible volumes: distance ratios scale as (V / V0)^(1/3)
@@ -176,18 +198,27 @@ class VolumeScan(MSONable):
         for k, s in enumerate(final):
             vs, es = np.concatenate([grids[k], fine_grids[k]]), np.concatenate([energies[k], fine_energies[k]])
             order = np.argsort(vs)
+            at_boundary = bool(brackets[k][2]) if brackets[k] else False
+            applied = bool(ok[k]) and (self.apply_at_boundary or not at_boundary)
+            if ok[k] and not applied:
+                # the minimum lies at an end of the range: outside what the scan (and the potential) can vouch for
+                s = structures[k].copy()
+                log.warning("volume scan of %s: minimum at the %s end of [%g, %g] A^3/atom, not applied",
+                            s.composition.reduced_formula, "lower" if best_v[k] <= vs.min() * 1.0001 else "upper",
+                            self.v_min, self.v_max)
             s.properties = dict(structures[k].properties)
             results.append(
                 VolumeScanResult(
                     structure=s,
-                    scale_factor=float((best_v[k] / v0[k]) ** (1 / 3)) if ok[k] else 1.0,
+                    scale_factor=float((best_v[k] / v0[k]) ** (1 / 3)) if applied else 1.0,
                     initial_volume_per_atom=float(v0[k]),
                     volume_per_atom=float(best_v[k]) if ok[k] else float(v0[k]),
                     energy_per_atom=float(final_e[k]),
                     volumes=vs[order].tolist(),
                     energies=es[order].tolist(),
-                    at_boundary=bool(brackets[k][2]) if brackets[k] else False,
+                    at_boundary=at_boundary,
                     success=bool(ok[k]),
+                    applied=applied,
                 )
             )
         return results

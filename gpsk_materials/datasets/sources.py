@@ -134,11 +134,12 @@ def _prepare(item: tuple[Any, bool, int, float]) -> dict[str, Any] | str:
             structure = Structure.from_str(payload, fmt="cif")
         else:
             structure = as_structure(payload)
-        arrays = structures_to_arrays([structure], canonicalize=True)
+        arrays = structures_to_arrays([structure], canonicalize=True, max_resolution=max_resolution)
         n_sites = int((arrays["numbers"][0] > 0).sum())
         if n_sites > max_sites:
             return f"more than {max_sites} sites"
-        check_cell(arrays["lattice"][0], arrays["frac_coords"][0], max_resolution=max_resolution)
+        check_cell(arrays["lattice"][0], arrays["frac_coords"][0], max_resolution=max_resolution,
+                   numbers=arrays["numbers"][0], occupancy=arrays["occupancy"][0])
         result = {k: v[0] for k, v in arrays.items()}
         result["formula"] = structure.composition.reduced_formula
         if want_sg:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
-from gpsk_materials.errors import DataError
+from gpsk_materials.errors import ConfigError, DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,19 +59,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("evaluation_report"), help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first structure that cannot be read (default: skip it, name it on stderr and in "
+                        "report.json, evaluate the rest)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gpsk evaluate``."""
-    from gpsk_materials.evaluation.evaluate import EvaluationOptions, evaluate, format_table, write_report
+    from gpsk_materials.evaluation.evaluate import (
+        CSP_WITH_TRAIN,
+        EvaluationOptions,
+        evaluate,
+        format_table,
+        write_report,
+    )
     from gpsk_materials.evaluation.io import ReferenceSet, read_structures
+
+    if args.csp_targets is not None and args.train_csv is not None:
+        raise ConfigError(CSP_WITH_TRAIN)  # before minutes of reading the training set
 
     if args.stability and args.train_csv is None:
         print("gpsk evaluate: note: no --train-csv, so S.U.N. rates are not computed", file=sys.stderr)
     if args.workers < 1:
         raise DataError("--workers must be at least 1")
-    ids, structures = read_structures(args.input)
+    skipped: list[dict] | None = None if args.fail_fast else []
+    ids, structures = read_structures(args.input, skipped=skipped)
+    for item in skipped or []:
+        print(f"gpsk evaluate: skipped {item['id']}: {item['error']}", file=sys.stderr)
     train = (ReferenceSet.from_csv(args.train_csv, args.max_sites, args.train_split)
              if args.train_csv is not None else None)
     reference = (ReferenceSet.from_csv(args.reference_csv, args.max_sites, args.reference_split)
@@ -87,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
         reference_energies=None if args.reference_energies is None else str(args.reference_energies),
     )
     report = evaluate(ids, structures, train=train, reference=reference, csp_targets=targets, options=options)
+    if skipped:
+        # the rates are over the structures read; the skipped ones are named in report.json and counted here
+        report["summary"] = {"n_skipped": len(skipped), **report["summary"]}
+        report["skipped"] = skipped
     files = write_report(report, args.out, structures)
     print(format_table({k: v for k, v in report["summary"].items() if not k.startswith("_")}))
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=1))

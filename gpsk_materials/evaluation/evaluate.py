@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.checks.validity import smact_validity, structural_validity
 from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
-from gpsk_materials.errors import DataError
+from gpsk_materials.errors import ConfigError, DataError
 from gpsk_materials.evaluation.csp import csp_metrics
 from gpsk_materials.evaluation.distribution import COV_CUTOFFS, coverage, fingerprints, property_wasserstein
 from gpsk_materials.evaluation.io import ReferenceSet
@@ -86,6 +86,14 @@ def _clean(value):
     return value
 
 
+#: why a training set is refused together with CSP targets (rather than silently ignored)
+CSP_WITH_TRAIN = (
+    "uniqueness and novelty are not computed for crystal structure prediction (csp_targets / --csp-targets): the "
+    "predictions of one target are meant to repeat it, so a training set would be ignored; drop the training set "
+    "(--train-csv), or evaluate the predictions without the targets for uniqueness and novelty"
+)
+
+
 def evaluate(
     ids: list[str],
     structures: list[Structure],
@@ -115,8 +123,18 @@ def evaluate(
     dict
         ``summary`` (metric -> value, with ``protocols`` naming each definition), ``per_structure`` (one record per
         input), ``timings`` (seconds per stage), ``options``.
+
+    Raises
+    ------
+    ConfigError
+        Both ``train`` and ``csp_targets``: CSP computes no uniqueness or novelty, so the training set would be
+        silently ignored.
+    DataError
+        No structures, or ids and structures of different lengths.
     """
     options = options or EvaluationOptions()
+    if csp_targets is not None and train is not None:
+        raise ConfigError(CSP_WITH_TRAIN)
     if len(ids) != len(structures):
         raise DataError("ids and structures differ in length")
     if not structures:

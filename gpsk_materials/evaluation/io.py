@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition, Structure
 
-from gpsk_materials.errors import DataError, InvalidStructureError
+from gpsk_materials.errors import DataError, GPSKError, InvalidStructureError
 
 _ID_KEYS = ("id", "material_id", "name", "structure_id")
 
@@ -45,19 +45,43 @@ def _check(structure: Structure, name: str) -> Structure:
     return structure
 
 
-def _read_cif_folder(folder: Path) -> tuple[list[str], list[Structure]]:
+class _Items:
+    """Collects (id, structure) pairs; a bad item is raised (``skipped`` None: fail fast) or recorded in
+    ``skipped`` as ``{"id": ..., "error": ...}`` and left out."""
+
+    def __init__(self, skipped: list[dict] | None):
+        self.ids: list[str] = []
+        self.structures: list[Structure] = []
+        self.skipped = skipped
+
+    def add(self, item_id: str, read) -> None:
+        try:
+            structure = read()
+        except GPSKError as exc:
+            if self.skipped is None:
+                raise
+            self.skipped.append({"id": item_id, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.ids.append(item_id)
+        self.structures.append(structure)
+
+
+def _read_cif_folder(folder: Path, items: _Items) -> None:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".cif" or p.name.lower().endswith(".cif.gz"))
     if not files:
         raise DataError(f"{folder}: no *.cif files")
-    ids, structures = [], []
     for path in files:
-        text = gzip.open(path, "rt").read() if path.name.endswith(".gz") else path.read_text()
-        ids.append(path.name.split(".cif")[0])
-        structures.append(structure_from_cif(text, str(path)))
-    return ids, structures
+        items.add(path.name.split(".cif")[0], lambda path=path: structure_from_cif(_read_text(path), str(path)))
 
 
-def _read_extxyz(path: Path) -> tuple[list[str], list[Structure]]:
+def _read_text(path: Path) -> str:
+    try:
+        return gzip.open(path, "rt").read() if path.name.endswith(".gz") else path.read_text()
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+
+
+def _read_extxyz(path: Path, items: _Items) -> None:
     from ase.io import read
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -65,13 +89,13 @@ def _read_extxyz(path: Path) -> tuple[list[str], list[Structure]]:
         frames = read(str(path), index=":", format="extxyz")
     except Exception as exc:
         raise DataError(f"{path}: not a readable extended-XYZ file ({exc})") from exc
-    ids, structures = [], []
     for i, atoms in enumerate(frames):
-        if not atoms.pbc.all():
-            raise InvalidStructureError(f"{path} frame {i}: not periodic in 3D (pbc={atoms.pbc.tolist()})")
-        ids.append(next((str(atoms.info[k]) for k in _ID_KEYS if k in atoms.info), f"{path.stem}-{i}"))
-        structures.append(AseAtomsAdaptor.get_structure(atoms))
-    return ids, structures
+        def frame(atoms=atoms, i=i) -> Structure:
+            if not atoms.pbc.all():
+                raise InvalidStructureError(f"{path} frame {i}: not periodic in 3D (pbc={atoms.pbc.tolist()})")
+            return AseAtomsAdaptor.get_structure(atoms)
+
+        items.add(next((str(atoms.info[k]) for k in _ID_KEYS if k in atoms.info), f"{path.stem}-{i}"), frame)
 
 
 def _structure_from_record(record: object, name: str) -> tuple[str | None, Structure]:
@@ -89,34 +113,33 @@ def _structure_from_record(record: object, name: str) -> tuple[str | None, Struc
     raise DataError(f"{name}: expected a Structure dict, {{'structure': ...}} or {{'cif': ...}}")
 
 
-def _read_json(path: Path) -> tuple[list[str], list[Structure]]:
+def _read_json(path: Path, items: _Items) -> None:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt") as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: not readable JSON ({exc})") from exc
     if isinstance(data, dict) and not ("lattice" in data and "sites" in data):
-        items: Iterable = data.items()
+        records: Iterable = data.items()
     elif isinstance(data, list):
-        items = ((None, rec) for rec in data)
+        records = ((None, rec) for rec in data)
     else:
-        items = [(None, data)]
-    ids, structures = [], []
-    for i, (key, record) in enumerate(items):
-        sid, structure = _structure_from_record(record, f"{path} entry {key if key is not None else i}")
-        ids.append(str(key) if key is not None else sid if sid is not None else f"{path.name.split('.')[0]}-{i}")
-        structures.append(structure)
-    return ids, structures
+        records = [(None, data)]
+    for i, (key, record) in enumerate(records):
+        name = f"{path} entry {key if key is not None else i}"
+        sid = next((str(record[k]) for k in _ID_KEYS if k in record), None) if isinstance(record, dict) else None
+        item_id = str(key) if key is not None else sid if sid is not None else f"{path.name.split('.')[0]}-{i}"
+        items.add(item_id, lambda record=record, name=name: _structure_from_record(record, name)[1])
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[Structure]]:
+def _read_csv(path: Path, items: _Items) -> None:
     table = read_table(path)
-    ids = _table_ids(table, path)
-    return ids, [structure_from_cif(c, f"{path} row {i}") for i, c in enumerate(table["cif"])]
+    for i, (item_id, cif) in enumerate(zip(_table_ids(table, path), table["cif"])):
+        items.add(item_id, lambda cif=cif, i=i: structure_from_cif(cif, f"{path} row {i}"))
 
 
-def read_structures(path: str | Path) -> tuple[list[str], list[Structure]]:
+def read_structures(path: str | Path, skipped: list[dict] | None = None) -> tuple[list[str], list[Structure]]:
     """Read the structures to evaluate.
 
     Parameters
@@ -126,36 +149,53 @@ def read_structures(path: str | Path) -> tuple[list[str], list[Structure]]:
         ``atoms.info['id'|'material_id'|'name']``), a ``.json[.gz]`` (a list of Structure dicts, a dict
         ``id -> Structure dict``, or records ``{"id": ..., "structure": ...}``), or a ``.csv[.gz]`` with a
         ``cif`` column.
+    skipped
+        A list: each structure that cannot be read (a malformed CIF among good ones, a non-periodic frame, no
+        sites, NaN coordinates) is left out and appended to it as ``{"id": ..., "error": ...}``. None (the
+        default): the first such structure raises.
 
     Returns
     -------
     ids, structures
         Parallel lists; ids are unique.
+
+    Raises
+    ------
+    DataError
+        The path does not exist, has an unknown format, holds no readable structure, or duplicate ids; with
+        ``skipped`` None also a structure that cannot be parsed.
+    InvalidStructureError
+        With ``skipped`` None, a structure without sites, with non-finite coordinates or not periodic.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     name = path.name.lower()
+    items = _Items(skipped)
     if path.is_dir():
-        ids, structures = _read_cif_folder(path)
+        _read_cif_folder(path, items)
     elif name.endswith((".cif", ".cif.gz")):
-        text = gzip.open(path, "rt").read() if name.endswith(".gz") else path.read_text()
-        ids, structures = [path.name.split(".cif")[0]], [structure_from_cif(text, str(path))]
+        # a single file is the whole input: its failure is not skipped
+        items.ids, items.structures = [path.name.split(".cif")[0]], [structure_from_cif(_read_text(path), str(path))]
     elif name.endswith((".extxyz", ".xyz")):
-        ids, structures = _read_extxyz(path)
+        _read_extxyz(path, items)
     elif name.endswith((".json", ".json.gz")):
-        ids, structures = _read_json(path)
+        _read_json(path, items)
     elif name.endswith((".csv", ".csv.gz")):
-        ids, structures = _read_csv(path)
+        _read_csv(path, items)
     else:
         raise DataError(f"{path}: unknown input format (expected a CIF folder, .cif, .extxyz, .json or .csv)")
+    checked = _Items(skipped)
+    for i, s in zip(items.ids, items.structures):
+        checked.add(i, lambda s=s, i=i: _check(s, f"{path}:{i}"))
+    ids, structures = checked.ids, checked.structures
     if not structures:
-        raise DataError(f"{path}: no structures")
+        raise DataError(f"{path}: no structures" + (f" could be read ({len(skipped)} skipped)" if skipped else ""))
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
         raise DataError(f"{path}: duplicate structure id {dup!r}")
-    return ids, [_check(s, f"{path}:{i}") for i, s in zip(ids, structures)]
+    return ids, structures
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -15,6 +15,9 @@ magnetic_ordering  one of NM, FM, FiM, AFM; ``"unknown"`` means "not given"
 A missing or dropped modality is replaced by a learned null token of that modality, so the token sequence keeps
 its shape and classifier-free guidance is "all modalities null" versus the given ones. In training every modality
 is dropped independently with probability ``p`` (10% by default) on top of the labels the data lacks.
+
+A requested scalar must lie within ``defaults.CONDITION_MAX_SIGMA`` standard deviations of the training labels'
+mean (:meth:`ConditionStats.check_range`); the model has seen nothing beyond, so its answer there would be noise.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gpsk_materials.defaults import CONDITION_MAX_SIGMA
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.vocabulary import (  # noqa: F401 -- the vocabulary, re-exported where the model reads it
     ATOMIC_NUMBER,
@@ -53,6 +57,7 @@ MODALITIES = (
     "magnetic_ordering",
 )
 SCALARS = ("band_gap", "formation_energy", "e_above_hull")
+UNITS = {"band_gap": "eV", "formation_energy": "eV/atom", "e_above_hull": "eV/atom"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,34 @@ class ConditionStats:
     def normalize(self, name: str, values: np.ndarray) -> np.ndarray:
         return (np.asarray(values, dtype=float) - self.mean[name]) / self.std[name]
 
+    def check_range(self, name: str, value: float, max_sigma: float = CONDITION_MAX_SIGMA) -> None:
+        """Refuse a requested value of ``name`` that lies outside what the training labels support.
+
+        Parameters
+        ----------
+        name : str
+            One of :data:`SCALARS`.
+        value : float
+            The requested value (eV or eV/atom).
+        max_sigma : float
+            Widest accepted distance from the training mean, in training standard deviations.
+
+        Raises
+        ------
+        ConditioningError
+            ``value`` is more than ``max_sigma`` standard deviations from the training mean; the message gives
+            the training mean, standard deviation and the accepted range.
+        """
+        mean, std = self.mean[name], self.std[name]
+        low, high = mean - max_sigma * std, mean + max_sigma * std
+        if not low <= value <= high:
+            unit = UNITS.get(name, "")
+            raise ConditioningError(
+                f"{name} = {value:g} {unit} is {abs(value - mean) / std:.3g} standard deviations from the training "
+                f"labels ({mean:.3g} +- {std:.3g} {unit}): outside the accepted range [{low:.3g}, {high:.3g}] {unit} "
+                f"({max_sigma:g} standard deviations, defaults.CONDITION_MAX_SIGMA), the model has seen nothing there"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -166,7 +199,14 @@ class ConditionBatch:
     def from_conditions(
         cls, conditions: Sequence[Conditions], stats: ConditionStats, max_elements: int = 8
     ) -> ConditionBatch:
-        """Validate and tensorise user conditions (raises :class:`ConditioningError`)."""
+        """Validate and tensorise user conditions.
+
+        Raises
+        ------
+        ConditioningError
+            An invalid condition, or a scalar outside the range of the training labels
+            (:meth:`ConditionStats.check_range`).
+        """
         conds = [c.validated(max_elements) for c in conditions]
         b = len(conds)
         z = np.zeros((b, max_elements), dtype=np.int64)
@@ -189,6 +229,7 @@ class ConditionBatch:
             for k, name in enumerate(SCALARS):
                 v = getattr(c, name)
                 if v is not None:
+                    stats.check_range(name, v)
                     scalars[i, k] = stats.normalize(name, v)
         present = np.stack(
             [

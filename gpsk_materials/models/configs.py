@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gpsk_materials.errors import CheckpointError
+import numpy as np
+
+from gpsk_materials.errors import CheckpointError, ConfigError, UnknownConfigError
 
 GRID_SIZE = 32
 GRID_CHANNELS = 3
@@ -58,6 +61,9 @@ class VAEConfig:
     residual_weight: float = 0.0
     domain: str = "real"
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass(frozen=True)
 class MMDiTConfig:
@@ -88,6 +94,9 @@ class MMDiTConfig:
     latent_channels: int = LATENT_CHANNELS
     latent_size: int = LATENT_SIZE
     max_elements: int = 8
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @property
     def head_dim(self) -> int:
@@ -134,17 +143,60 @@ def _dataclass_from_dict(cls, data: dict[str, Any]):
     return cls(**values)
 
 
+def _matches(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if kind == "int":
+        return isinstance(value, (int, np.integer))
+    if kind == "float":
+        return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple[") and kind.endswith("]"):
+        parts = [p.strip() for p in kind[6:-1].split(",")]
+        return isinstance(value, tuple) and len(value) == len(parts) and all(map(_matches, value, parts))
+    return True  # a field type this check does not know
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of a configuration dataclass against its annotated type.
+
+    Parameters
+    ----------
+    obj : dataclass instance
+        A :class:`VAEConfig`, :class:`MMDiTConfig` or training configuration; ``bool`` is not accepted as a number,
+        floats must be finite, ``X | None`` fields may be None.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first field whose value has the wrong type, e.g. ``MMDiTConfig.hidden must be an integer``.
+    """
+    words = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        optional = kind.endswith(" | None")
+        kind = kind.removesuffix(" | None")
+        if (value is None and optional) or _matches(value, kind):
+            continue
+        want = words.get(kind, kind.replace("tuple[", "a tuple of ").replace("]", ""))
+        raise ConfigError(f"{type(obj).__name__}.{f.name} must be {want}{' or None' if optional else ''}, "
+                          f"got {value!r} ({type(value).__name__})")
+
+
 def check_config(config: ModelConfig) -> None:
-    """Raise ``ValueError`` if the shapes of a configuration are inconsistent."""
+    """Raise :class:`ConfigError` (a ``ValueError``) if the shapes of a configuration are inconsistent."""
     v, m = config.vae, config.mmdit
     if v.grid_size // 4 != m.latent_size or v.latent_channels != m.latent_channels:
-        raise ValueError(f"VAE latent ({v.latent_channels}, {v.grid_size // 4}^3) does not match the MMDiT input")
+        raise ConfigError(f"VAE latent ({v.latent_channels}, {v.grid_size // 4}^3) does not match the MMDiT input")
     if m.latent_size % m.patch:
-        raise ValueError(f"patch {m.patch} does not divide the latent size {m.latent_size}")
+        raise ConfigError(f"patch {m.patch} does not divide the latent size {m.latent_size}")
     if m.hidden % m.heads or (m.hidden // m.heads) % 2:
-        raise ValueError(f"hidden {m.hidden} must split into {m.heads} heads of even width")
+        raise ConfigError(f"hidden {m.hidden} must split into {m.heads} heads of even width")
     if any(c % v.groups for c in v.channels):
-        raise ValueError(f"VAE channels {v.channels} must be multiples of groups={v.groups}")
+        raise ConfigError(f"VAE channels {v.channels} must be multiples of groups={v.groups}")
 
 
 #: The named configurations; ``default`` is what ``gpsk train`` builds unless told otherwise.
@@ -169,8 +221,14 @@ CONFIGS: dict[str, ModelConfig] = {
 
 
 def get_config(name: str) -> ModelConfig:
-    """Return the named configuration; raise ``KeyError`` listing the names otherwise."""
+    """Return the named configuration.
+
+    Raises
+    ------
+    UnknownConfigError
+        No configuration has this name (a :class:`ConfigError` and a ``KeyError``); the message lists the names.
+    """
     try:
         return CONFIGS[name]
-    except KeyError:
-        raise KeyError(f"unknown model config {name!r}; named configs are {sorted(CONFIGS)}") from None
+    except (KeyError, TypeError):
+        raise UnknownConfigError(f"unknown model config {name!r}; named configs are {sorted(CONFIGS)}") from None

@@ -151,8 +151,13 @@ def load_tensors(
             blob = path.read_bytes()
         except FileNotFoundError as exc:
             raise CheckpointError(f"missing shard {path}") from exc
-        if len(blob) != entry["bytes"] or hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-            raise CheckpointError(f"shard {path} is truncated or corrupt ({len(blob)} bytes, expected {entry['bytes']})")
+        if len(blob) != entry["bytes"]:
+            raise CheckpointError(f"shard {path} is truncated or extended ({len(blob)} bytes, expected {entry['bytes']})")
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != entry["sha256"]:
+            raise CheckpointError(
+                f"shard {path} is corrupt: SHA-256 hash mismatch (file {digest[:16]}..., index {entry['sha256'][:16]}...)"
+            )
         try:
             flat.update(load(blob))
         except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -294,3 +299,27 @@ def load_model_folder(
         latent_mean=t(meta["latent_mean"]),
         latent_std=t(meta["latent_std"]),
     )
+
+
+def torch_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, checked: a device torch cannot name or that this machine lacks is refused.
+
+    Raises
+    ------
+    ConfigError
+        An unknown device string, or a CUDA device on a machine (or a torch build) without CUDA, or a CUDA index
+        beyond the GPUs present.
+    """
+    from gpsk_materials.errors import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"not a torch device: {device!r} ({exc})") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(dev)!r} requested, but CUDA is not available to this torch "
+                              f"({torch.__version__}); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(dev)!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible")
+    return dev

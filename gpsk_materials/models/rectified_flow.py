@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.models.conditioning import ConditionBatch
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
+from gpsk_materials.errors import ConfigError
 
 VelocityModel = Callable[[Tensor, Tensor, ConditionBatch], Tensor]
 
@@ -54,7 +55,7 @@ def sample_timesteps(
         return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
     if schedule == "uniform":
         return torch.rand(n, generator=generator, device=device)
-    raise ValueError(f"unknown timestep schedule {schedule!r}: 'logit_normal' or 'uniform'")
+    raise ConfigError(f"unknown timestep schedule {schedule!r}: 'logit_normal' or 'uniform'")
 
 
 def flow_loss(
@@ -97,7 +98,7 @@ def sample(
     Returns latents (B, *shape) in the model's (normalised) latent space. ``noise`` overrides the initial draw.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     if device is None:
         device = cond.present.device
     cond = cond.to(device)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpsk_materials.errors import GridError
+from gpsk_materials.errors import ConfigError, GridError
 from gpsk_materials.models.configs import VAEConfig
 from gpsk_materials.representations.grid import compress_structure_factor, expand_structure_factor
 
@@ -133,7 +133,7 @@ class GridVAE(nn.Module):
         c0, c1, c2 = config.channels
         g, nb = config.groups, config.blocks_per_level
         if config.domain not in ("real", "reciprocal"):
-            raise ValueError(f"VAE domain must be 'real' or 'reciprocal', got {config.domain!r}")
+            raise ConfigError(f"VAE domain must be 'real' or 'reciprocal', got {config.domain!r}")
         self.real = config.domain == "real"
         pad = self.real  # periodic padding in real space
         self.register_buffer("coords", miller_features(config.grid_size), persistent=False)

@@ -195,8 +195,9 @@ class CrystalGenerator(MSONable):
         """Load a model folder (as written by :func:`~gpsk_materials.models.io.save_model_folder`); None loads the
         model shipped in the package. Keyword arguments go to the constructor (``max_sites`` overrides the
         folder's own value)."""
-        from gpsk_materials.models.io import load_model_folder, read_json
+        from gpsk_materials.models.io import load_model_folder, read_json, torch_device
 
+        device = torch_device(device)
         if path is None:
             folder = default_model_dir()
             if not (folder / "config.json").is_file():
@@ -221,8 +222,16 @@ class CrystalGenerator(MSONable):
         return self.model.device
 
     def to(self, device: str | torch.device) -> CrystalGenerator:
-        """Move the model, the decoder and a loaded potential to ``device``; returns self."""
-        device = torch.device(device)
+        """Move the model, the decoder and a loaded potential to ``device``; returns self.
+
+        Raises
+        ------
+        ConfigError
+            ``device`` is not a device torch knows, or a CUDA device on a machine or torch build without CUDA.
+        """
+        from gpsk_materials.models.io import torch_device
+
+        device = torch_device(device)
         self.model.vae.to(device)
         self.model.mmdit.to(device)
         self.decoder.to(str(device))
@@ -538,6 +547,12 @@ class CrystalGenerator(MSONable):
             s = rec.structure
             for section, value in self._provenance(r, decoded_s, j, rank, rec, flags, res).items():
                 provenance.write(s, section, value)
+            if rec.scores and rec.scores.get("strict_valid") is False:
+                logger.warning(
+                    "request %d (%s): returned structure %d fails the strict check (interatomic distances against "
+                    "the elements' covalent radii, volume per atom); no better candidate was found: see "
+                    "properties['gpsk']['scores']", r.index, r.formula, rank,
+                )
             res.structures.append(s)
 
     def _provenance(self, r: ResolvedRequest, decoded, sample: int, rank: int, rec, flags: frozenset[str],

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpsk_materials.errors import DisorderError, InvalidStructureError, UnknownElementError
+from gpsk_materials.errors import DegenerateLatticeError, DisorderError, InvalidStructureError, UnknownElementError
 from gpsk_materials.representations.form_factors import MAX_Z
 
 _SIGNED_PERMUTATIONS = [
@@ -31,7 +31,15 @@ _PROPER_SIGNED_PERMUTATIONS = [m for m in _SIGNED_PERMUTATIONS if round(np.linal
 
 
 def as_structure(obj: Any):
-    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``; raise otherwise."""
+    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``.
+
+    Raises
+    ------
+    InvalidStructureError
+        ``obj`` is none of these, or ASE ``Atoms`` not periodic in all three directions.
+    DegenerateLatticeError
+        ASE ``Atoms`` with a zero, singular or non-finite cell.
+    """
     from pymatgen.core import IStructure, Structure
 
     if isinstance(obj, Structure):
@@ -47,13 +55,21 @@ def as_structure(obj: Any):
 
         if not np.all(obj.pbc):
             raise InvalidStructureError("ASE Atoms must be periodic in all three directions (pbc=True)")
+        cell = np.asarray(obj.cell[:], dtype=float)
+        volume = abs(np.linalg.det(cell)) if np.all(np.isfinite(cell)) else np.nan
+        if not volume > 1e-6:
+            raise DegenerateLatticeError(
+                f"ASE Atoms have a singular or undefined cell (volume {volume:.3g} A^3): set a periodic cell "
+                "(atoms.set_cell(...)) before passing them"
+            )
         return AseAtomsAdaptor.get_structure(obj)
     raise InvalidStructureError(f"expected a pymatgen Structure or ASE Atoms, got {type(obj).__name__}")
 
 
 def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.ndarray]:
-    """Validate ``structure`` and return ``lattice`` (3, 3), ``frac_coords`` (A, 3), ``numbers`` (A,) and
-    ``occupancy`` (A,). A disordered site contributes one entry per species at the same position."""
+    """Validate ``structure`` and return ``lattice`` (3, 3), ``frac_coords`` (A, 3), ``numbers`` (A,),
+    ``occupancy`` (A,) and ``site_index`` (A,), the site of ``structure`` each entry comes from. A disordered site
+    contributes one entry per species at the same position."""
     from pymatgen.core import Element
 
     structure = as_structure(structure)
@@ -63,7 +79,7 @@ def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.
     frac = np.array(structure.frac_coords, dtype=float)
     if not (np.all(np.isfinite(lattice)) and np.all(np.isfinite(frac))):
         raise InvalidStructureError("structure has non-finite lattice or coordinates (NaN or inf)")
-    coords, numbers, occupancy = [], [], []
+    coords, numbers, occupancy, site_index = [], [], [], []
     for i, site in enumerate(structure):
         species = site.species
         total = sum(species.values())
@@ -82,11 +98,13 @@ def structure_to_arrays(structure, allow_disorder: bool = True) -> dict[str, np.
             coords.append(frac[i])
             numbers.append(el.Z)
             occupancy.append(float(occ))
+            site_index.append(i)
     return {
         "lattice": lattice,
         "frac_coords": np.array(coords),
         "numbers": np.array(numbers, dtype=np.int64),
         "occupancy": np.array(occupancy),
+        "site_index": np.array(site_index, dtype=np.int64),
     }
 
 

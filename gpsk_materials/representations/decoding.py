@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials import provenance
-from gpsk_materials.errors import ConditioningError, DecodingError, GridError, UnknownElementError
+from gpsk_materials.errors import (
+    ConditioningError,
+    ConfigError,
+    DecodingError,
+    GPSKError,
+    GridError,
+    UnknownElementError,
+)
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
@@ -19,7 +28,13 @@ MAX_SCALE = 3.0
 
 
 def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
-    """Validate grids of shape (3, n, n, n) or (B, 3, n, n, n); return a batch (NumPy or torch)."""
+    """Validate grids of shape (3, n, n, n) or (B, 3, n, n, n); return a batch (NumPy or torch).
+
+    Raises
+    ------
+    GridError
+        Wrong number of dimensions or channels, a non-cubic or too small / odd grid size, or a non-float dtype.
+    """
     shape = tuple(getattr(grids, "shape", ()))
     if not hasattr(grids, "shape"):
         grids = np.asarray(grids)
@@ -30,6 +45,7 @@ def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
     if len(shape) != 5 or shape[1] != 3 or not (shape[2] == shape[3] == shape[4]) or (n and shape[2] != n):
         want = f"(3, {n or 'n'}, {n or 'n'}, {n or 'n'})"
         raise GridError(f"grid must have shape {want} or (B, *{want}), got {shape}")
+    G.miller_axis(int(shape[2]))  # GridError for a grid size the Miller layout cannot hold (0, 1, 2, odd)
     kind = str(getattr(grids, "dtype", ""))
     if "float" not in kind:
         raise GridError(f"grid must hold floating-point values, got dtype {kind}")
@@ -81,11 +97,33 @@ def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tup
 
 def _better(a, b):
     """Of two decodings of one grid, the structure with the lower residual (a structure beats an error)."""
-    if isinstance(a, DecodingError):
-        return b if not isinstance(b, DecodingError) else a
-    if isinstance(b, DecodingError):
+    if isinstance(a, GPSKError):
+        return b if not isinstance(b, GPSKError) else a
+    if isinstance(b, GPSKError):
         return a
     return b if _residual(b) < _residual(a) else a
+
+
+def _given_species(structure, composition):
+    """``structure`` with the species of ``composition`` where it gives them (oxidation states: a pymatgen
+    ``Composition`` or a mapping with ``Species`` keys): each element of one species in the composition becomes that
+    species. An element given in two oxidation states (Fe2+ and Fe3+ of Fe3O4) stays the element: which site holds
+    which cannot be read from the grid."""
+    from pymatgen.core import Element, Species
+
+    if not isinstance(composition, Mapping):
+        return structure
+    by_element: dict[Element, set] = {}
+    for sp in composition:
+        if isinstance(sp, Species):
+            by_element.setdefault(sp.element, set()).add(sp)
+        elif isinstance(sp, Element):
+            by_element.setdefault(sp, set()).add(sp)
+    single = {el: next(iter(sps)) for el, sps in by_element.items() if len(sps) == 1}
+    mapping = {el: sp for el, sp in single.items() if isinstance(sp, Species)}
+    if mapping:
+        structure.replace_species(mapping)
+    return structure
 
 
 def _residual(structure) -> float:
@@ -139,9 +177,9 @@ class ReciprocalGridDecoder(MSONable):
         batch_size: int = 16,
     ):
         if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+            raise ConfigError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         self.method = method
         self.max_residual = max_residual
         self.min_distance = min_distance
@@ -177,19 +215,30 @@ class ReciprocalGridDecoder(MSONable):
     ) -> list:
         """Decode a batch (B, 3, n, n, n).
 
-        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition).
+        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition). Species
+        given are species returned: an element given with one oxidation state (``Species("Fe", 3)``, as in the
+        ``composition`` of a structure with oxidation states) comes back as that species.
         ``exact_counts``: the compositions are the cell contents (as a generator conditioned on them, or crystal
         structure prediction); otherwise they are scaled to the number of formula units F(000) indicates. With
         exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
         count (a generated grid's overall scale is a nuisance, as in refinement), and the better fit is kept
         (``properties["gpsk"]["decode"]["scale"]`` says which).
-        ``errors="raise"`` raises the first :class:`DecodingError`; ``"none"`` puts None in its place and
-        records the reason in :attr:`last_errors`.
+        ``errors="raise"`` raises the first error (fail fast): a :class:`DecodingError`, or the project error of an
+        unreadable composition (``UnknownElementError``); ``"none"`` puts None in its place and records the
+        reason, ``"grid <index in the batch>: ..."``, in :attr:`last_errors`: one bad grid or composition, or a
+        numerical failure of the solver on one grid, never loses the rest of the batch.
+
+        Raises
+        ------
+        GridError
+            Grids of the wrong shape or dtype, or as many compositions as grids not given (whatever ``errors``).
+        DecodingError, UnknownElementError
+            With ``errors="raise"``, the first grid that does not decode, or whose composition cannot be read.
         """
         from tqdm.auto import tqdm
 
         if errors not in ("raise", "none"):
-            raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
+            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
         grids = as_grid_batch(grids)
         B = grids.shape[0]
         if compositions is None:
@@ -201,21 +250,42 @@ class ReciprocalGridDecoder(MSONable):
         self.last_errors: list = []
         for start in tqdm(range(0, B, self.batch_size), disable=not progress, desc="decode", unit="batch"):
             sl = slice(start, start + self.batch_size)
-            out = self._decode_chunk(grids[sl], compositions[sl], exact_counts)
+            out = self._safe_chunk(grids[sl], compositions[sl], exact_counts)
             if exact_counts:
                 # also try the grid brought to the cell's electron count; keep whichever fits better
-                scaled = self._decode_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
+                scaled = self._safe_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
                 out = [_better(a, b) for a, b in zip(out, scaled)]
-            for item in out:
-                if isinstance(item, DecodingError):
+            for j, item in enumerate(out):
+                if isinstance(item, GPSKError):
+                    # chunk-local grid numbers -> the grid's index in the batch
+                    item = type(item)(re.sub(r"^grid \d+", f"grid {start + j}", str(item)))
                     if errors == "raise":
                         raise item
                     results.append(None)
                     self.last_errors.append(str(item))
                 else:
-                    results.append(item)
+                    results.append(_given_species(item, compositions[start + j]))
                     self.last_errors.append(None)
         return results
+
+    def _safe_chunk(self, grids, compositions, exact_counts: bool, rescale: bool = False) -> list:
+        """:meth:`_decode_chunk`, where a numerical failure of the batched solver (torch's ``LinAlgError``: a
+        singular solve, an eigendecomposition that does not converge) fails only the grids that cause it: the chunk
+        is decoded again one grid at a time."""
+        import torch
+
+        try:
+            return self._decode_chunk(grids, compositions, exact_counts, rescale=rescale)
+        except torch.linalg.LinAlgError as exc:
+            if len(grids) == 1:
+                return [DecodingError(f"grid 0: the solver failed numerically ({str(exc).splitlines()[0]}); the "
+                                      "metric or structure factor is degenerate")]
+            out: list = []
+            for i in range(len(grids)):
+                item = self._safe_chunk(grids[i : i + 1], compositions[i : i + 1], exact_counts, rescale)[0]
+                out.append(type(item)(re.sub(r"^grid \d+", f"grid {i}", str(item))) if isinstance(item, GPSKError)
+                           else item)
+            return out
 
     def fit_lattice(self, grid):
         """Lattice (pymatgen ``Lattice``) from the metric channel of one grid by linear least squares."""
@@ -304,8 +374,8 @@ class ReciprocalGridDecoder(MSONable):
                 if sum(cnt.values()) > self.max_sites:
                     raise DecodingError(f"F(000) = {f000[i]:.1f} e asks for {units} formula units, "
                                         f"{sum(cnt.values())} sites > max_sites={self.max_sites}")
-            except DecodingError as exc:
-                fail[i] = DecodingError(f"grid {i}: {exc}")
+            except GPSKError as exc:  # an unreadable composition fails its grid alone, with its own error type
+                fail[i] = type(exc)(f"grid {i}: {exc}")
                 pal.append([1]), counts.append([0]), known.append(True)
                 continue
             pal.append(list(cnt)), counts.append(list(cnt.values())), known.append(True)

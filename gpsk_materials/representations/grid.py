@@ -33,9 +33,17 @@ def _xp(x):
 
 
 def miller_axis(n: int = GRID_SIZE) -> np.ndarray:
-    """Miller indices along one axis in grid order: ``[-n/2, ..., n/2 - 1]``."""
-    if n < 4 or n % 2:
-        raise ValueError(f"grid size must be an even integer >= 4, got {n}")
+    """Miller indices along one axis in grid order: ``[-n/2, ..., n/2 - 1]``.
+
+    Raises
+    ------
+    GridError
+        ``n`` is not an even integer >= 4 (a ``ValueError`` too).
+    """
+    from gpsk_materials.errors import GridError
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4 or n % 2:
+        raise GridError(f"grid size must be an even integer >= 4, got {n!r}")
     return np.arange(-(n // 2), n // 2)
 
 

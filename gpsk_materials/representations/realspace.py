@@ -14,7 +14,8 @@ import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials import provenance
-from gpsk_materials.errors import DecodingError, GridError
+from gpsk_materials.defaults import MIN_SITE_DISTANCE
+from gpsk_materials.errors import ConfigError, DecodingError, GPSKError, GridError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
 from gpsk_materials.representations.reciprocal import validated_arrays
@@ -72,6 +73,9 @@ class RealSpaceDensityFeaturizer(MSONable):
         Largest number of (species, site) entries accepted.
     max_resolution : float
         Largest real-space voxel spacing (Angstrom) accepted.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites accepted, periodic images included; closer sites raise
+        ``ResolutionError`` naming both (default ``gpsk_materials.defaults.MIN_SITE_DISTANCE``, 0.5).
     """
 
     def __init__(
@@ -82,16 +86,18 @@ class RealSpaceDensityFeaturizer(MSONable):
         allow_disorder: bool = True,
         max_sites: int = 256,
         max_resolution: float = 1.6,
+        min_distance: float = MIN_SITE_DISTANCE,
     ):
         G.miller_axis(grid_size)
         if not (np.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a positive number of voxels, got {sigma}")
+            raise ConfigError(f"sigma must be a positive number of voxels, got {sigma}")
         self.grid_size = grid_size
         self.sigma = sigma
         self.canonicalize = canonicalize
         self.allow_disorder = allow_disorder
         self.max_sites = max_sites
         self.max_resolution = max_resolution
+        self.min_distance = min_distance
 
     def canonical_structure(self, structure):
         """The cell whose grid :meth:`featurize` returns (canonical cell when ``canonicalize``)."""
@@ -100,7 +106,7 @@ class RealSpaceDensityFeaturizer(MSONable):
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
         return validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
-                                self.max_resolution)
+                                self.max_resolution, self.min_distance)
 
     def featurize(self, structure) -> np.ndarray:
         """Density of one structure, shape (1, n, n, n), float32."""
@@ -238,19 +244,20 @@ class RealSpacePeakDecoder(MSONable):
 
     def decode_many(self, grids, lattices: Sequence[Any], compositions: Sequence[Any], errors: str = "raise") -> list:
         """Decode a batch (B, 1, n, n, n) with one lattice and composition per grid; ``errors="none"`` puts None
-        in place of a failure and records the reason in :attr:`last_errors`."""
+        in place of a failure (any project error of that item) and records ``"grid <i>: <error>"`` in
+        :attr:`last_errors`; ``"raise"`` raises the first."""
         if errors not in ("raise", "none"):
-            raise ValueError(f"errors must be 'raise' or 'none', got {errors!r}")
+            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
         if not (len(grids) == len(lattices) == len(compositions)):
             raise GridError(f"{len(grids)} grids, {len(lattices)} lattices and {len(compositions)} compositions")
         out, self.last_errors = [], []
-        for grid, lat, comp in zip(grids, lattices, compositions):
+        for i, (grid, lat, comp) in enumerate(zip(grids, lattices, compositions)):
             try:
                 out.append(self.decode(grid, lat, comp))
                 self.last_errors.append(None)
-            except DecodingError as exc:
+            except GPSKError as exc:  # a bad grid, lattice or composition fails its item alone
                 if errors == "raise":
                     raise
                 out.append(None)
-                self.last_errors.append(str(exc))
+                self.last_errors.append(f"grid {i}: {type(exc).__name__}: {exc}")
         return out

@@ -7,12 +7,14 @@ Layout and scaling are documented in :mod:`.grid`; the canonical cell in :mod:`.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from monty.json import MSONable
 
-from gpsk_materials.errors import DegenerateLatticeError, GridError, ResolutionError
+from gpsk_materials.defaults import MIN_SITE_DISTANCE
+from gpsk_materials.errors import ConfigError, DegenerateLatticeError, GridError, ResolutionError
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
 from gpsk_materials.representations.form_factors import CITATION, check_numbers, form_factor
@@ -25,11 +27,42 @@ def check_cell(
     max_sites: int = 256,
     min_volume_per_atom: float = 1.0,
     max_resolution: float = 1.6,
+    *,
+    numbers: np.ndarray | None = None,
+    occupancy: np.ndarray | None = None,
+    site_index: np.ndarray | None = None,
+    min_distance: float = MIN_SITE_DISTANCE,
 ) -> None:
     """Raise if a cell cannot be represented faithfully on an n^3 grid.
 
-    ``max_resolution`` bounds the real-space grid spacing (Angstrom) along each axis, |a_i| / n for the
-    distance between the lattice planes; larger cells alias: neighbouring atoms blur into one peak.
+    Parameters
+    ----------
+    lattice : ndarray (3, 3)
+        Lattice vectors as rows, Angstrom.
+    frac : ndarray (A, 3)
+        Fractional coordinates of the entries.
+    n : int
+        Grid size.
+    max_sites : int
+        Largest number of entries accepted.
+    min_volume_per_atom : float
+        Smallest volume per entry, A^3.
+    max_resolution : float
+        Bound on the real-space grid spacing (Angstrom) along each axis, |a_i| / n for the distance between the
+        lattice planes; larger cells alias: neighbouring atoms blur into one peak.
+    numbers, occupancy, site_index : ndarray (A,), optional
+        Atomic numbers (they name the sites in messages), occupancies, and the input site of each entry (a
+        disordered site gives one entry per species). See :func:`check_overlap`.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites, periodic images included; 0 skips the test.
+
+    Raises
+    ------
+    DegenerateLatticeError
+        The lattice is singular, too small per site, or too large for the grid.
+    ResolutionError
+        More than ``max_sites`` entries, or two sites (or a site and its own periodic image) closer than
+        ``min_distance``; the message names both sites and their distance.
     """
     volume = abs(np.linalg.det(lattice))
     if not np.isfinite(volume) or volume < 1e-6:
@@ -41,28 +74,217 @@ def check_cell(
         raise DegenerateLatticeError(
             f"volume per site {volume / n_atoms:.3f} A^3 is below {min_volume_per_atom} A^3: atoms overlap"
         )
-    # interplanar spacing of the (100), (010), (001) planes over n gives the grid spacing along each axis
-    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1) / n
-    if spacing.max() > max_resolution:
+    check_resolution(lattice, n, max_resolution)
+    if min_distance > 0:
+        check_overlap(lattice, frac, min_distance, numbers=numbers, occupancy=occupancy, site_index=site_index)
+
+
+def grid_spacing(lattice: np.ndarray, n: int = G.GRID_SIZE) -> float:
+    """Largest real-space grid spacing (Angstrom) of a cell on an n^3 grid: the interplanar spacing of the (100),
+    (010), (001) planes over n."""
+    return float((1.0 / np.linalg.norm(np.linalg.inv(lattice).T, axis=1) / n).max())
+
+
+def check_resolution(lattice: np.ndarray, n: int = G.GRID_SIZE, max_resolution: float = 1.6) -> None:
+    """Raise ``DegenerateLatticeError`` if the grid spacing of ``lattice`` exceeds ``max_resolution`` (it aliases).
+
+    Raises
+    ------
+    DegenerateLatticeError
+        The message gives the spacing and the lattice lengths.
+    """
+    spacing = grid_spacing(lattice, n)
+    if spacing > max_resolution:
         raise DegenerateLatticeError(
-            f"cell too large for a {n}^3 grid: spacing {spacing.max():.3f} A exceeds {max_resolution} A "
+            f"cell too large for a {n}^3 grid: spacing {spacing:.3f} A exceeds {max_resolution} A "
             f"(lattice lengths {np.round(np.linalg.norm(lattice, axis=1), 3).tolist()} A alias)"
         )
 
 
+def check_primitive_fits(
+    arrays: dict[str, np.ndarray], n: int = G.GRID_SIZE, max_sites: int = 256, max_resolution: float = 1.6,
+    symprec: float = 0.05,
+) -> None:
+    """Refuse, before the primitive-cell search, a structure whose primitive cell cannot fit the grid.
+
+    pymatgen's primitive-cell search takes minutes for a thousand sites; spglib's count of the cell's lattice
+    points (pure translations, at a tolerance looser than the canonical cell's 0.02 A so that it never counts
+    fewer) bounds the primitive cell's size in well under a second: ``sites / points`` entries, and, when the cell
+    is already primitive, the grid spacing of its reduced lattice (refused here when it exceeds ``max_resolution``
+    by more than 25 %, the exact check follows the search). A cell that fits as given is not searched at all.
+
+    Parameters
+    ----------
+    arrays : dict
+        Output of :func:`~gpsk_materials.representations.canonical.structure_to_arrays` of the input.
+    n, max_sites, max_resolution
+        As in :func:`check_cell`.
+    symprec : float
+        spglib tolerance (Angstrom) of the translation search.
+
+    Raises
+    ------
+    ResolutionError
+        The primitive cell holds more than ``max_sites`` entries.
+    DegenerateLatticeError
+        The cell is primitive and its reduced lattice too large for the grid.
+    """
+    lattice, n_entries = arrays["lattice"], len(arrays["numbers"])
+    if n_entries <= max_sites and grid_spacing(lattice, n) <= max_resolution:
+        return
+    import spglib
+
+    site_index = arrays["site_index"]
+    sites, first = np.unique(site_index, return_index=True)
+    # one spglib type per distinct site content (species and occupancies), so a disordered site keeps its identity
+    content = [tuple(zip(arrays["numbers"][site_index == i], np.round(arrays["occupancy"][site_index == i], 4)))
+               for i in sites]
+    kinds = {c: k for k, c in enumerate(dict.fromkeys(content))}
+    types = np.array([kinds[c] + 1 for c in content], dtype=np.intc)
+    try:
+        sym = spglib.get_symmetry((lattice, arrays["frac_coords"][first] % 1.0, types), symprec=symprec)
+    except Exception:  # noqa: BLE001 - no bound from spglib: the primitive-cell search decides
+        sym = None
+    points = 1
+    if sym is not None:
+        points = int(sum(np.array_equal(r, np.eye(3, dtype=int)) for r in sym["rotations"])) or 1
+    if n_entries / points > max_sites:
+        raise ResolutionError(
+            f"{n_entries} sites; the primitive cell holds {n_entries // points}, more than the {max_sites} that the "
+            f"{n}^3 grid is configured to resolve (refused before the primitive-cell search)"
+        )
+    if points == 1:
+        from pymatgen.core import Lattice
+
+        # the canonical cell is the Niggli reduction of this lattice (seconds for a huge cell); the LLL reduction
+        # (microseconds) is close to it, and a margin keeps borderline cells for the exact check after the search
+        reduced = Lattice(lattice).get_lll_reduced_lattice().matrix
+        if grid_spacing(reduced, n) > 1.25 * max_resolution:
+            check_resolution(reduced, n, max_resolution)
+
+
+def _close_pairs(lattice: np.ndarray, frac: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
+    """(centers, neighbours, images, distances) of entry pairs closer than ``r``, periodic images included."""
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    cart = np.ascontiguousarray((frac % 1.0) @ lattice)
+    # the cell list of find_points_in_spheres has one box per (max(r, 1 A))^3 of the points' extent: a sparse
+    # cell of 10^6 A would ask for 10^18 boxes, so large extents take the minimum-image distances instead
+    boxes = np.prod(np.ceil((np.ptp(cart, axis=0) + 2 * r) / max(r, 1.0)))
+    if boxes <= 1e6:
+        centers, neighbors, images, dist = find_points_in_spheres(
+            cart, cart, r=float(r), pbc=np.array([1, 1, 1], dtype=np.int64), lattice=lattice, tol=1e-8
+        )
+        return np.asarray(centers, dtype=int), np.asarray(neighbors, dtype=int), np.asarray(images), np.asarray(dist)
+    from pymatgen.core import Lattice
+
+    lat = Lattice(lattice)
+    out: list[list] = [[], [], [], []]
+    for start in range(0, len(frac), 256):
+        d = lat.get_all_distances(frac[start : start + 256], frac)
+        ii, jj = np.nonzero(d < r)
+        keep = ii + start != jj
+        out[0].append(ii[keep] + start), out[1].append(jj[keep]), out[3].append(d[ii[keep], jj[keep]])
+        out[2].append(np.zeros((int(keep.sum()), 3)))
+    # shortest lattice vector among the small combinations of the LLL basis (a Niggli reduction of a huge cell
+    # takes seconds)
+    basis = lat.get_lll_reduced_lattice().matrix
+    combos = np.array([c for c in itertools.product((-1, 0, 1), repeat=3) if any(c)])
+    shortest = float(np.linalg.norm(combos @ basis, axis=1).min())
+    if shortest < r:  # each site meets its own image along the shortest lattice vector
+        out[0].append(np.array([0])), out[1].append(np.array([0])), out[3].append(np.array([shortest]))
+        out[2].append(np.array([[1, 0, 0]]))
+    return tuple(np.concatenate(x) for x in out)
+
+
+def check_overlap(
+    lattice: np.ndarray,
+    frac: np.ndarray,
+    min_distance: float = MIN_SITE_DISTANCE,
+    *,
+    numbers: np.ndarray | None = None,
+    occupancy: np.ndarray | None = None,
+    site_index: np.ndarray | None = None,
+) -> None:
+    """Raise ``ResolutionError`` if two sites of a periodic cell lie closer than ``min_distance``.
+
+    The species of one disordered site share its position, and entries whose occupancies sum to at most 1 (the
+    alternative positions of a positionally disordered site) may lie closer: neither is an overlap.
+
+    Parameters
+    ----------
+    lattice, frac, min_distance
+        As in :func:`check_cell`.
+    numbers, occupancy, site_index : ndarray (A,), optional
+        Atomic numbers, occupancies (default 1) and input site (default: one site per entry) of each entry.
+
+    Raises
+    ------
+    ResolutionError
+        Names the closest offending pair and its distance, e.g. ``sites 0 (Al) and 4 (Al) are 0.0000 A apart``.
+    """
+    frac = np.asarray(frac, dtype=float)
+    lattice = np.ascontiguousarray(lattice, dtype=float)
+    n_entries = len(frac)
+    site = np.arange(n_entries) if site_index is None else np.asarray(site_index)
+    occ = np.ones(n_entries) if occupancy is None else np.asarray(occupancy, dtype=float)
+    centers, neighbors, images, dist = _close_pairs(lattice, frac, float(min_distance))
+    home = np.all(images == 0, axis=1)
+    # species of one site at its own position; entries sharing a position by partial occupancy (sum <= 1)
+    allowed = (home & (site[centers] == site[neighbors])) | (
+        (site[centers] != site[neighbors]) & (occ[centers] + occ[neighbors] <= 1 + 1e-6)
+    )
+    bad = ~allowed & (dist < min_distance)
+    if not bad.any():
+        return
+    k = np.flatnonzero(bad)[np.argmin(dist[bad])]
+    i, j = sorted((int(centers[k]), int(neighbors[k])))
+
+    def name(e: int) -> str:
+        if numbers is None:
+            return str(site[e])
+        from pymatgen.core import Element
+
+        return f"{site[e]} ({Element.from_Z(int(numbers[e])).symbol})"
+
+    if site[i] == site[j]:
+        what = f"site {name(i)} and its own periodic image are"
+    else:
+        what = f"sites {name(i)} and {name(j)} are"
+    raise ResolutionError(
+        f"{what} {dist[k]:.4f} A apart, closer than {min_distance} A: atoms overlap "
+        "(remove the duplicate site, or merge sites closer than a tolerance with Structure.merge_sites)"
+    )
+
+
 def validated_arrays(
     structure, canonicalize: bool = True, allow_disorder: bool = True, n: int = G.GRID_SIZE, max_sites: int = 256,
-    max_resolution: float = 1.6,
+    max_resolution: float = 1.6, min_distance: float = MIN_SITE_DISTANCE,
 ) -> dict[str, np.ndarray]:
-    """Arrays of ``structure`` (its canonical cell if ``canonicalize``) after every input check of the featurizers."""
+    """Arrays of ``structure`` (its canonical cell if ``canonicalize``) after every input check of the featurizers.
+
+    Raises
+    ------
+    InvalidStructureError
+        Any check of :func:`~gpsk_materials.representations.canonical.structure_to_arrays` or :func:`check_cell`
+        (subclasses ``DegenerateLatticeError``, ``ResolutionError``, ``UnknownElementError``, ``DisorderError``);
+        overlapping sites are named by their index in ``structure``.
+    """
     arrays = structure_to_arrays(structure, allow_disorder=allow_disorder)
     if canonicalize:
-        # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError
+        # a singular or overlapping cell would make the primitive-cell search fail with a LinAlgError, and what
+        # cannot fit is refused before that search (minutes for a thousand sites)
         check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites=len(arrays["numbers"]),
-                   max_resolution=np.inf)
+                   max_resolution=np.inf, min_distance=min_distance, **_site_arrays(arrays))
+        check_primitive_fits(arrays, n, max_sites, max_resolution)
         arrays = structure_to_arrays(canonical_structure(structure), allow_disorder=allow_disorder)
-    check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution)
+    check_cell(arrays["lattice"], arrays["frac_coords"], n, max_sites, max_resolution=max_resolution,
+               min_distance=min_distance, **_site_arrays(arrays))
     return arrays
+
+
+def _site_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"numbers": arrays["numbers"], "occupancy": arrays["occupancy"], "site_index": arrays["site_index"]}
 
 
 def featurize_arrays(
@@ -207,13 +429,27 @@ def shift_origin(grid, shift):
 
 def structures_to_arrays(
     structures: Iterable[Any], max_sites: int | None = None, canonicalize: bool = True, allow_disorder: bool = True,
+    max_resolution: float = np.inf,
 ) -> dict[str, np.ndarray]:
     """Padded arrays of many structures for :func:`featurize_batch`: ``lattice`` (B, 3, 3), ``frac_coords``
-    (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N)."""
-    items = []
-    for s in structures:
-        s = canonical_structure(s) if canonicalize else as_structure(s)
-        items.append(structure_to_arrays(s, allow_disorder=allow_disorder))
+    (B, N, 3), ``numbers`` (B, N) with 0 padding, ``occupancy`` (B, N).
+
+    ``max_resolution`` (Angstrom, default no bound) refuses cells too large for the grid; give it for any cell that
+    may be huge, as the primitive-cell search of a sparse 10^6 A cell exhausts memory.
+
+    Raises
+    ------
+    InvalidStructureError
+        A structure fails an input check of :func:`validated_arrays` (overlapping sites: ``ResolutionError``).
+    ResolutionError
+        A structure has more than ``max_sites`` entries.
+    DegenerateLatticeError
+        A cell too large for ``max_resolution``.
+    """
+    # every input check of the featurizers; the site bound applies to the padded width below
+    bound = np.iinfo(np.int64).max if max_sites is None else max_sites
+    items = [validated_arrays(s, canonicalize, allow_disorder, max_sites=bound, max_resolution=max_resolution)
+             for s in structures]
     width = max([len(it["numbers"]) for it in items] + [1])
     if max_sites is not None:
         if width > max_sites:
@@ -254,6 +490,9 @@ class ReciprocalGridFeaturizer(MSONable):
         Largest number of (species, site) entries accepted.
     max_resolution : float
         Largest real-space grid spacing (Angstrom) accepted; larger cells alias.
+    min_distance : float
+        Smallest distance (Angstrom) between two sites accepted, periodic images included; closer sites raise
+        ``ResolutionError`` naming both (default ``gpsk_materials.defaults.MIN_SITE_DISTANCE``, 0.5).
     backend : {"numpy", "torch"}
         Engine of :meth:`featurize_many`; :meth:`featurize` always uses NumPy.
     device : str
@@ -271,12 +510,13 @@ class ReciprocalGridFeaturizer(MSONable):
         allow_disorder: bool = True,
         max_sites: int = 256,
         max_resolution: float = 1.6,
+        min_distance: float = MIN_SITE_DISTANCE,
         backend: str = "numpy",
         device: str = "cpu",
         batch_size: int = 256,
     ):
         if backend not in ("numpy", "torch"):
-            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+            raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
         G.miller_axis(grid_size)
         self.grid_size = grid_size
         self.canonicalize = canonicalize
@@ -285,6 +525,7 @@ class ReciprocalGridFeaturizer(MSONable):
         self.allow_disorder = allow_disorder
         self.max_sites = max_sites
         self.max_resolution = max_resolution
+        self.min_distance = min_distance
         self.backend = backend
         self.device = device
         self.batch_size = batch_size
@@ -293,7 +534,7 @@ class ReciprocalGridFeaturizer(MSONable):
     def prepare(self, structure) -> dict[str, np.ndarray]:
         """Validated (and canonicalized) arrays of one structure."""
         arrays = validated_arrays(structure, self.canonicalize, self.allow_disorder, self.grid_size, self.max_sites,
-                                  self.max_resolution)
+                                  self.max_resolution, self.min_distance)
         if self.random_origin:
             arrays["frac_coords"] = (arrays["frac_coords"] + self._rng.random(3)) % 1.0
         return arrays

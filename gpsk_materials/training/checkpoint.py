@@ -110,6 +110,23 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return folder
 
 
+def checkpoint_candidates(out: str | Path) -> list[Path]:
+    """Every kept checkpoint folder of ``OUT``, newest first: the one ``OUT/latest.json`` names (even if it is
+    missing, so that a caller can report it), then the others in ``OUT/checkpoints`` by modification time."""
+    out = Path(out)
+    root = out / "checkpoints"
+    kept = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=os.path.getmtime, reverse=True) if root.is_dir() else []
+    pointer = out / "latest.json"
+    first: list[Path] = []
+    if pointer.exists():
+        try:
+            first = [out / read_json(pointer)["checkpoint"]]
+        except (CheckpointError, KeyError, TypeError):
+            first = []  # an unreadable pointer: the folders themselves say which is newest
+    return first + [p for p in kept if not first or p.resolve() != first[0].resolve()]
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
     """Read ``state.json`` and every tensor set of a checkpoint folder (hashes checked)."""
     folder = Path(folder)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gpsk_materials.errors import ConfigError
+
 
 class EMA:
     """Shadow copy of a module's floating-point state, ``ema = d * ema + (1 - d) * live`` with warm-up
@@ -12,7 +14,7 @@ class EMA:
 
     def __init__(self, module: nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
         self.shadow = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone() for k, v in module.state_dict().items()}

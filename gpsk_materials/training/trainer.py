@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
-from gpsk_materials.errors import CheckpointError, DataError
+from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
-from gpsk_materials.models.configs import ModelConfig, get_config
+from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
 from gpsk_materials.models.io import (
     load_model_folder,
     load_module_weights,
@@ -50,11 +51,13 @@ from gpsk_materials.models.io import (
     read_json,
     save_model_folder,
     save_tensors,
+    write_json_atomic,
 )
 from gpsk_materials.models.mmdit import MMDiT
 from gpsk_materials.models.vae import GridVAE
 from gpsk_materials.training import distributed as D
 from gpsk_materials.training.checkpoint import (
+    checkpoint_candidates,
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
@@ -105,17 +108,19 @@ class TrainConfig:
     vae_shell_weight: float = 0.0
 
     def check(self) -> None:
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the first invalid field."""
+        check_fields(self)
         get_config(self.model)
         if self.batch_size < 1 or (self.flow_batch_size or 1) < 1 or self.vae_steps < 0 or self.flow_steps < 0:
-            raise ValueError("batch sizes must be >= 1 and step counts >= 0")
+            raise ConfigError("batch sizes must be >= 1 and step counts >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+            raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.export_minutes is not None and not self.export_minutes > 0:
-            raise ValueError(f"export_minutes must be > 0, got {self.export_minutes}")
+            raise ConfigError(f"export_minutes must be > 0, got {self.export_minutes}")
         if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def cache_fingerprint(cache: ArrayCache) -> str:
@@ -181,7 +186,7 @@ class Trainer:
                  init_model: str | Path | None = None, init_weights: str | Path | None = None):
         config.check()
         if sum(x is not None for x in (init_vae, init_model, init_weights)) > 1:
-            raise ValueError("init_vae, init_model and init_weights exclude each other: give one, not both "
+            raise ConfigError("init_vae, init_model and init_weights exclude each other: give one, not both "
                              "(init_model and init_weights adopt the folder's VAE too)")
         self.init_model = None if init_model is None else Path(init_model)
         self.init_vae = self.init_model if init_vae is None else Path(init_vae)
@@ -201,7 +206,7 @@ class Trainer:
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.info.is_main)
         for b in {config.batch_size, config.flow_batch_size or config.batch_size}:
             if b % self.info.world_size:
-                raise ValueError(f"batch size {b} is not divisible by {self.info.world_size} ranks")
+                raise ConfigError(f"batch size {b} is not divisible by {self.info.world_size} ranks")
         splits = split_indices(cache, {"train": 1 - config.val_fraction, "val": config.val_fraction}, config.seed, config.split_by)
         self.train_idx, self.val_idx = splits["train"], splits["val"][: config.val_size]
         if len(self.train_idx) < max(config.batch_size, config.flow_batch_size or 0):
@@ -300,11 +305,33 @@ class Trainer:
         D.barrier(self.info)
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the latest checkpoint's position; return its full state (tensors under ``"_sets"``) or None."""
-        folder = latest_checkpoint(self.out)
-        if folder is None:
+        """Load the newest readable checkpoint's position; return its full state (tensors under ``"_sets"``) or None.
+
+        A checkpoint that cannot be read (missing, truncated, a shard whose hash does not match) is passed over,
+        with a ``RuntimeWarning``, for the next older kept one (``keep_checkpoints``); once one is read, the main
+        rank moves the unreadable ones aside to ``checkpoints/.unreadable-<name>`` (so that they are neither resumed
+        nor kept in place of a good one) and points ``latest.json`` at the one resumed.
+
+        Raises
+        ------
+        CheckpointError
+            No kept checkpoint can be read (the message gives each one's reason), or the readable one belongs to
+            another model config, other training options, other data or another number of ranks.
+        """
+        candidates = checkpoint_candidates(self.out)
+        if not candidates:
             return None
-        state, sets = load_checkpoint(folder, device="cpu")
+        reasons = []
+        for folder in candidates:
+            try:
+                if not folder.is_dir():
+                    raise CheckpointError(f"{folder} does not exist")
+                state, sets = load_checkpoint(folder, device="cpu")
+                break
+            except CheckpointError as exc:
+                reasons.append(f"{folder.name}: {exc}")
+        else:  # nothing is moved: the user decides what to do with the folders
+            raise CheckpointError(f"no readable checkpoint in {self.out}: " + "; ".join(reasons))
         if state["model_config"] != json.loads(self.model_config.to_json()):
             raise CheckpointError(
                 f"{folder} was written for model config {state['model_config'].get('name')!r}, "
@@ -321,12 +348,29 @@ class Trainer:
             raise CheckpointError(f"cannot resume {folder}: the training data differ from the checkpoint's")
         if state["world_size"] != self.info.world_size:
             raise CheckpointError(f"{folder} was written by {state['world_size']} ranks, not {self.info.world_size}")
+        if reasons:
+            for unreadable in candidates[: len(reasons)]:
+                self._set_aside(unreadable)
+            warnings.warn(f"resuming from the older checkpoint {folder.name}: the newer one could not be read "
+                          f"({'; '.join(reasons)})", RuntimeWarning, stacklevel=2)
+            if self.info.is_main:
+                write_json_atomic(self.out / "latest.json", {"checkpoint": f"checkpoints/{folder.name}"})
         self.stage, self.step = state["stage"], state["step"]
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.gen.set_state(sets["rng"][f"rank{self.info.rank}"])
         self.log.truncate_after(list(STAGES), self.stage, self.step)
         state["_sets"] = sets
         return state
+
+    def _set_aside(self, folder: Path) -> None:
+        """Move an unreadable checkpoint folder out of the kept ones (main rank; others find it gone)."""
+        if not self.info.is_main or not folder.is_dir() or folder.parent.name != "checkpoints":
+            return
+        try:
+            os.replace(folder, folder.parent / f".unreadable-{folder.name}")
+        except OSError as exc:
+            warnings.warn(f"could not move the unreadable checkpoint {folder} aside: {exc}", RuntimeWarning,
+                          stacklevel=3)
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> str:
