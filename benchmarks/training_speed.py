@@ -41,7 +41,7 @@ def _sync(device) -> None:
 
 
 def _time(fn, steps: int, warmup: int, device) -> float:
-    """Median-free mean seconds per call after ``warmup`` calls (compilation and cuDNN autotuning happen there)."""
+    """Mean seconds per call after ``warmup`` calls (compilation and cuDNN autotuning happen in those)."""
     for _ in range(warmup):
         fn()
     _sync(device)

@@ -46,7 +46,7 @@ if [ "$mode" = start ]; then
       "${VAE_RATE:-1402}" "${FLOW_RATE:-34200}" > $OUT/training_speed.json
     echo '{"rows": []}' > $OUT/training_speed_compile.json
   else
-    PYTHONPATH=.carry/baseline python3 .carry/baseline/benchmarks/training_speed.py --data .carry/bench/data.npz \
+    PYTHONPATH=.carry/baseline:/tmp/site python3 .carry/baseline/benchmarks/training_speed.py --data .carry/bench/data.npz \
         --device cuda --vae-batches 128 --flow-batches 1024 --steps 20 --out $OUT/training_speed_before.json 2>&1 | grep '^{'
     PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
         --vae-batches 128 256 --flow-batches 1024 --steps 20 --variants bf16 bf16+channels_last \

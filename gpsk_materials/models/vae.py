@@ -263,8 +263,10 @@ class GridVAE(nn.Module):
         """Weighted reconstruction MSE + ``kl_weight`` * KL; returns the loss and its detached parts."""
         return self.loss_from(grid, *self(grid, generator))
 
-    def loss_from(self, grid: Tensor, recon: Tensor, posterior: LatentDistribution) -> tuple[Tensor, dict[str, Tensor]]:
-        """:meth:`loss` from a forward pass already made (e.g. through a DDP wrapper)."""
+    def loss_from(self, grid: Tensor, recon: Tensor, posterior: LatentDistribution,
+                  shell_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`loss` from a forward pass already made (e.g. through a DDP wrapper); ``shell_weight`` > 0 adds
+        that multiple of :meth:`shell_log_power_error` (a training option, ``TrainConfig.vae_shell_weight``)."""
         err = (recon.float() - grid.float()).pow(2).mean(dim=(0, 2, 3, 4))  # per channel
         w = torch.tensor(self.config.channel_weights, device=err.device, dtype=err.dtype)
         kl = posterior.kl().float().mean()
@@ -273,4 +275,7 @@ class GridVAE(nn.Module):
         if self.config.residual_weight:
             parts["residual"] = self.relative_residual(grid, recon).mean()
             loss = loss + self.config.residual_weight * parts["residual"]
+        if shell_weight:
+            parts["shell"] = self.shell_log_power_error(grid, recon).mean()
+            loss = loss + shell_weight * parts["shell"]
         return loss, {k: v.detach() for k, v in parts.items()}

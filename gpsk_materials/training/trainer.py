@@ -429,10 +429,13 @@ class Trainer:
                     p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
         return model
 
-    def stage_objects(self, stage: str) -> tuple[nn.Module, torch.optim.Optimizer, Any, EMA]:
-        """Fresh model, optimizer, learning-rate schedule and EMA of a stage, as the training loop uses them."""
+    def stage_objects(self, stage: str, initial: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, Any, EMA]:
+        """Model, optimizer, learning-rate schedule and EMA of a stage, as the training loop uses them; ``initial``
+        loads the fresh run's starting weights (``init_weights`` / ``init_model``) first, so the EMA starts there."""
         cfg = self.cfg
         model = self._build(stage)
+        if initial:
+            self._initial_weights(stage, model)
         lr = cfg.vae_lr if stage == "vae" else cfg.flow_lr
         # one fused kernel for the whole update on CUDA (the unfused loop launches several kernels per tensor)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
@@ -461,10 +464,7 @@ class Trainer:
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
         cfg = self.cfg
         total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
-        model, opt, sched, ema = self.stage_objects(stage)
-        if state is None and self.step == 0:
-            self._initial_weights(stage, model)
-            ema = EMA(model, cfg.ema_decay)
+        model, opt, sched, ema = self.stage_objects(stage, initial=state is None and self.step == 0)
         if state is not None and "model" in state["_sets"]:
             sets = state["_sets"]
             load_module_weights(model, sets["model"], "checkpoint model")
@@ -494,7 +494,7 @@ class Trainer:
             if self.step % cfg.eval_every == 0 or self.step == total:
                 self._evaluate(stage, ema, flow_ctx)
             bar.update(1)
-            if self._export_due():
+            if self.step % cfg.log_every == 0 and self._export_due():  # a collective in DDP: not every step
                 self.export(stage, ema, flow_ctx)
             last = self.step == total
             if last or self.step % cfg.ckpt_every == 0 or self.time_is_up():
@@ -535,11 +535,7 @@ class Trainer:
                 if self.cfg.channels_last:
                     grid = grid.contiguous(memory_format=torch.channels_last_3d)
                 recon, post = wrapped(grid, self.gen, check_finite=False)
-                loss, parts = model.loss_from(grid, recon, post)
-                if self.cfg.vae_shell_weight:
-                    shell = model.shell_log_power_error(grid, recon).mean()
-                    loss = loss + self.cfg.vae_shell_weight * shell
-                    parts = {**parts, "shell": shell.detach()}
+                loss, parts = model.loss_from(grid, recon, post, self.cfg.vae_shell_weight)
             else:
                 loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
         opt.zero_grad(set_to_none=True)
@@ -681,11 +677,7 @@ class Trainer:
                 if stage == "vae":
                     grid = self.grids(idx)
                     post = model.encode(grid)
-                    recon = model.decode(post.mean)
-                    loss, parts = model.loss_from(grid, recon, post)
-                    shell = model.shell_log_power_error(grid, recon).mean()  # logged whatever its weight
-                    loss = loss + self.cfg.vae_shell_weight * shell
-                    parts = {**parts, "shell": shell}
+                    loss, parts = model.loss_from(grid, model.decode(post.mean), post, self.cfg.vae_shell_weight)
                 else:
                     loss, parts = self._flow_loss(model, idx, flow_ctx, dropout=False, gen=gen)
             n = len(idx)
