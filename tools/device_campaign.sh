@@ -9,7 +9,8 @@
 # array cache for the benchmark), .carry/baseline (the previous commit's package, for the before/after rows).
 # Settings come from the environment: TRAIN_MINUTES, VAE_SHARE (fraction of it for the VAE stage), INIT (the
 # model folder or export to continue from; default the shipped model), SKIP_BENCH=1 (no speed benchmark: step counts
-# from VAE_RATE / FLOW_RATE, samples/s, default the 2026-12-01 measurement), EXTRA (more gpsk train flags).
+# from VAE_RATE / FLOW_RATE, samples/s, default the 2026-12-01 measurement), VAE_LR, FLOW_LR, WARMUP (peak learning
+# rates and warm-up steps), EXTRA (more gpsk train flags). A carried .carry/pool/data.npz replaces the cache build.
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 R=/tmp/campaign
@@ -35,9 +36,14 @@ if [ "$mode" = start ]; then
   rm -rf $R; mkdir -p $R; cp -r gpsk_materials $R/code_pkg; mkdir -p $R/code; mv $R/code_pkg $R/code/gpsk_materials
   cp -r .carry/data $R/data
   # the training cache, built on the CPU cores while the GPU benchmark runs
+  # (or the carried one, .carry/pool/data.npz, built by the same command on another machine)
+  if [ -f .carry/pool/data.npz ]; then
+    (mkdir -p $R/pool && cp .carry/pool/data.npz $R/pool/ && echo "cache carried" > $R/cache.log) &
+  else
   (cd $R && PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training \
       --data data/pool.csv.gz data/mp_magnetic_orderings.csv.gz --exclude-csv data/test.csv --match-structures \
       --out $R/pool --cache-only --workers 14 --no-progress > $R/cache.log 2>&1; echo "cache rc=$?" >> $R/cache.log) &
+  fi
   cache_pid=$!
   if [ "${SKIP_BENCH:-0}" = 1 ]; then
     # rates measured on 2026-12-01 (docs/benchmarks.md): compiled VAE at batch 256, compiled flow at batch 1,024
@@ -55,7 +61,7 @@ if [ "$mode" = start ]; then
         --vae-batches 256 --flow-batches 1024 --steps 20 --variants bf16+channels_last+compile bf16+compile \
         --out $OUT/training_speed_compile.json 2>&1 | grep -v Warn | tail -n 3
   fi
-  wait $cache_pid; tail -n 4 $R/cache.log; cp $R/pool/data.npz $OUT/data.npz
+  wait $cache_pid; tail -n 4 $R/cache.log; [ -f .carry/pool/data.npz ] || cp $R/pool/data.npz $OUT/data.npz
   # speed options and step counts from what was just measured
   read -r VAE_OPTS VAE_RATE FLOW_RATE <<<"$(python3 - <<'PY'
 import json, os
@@ -76,9 +82,11 @@ PY
   FLOW_STEPS=$(python3 -c "print(int($FLOW_RATE * 0.8 * 60 * $M * (1 - $SHARE - 0.04) / 1024))")
   OPTS=$([ "$VAE_OPTS" = none ] || echo "$VAE_OPTS" | tr ',' ' ')
   echo "setup took ${spent} min; VAE $VAE_RATE/s -> $VAE_STEPS steps; flow $FLOW_RATE/s -> $FLOW_STEPS steps; options: $OPTS"
-  cd $R && setsid nohup env PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
+  # a simple command (not `cd && ...`) so that no subshell keeps this call's stdout open for the whole run
+  cd $R || exit 1
+  setsid nohup env PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
       --init-weights ${INIT:-$R/code/gpsk_materials/weights/default} --max-minutes $M --export-minutes 3 --vae-steps $VAE_STEPS --flow-steps $FLOW_STEPS \
-      --batch-size 256 --flow-batch-size 1024 --vae-lr 4e-4 --flow-lr 3e-4 --warmup-steps 200 --log-every 50 \
+      --batch-size 256 --flow-batch-size 1024 --vae-lr ${VAE_LR:-4e-4} --flow-lr ${FLOW_LR:-3e-4} --warmup-steps ${WARMUP:-200} --log-every 50 \
       --eval-every 500 --ckpt-every 2000 --compact-checkpoints --device cuda --no-progress $OPTS ${EXTRA:-} \
       > $R/train.log 2>&1 < /dev/null &
   sleep 45; cd - >/dev/null; report
