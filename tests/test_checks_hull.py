@@ -105,3 +105,30 @@ def test_prepare_evaluates_every_reference_of_the_systems_in_one_pass(tensornet,
 
     monkeypatch.setattr(hull, "_evaluate", no_more)  # (elements missing from the pool still get prototypes)
     assert {e.composition.reduced_formula for e in hull.phase_diagram(["K", "Cl"]).stable_entries} >= {"KCl"}
+
+
+def test_a_stopped_reference_run_keeps_every_finished_batch(tensornet, shared_data_dir, tmp_path, monkeypatch):
+    # issue 16, case 12: a run killed while evaluating references resumes from the cache file, not from scratch
+    cache = tmp_path / "energies.json"
+    hull = ReferenceHull(tensornet, cache_path=cache, max_sites=8, relax_batch=2)
+    rows = hull._rows([frozenset({"Na", "Cl"})])
+    assert len(rows) > 4
+    calls = []
+    real = tensornet.energies
+
+    def stopped_after_two_batches(structures, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the machine goes away during the third batch
+        calls.append(len(structures))
+        return real(structures, **kw)
+
+    monkeypatch.setattr(tensornet, "energies", stopped_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        hull.prepare([["Na", "Cl"]])
+    kept = json.loads(cache.read_text())["energies"][hull.cache_key]
+    assert calls == [2, 2] and len(kept) == 4
+
+    monkeypatch.setattr(tensornet, "energies", real)
+    resumed = ReferenceHull(tensornet, cache_path=cache, max_sites=8, relax_batch=2)
+    assert resumed.prepare([["Na", "Cl"]]) == len(rows) - 4  # only what the stopped run had not finished
+    assert resumed.prepare([["Na", "Cl"]]) == 0

@@ -190,21 +190,31 @@ class ReferenceHull:
         os.replace(tmp, self.cache_path)
 
     def _evaluate(self, ids: list[str], structures: list[Structure]) -> None:
-        """Energies per atom of structures not in the cache yet (batched single points or relaxations)."""
+        """Energies per atom of structures not in the cache yet (batched single points or relaxations).
+
+        The cache file is written after every ``relax_batch`` structures (one batch of the potential), so a run
+        that is stopped keeps all but the batch in flight and the next run with the same cache file resumes.
+        """
         cache = self._cache()
         todo = [(i, s) for i, s in zip(ids, structures) if i not in cache]
         if not todo:
             return
-        ts = [s for _, s in todo]
-        if self.mode == "single_point":
-            energies = self.potential.energies(ts, on_error="nan", progress=self.progress)
-        else:
-            energies = np.array([r.energy_per_atom for r in self.potential.relax(
-                ts, fmax=self.fmax, steps=self.relax_steps, progress=self.progress, batch_size=self.relax_batch,
-                max_atoms=20 * self.relax_batch)])
-        for (i, _), e in zip(todo, energies):
-            cache[i] = float(e) if np.isfinite(e) else float("nan")
-        self._write_cache()
+        step = max(self.relax_batch, 1)
+        with tqdm(total=len(todo), desc="reference energies", unit="structure",
+                  disable=not self.progress or len(todo) <= step) as bar:
+            for start in range(0, len(todo), step):
+                part = todo[start : start + step]
+                ts = [s for _, s in part]
+                if self.mode == "single_point":
+                    energies = self.potential.energies(ts, on_error="nan", progress=False)
+                else:
+                    energies = np.array([r.energy_per_atom for r in self.potential.relax(
+                        ts, fmax=self.fmax, steps=self.relax_steps, progress=self.progress and len(todo) <= step,
+                        batch_size=self.relax_batch, max_atoms=20 * self.relax_batch)])
+                for (i, _), e in zip(part, energies):
+                    cache[i] = float(e) if np.isfinite(e) else float("nan")
+                self._write_cache()
+                bar.update(len(part))
 
     def _element_fallback(self, element: str) -> list[PDEntry]:
         from gpsk_materials.checks.volume_scan import VolumeScan
@@ -233,8 +243,8 @@ class ReferenceHull:
         """Evaluate, in large batches, every reference structure that the hulls of ``systems`` need.
 
         :meth:`entries` evaluates one chemical system at a time; before scoring many structures, one call here
-        relaxes the references of all their systems together (a GPU then sees full batches) and writes the cache
-        after every ``chunk`` structures, so an interrupted run resumes. Returns the number of structures evaluated.
+        relaxes the references of all their systems together (a GPU then sees full batches), ``chunk`` CIFs parsed
+        at a time, and writes the cache after every batch of the potential, so an interrupted run resumes. Returns the number of structures evaluated.
         """
         wanted = sorted({_chemsys(s) for s in systems}, key=sorted)
         if not self.use_pool or not wanted:
@@ -242,7 +252,7 @@ class ReferenceHull:
         rows = self._rows(wanted)
         cache = self._cache()
         rows = rows[~rows["material_id"].astype(str).isin(cache.keys())]
-        for start in tqdm(range(0, len(rows), chunk), desc="reference energies", disable=not self.progress or len(rows) <= chunk):
+        for start in range(0, len(rows), chunk):
             part = rows.iloc[start : start + chunk]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
