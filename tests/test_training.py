@@ -330,3 +330,44 @@ def test_vae_shell_weight_adds_the_shell_term_and_old_checkpoints_still_resume(c
     assert Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3), progress=False).run(resume=True) == "done"
     with pytest.raises(CheckpointError, match="vae_shell_weight"):
         Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3, vae_shell_weight=0.5), progress=False).run(resume=True)
+
+
+def test_a_deeper_vae_grows_from_a_trained_one_and_computes_the_same(cache, tmp_path, monkeypatch):
+    """--model with more VAE blocks per level + --init-weights: the grown VAE starts exactly where the trained one
+    was (added residual blocks are identities), then trains; any other config change is refused."""
+    from dataclasses import replace
+
+    from gpsk_materials.models.configs import CONFIGS
+    from gpsk_materials.models.growth import deepen_vae
+
+    first = tmp_path / "first"
+    Trainer(cache, first, _cfg(vae_steps=2, flow_steps=1), progress=False).run()
+    trained = load_model_folder(first / "model")
+
+    tiny = CONFIGS["tiny"]
+    deep = replace(tiny, name="tiny-deep", vae=replace(tiny.vae, blocks_per_level=2))
+    monkeypatch.setitem(CONFIGS, "tiny-deep", deep)
+    grown = deepen_vae(trained.vae, deep.vae).eval()
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in trained.vae.parameters())
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    grids = torch.as_tensor(ReciprocalGridFeaturizer().featurize_many(toy_structures()[0][:3])).float()
+    with torch.no_grad():
+        a, b = trained.vae.encode(grids), grown.encode(grids)
+        assert torch.allclose(a.mean, b.mean, atol=1e-5) and torch.allclose(a.logvar, b.logvar, atol=1e-5)
+        assert torch.allclose(trained.vae.decode(a.mean), grown.decode(a.mean), atol=1e-5)
+
+    second = tmp_path / "second"
+    run = Trainer(cache, second, _cfg(model="tiny-deep", vae_steps=2, flow_steps=1), progress=False,
+                  init_weights=first / "model")
+    model, *_ = run.stage_objects("vae", initial=True)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().encode(grids).mean, a.mean, atol=1e-5)  # starts where the trained VAE was
+    assert run.run() == "done"
+    assert load_model_folder(second / "model").config.vae.blocks_per_level == 2
+
+    wider = replace(tiny, name="tiny-wide", vae=replace(tiny.vae, channels=(8, 16, 48)))
+    monkeypatch.setitem(CONFIGS, "tiny-wide", wider)
+    with pytest.raises(CheckpointError, match="cannot start from"):
+        Trainer(cache, tmp_path / "third", _cfg(model="tiny-wide"), progress=False,
+                init_weights=first / "model").stage_objects("vae", initial=True)

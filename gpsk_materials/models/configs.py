@@ -213,6 +213,13 @@ CONFIGS: dict[str, ModelConfig] = {
         vae=VAEConfig(residual_weight=1.0),
         mmdit=MMDiTConfig(hidden=160, heads=4, double_blocks=2, single_blocks=4),
     ),
+    # the default with two residual blocks per VAE level (encoder and decoder): grown from a trained default VAE
+    # by gpsk_materials.models.growth.deepen_vae (``gpsk train --model deep --init-weights <default folder>``)
+    "deep": ModelConfig(
+        name="deep",
+        vae=VAEConfig(residual_weight=1.0, blocks_per_level=2),
+        mmdit=MMDiTConfig(hidden=160, heads=4, double_blocks=2, single_blocks=4),
+    ),
     "gpsk300": ModelConfig(
         name="gpsk300",
         mmdit=MMDiTConfig(hidden=1024, heads=16, double_blocks=4, single_blocks=9, patch=1),

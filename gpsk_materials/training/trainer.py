@@ -43,6 +43,7 @@ from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
 from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
+from gpsk_materials.models.growth import can_deepen, deepen_vae
 from gpsk_materials.models.io import (
     load_model_folder,
     load_module_weights,
@@ -449,8 +450,8 @@ class Trainer:
         folder = self.stage_init[stage]
         if folder is None:
             return
-        start = load_model_folder(folder, "cpu", expect=self.model_config)
-        source = start.vae if stage == "vae" else start.mmdit
+        start = load_model_folder(folder, "cpu")
+        source = self._starting_module(stage, start, folder)
         if source is None:
             if self.init_model is not None:
                 raise CheckpointError(f"--init-model {folder} holds no MMDiT; use --init-vae for a VAE")
@@ -460,6 +461,23 @@ class Trainer:
         if self.info.is_main:
             logger.info("%s stage starts from the weights of %s (fresh optimizer, %d warm-up steps)", stage, folder,
                         self.cfg.warmup_steps)
+
+    def _starting_module(self, stage: str, start, folder: Path) -> nn.Module | None:
+        """The starting weights of ``stage`` in a loaded init folder: its VAE or MMDiT when the folder holds this
+        run's config; for a VAE that differs only in depth (``blocks_per_level``), the folder's VAE grown to it
+        (:func:`~gpsk_materials.models.growth.deepen_vae`); the MMDiT whenever the MMDiT configs agree."""
+        mine, theirs = self.model_config, start.config
+        if stage == "flow" and mine.mmdit == theirs.mmdit:
+            return start.mmdit
+        if stage == "vae" and mine.vae == theirs.vae:
+            return start.vae
+        if stage == "vae" and can_deepen(theirs.vae, mine.vae):
+            if self.info.is_main:
+                logger.info("growing the VAE of %s from %d to %d blocks per level (added blocks start as identities)",
+                            folder, theirs.vae.blocks_per_level, mine.vae.blocks_per_level)
+            return deepen_vae(start.vae, mine.vae)
+        raise CheckpointError(f"model folder {folder} holds config {theirs.name!r}, which the {stage} stage of "
+                              f"config {mine.name!r} cannot start from")
 
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
         cfg = self.cfg
