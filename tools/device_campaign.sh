@@ -10,7 +10,7 @@
 # Settings come from the environment: TRAIN_MINUTES, VAE_SHARE (fraction of it for the VAE stage), INIT (the
 # model folder or export to continue from; default the shipped model), SKIP_BENCH=1 (no speed benchmark: step counts
 # from VAE_RATE / FLOW_RATE, samples/s, default the 2026-12-01 measurement), VAE_LR, FLOW_LR, WARMUP (peak learning
-# rates and warm-up steps), EXTRA (more gpsk train flags). A carried .carry/pool/data.npz replaces the cache build.
+# rates and warm-up steps), MODEL (config name, e.g. deep: the VAE grown from INIT's), EXTRA (more gpsk train flags). A carried .carry/pool/data.npz replaces the cache build.
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 R=/tmp/campaign
@@ -85,7 +85,7 @@ PY
   # a simple command (not `cd && ...`) so that no subshell keeps this call's stdout open for the whole run
   cd $R || exit 1
   setsid nohup env PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training --data $R/pool/data.npz --out $R/run \
-      --init-weights ${INIT:-$R/code/gpsk_materials/weights/default} --max-minutes $M --export-minutes 3 --vae-steps $VAE_STEPS --flow-steps $FLOW_STEPS \
+      --model ${MODEL:-default} --init-weights ${INIT:-$R/code/gpsk_materials/weights/default} --max-minutes $M --export-minutes 3 --vae-steps $VAE_STEPS --flow-steps $FLOW_STEPS \
       --batch-size 256 --flow-batch-size 1024 --vae-lr ${VAE_LR:-4e-4} --flow-lr ${FLOW_LR:-3e-4} --warmup-steps ${WARMUP:-200} --log-every 50 \
       --eval-every 500 --ckpt-every 2000 --compact-checkpoints --device cuda --no-progress $OPTS ${EXTRA:-} \
       > $R/train.log 2>&1 < /dev/null &
