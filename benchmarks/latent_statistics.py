@@ -1,0 +1,134 @@
+"""Why do conditioned samples not decode? Flow samples against the data latents they should resemble (issue 14).
+
+For the first ``--n`` rows of mp20/test.csv (a partial split, shared/data/SOURCES.md) the script compares, in the
+flow's normalised latent space (z - latent_mean) / latent_std:
+
+- ``data``: the VAE posterior means of the true grids;
+- ``samples``: flow samples asked for the same cell contents (composition only, ``--steps`` Euler steps,
+  ``--guidance``), one per target, seeded.
+
+Per set it reports the overall mean and standard deviation, the spread of per-channel standard deviations, the
+excess kurtosis, and the radially averaged spatial power spectrum of the 8^3 latent (share of power per |k| shell
+of the 3D FFT: a flow that cannot follow the data shows it as too much or too little fine spatial structure). It
+then compares nearest-neighbour distances (RMS per latent element): sample -> nearest data latent, sample -> its
+own target's latent, and data -> nearest other data latent. Finally both sets are decoded (VAE, then the
+closed-form decoder with the cell content given) and the per-shell power of their grids is compared with that of
+the true grids (``power_ratio`` per shell of s = 1/(2d)), beside the decode and match rates.
+
+    python benchmarks/latent_statistics.py --n 40 --out docs/results/latent_statistics_c5_n40.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import generation_parser, read_structures, vae_digest, write_summary  # noqa: E402
+from vae_reconstruction import shell_profile  # noqa: E402
+
+
+def latent_summary(z) -> dict:
+    """Statistics of normalised latents z (B, C, n, n, n): mean, std, per-channel std quantiles, excess
+    kurtosis, and the share of spatial power per integer shell of |k| of the 3D FFT (mean removed per channel)."""
+    import torch
+
+    z = z.double()
+    ch_std = z.transpose(0, 1).flatten(1).std(1)
+    x = z.flatten()
+    kurt = float(((x - x.mean()) ** 4).mean() / x.var() ** 2 - 3.0)
+    n = z.shape[-1]
+    zc = z - z.mean(dim=(2, 3, 4), keepdim=True)
+    power = torch.fft.fftn(zc, dim=(2, 3, 4)).abs().pow(2).mean(dim=(0, 1))
+    k = torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
+    kk = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2).round().long()
+    shells = torch.bincount(kk.flatten(), weights=power.flatten())
+    share = (shells / shells.sum()).tolist()
+    return {"mean": float(x.mean()), "std": float(x.std()),
+            "channel_std_q10_q50_q90": [float(v) for v in torch.quantile(ch_std, torch.tensor([0.1, 0.5, 0.9],
+                                                                                             dtype=torch.float64))],
+            "excess_kurtosis": kurt, "spatial_power_share_by_k": share}
+
+
+def nearest(a, b, exclude_self: bool = False):
+    """RMS-per-element distance from each row of a (B, D) to its nearest row of b (M, D)."""
+    import torch
+
+    d = torch.cdist(a.double(), b.double()) / np.sqrt(a.shape[1])
+    if exclude_self:
+        d.fill_diagonal_(float("inf"))
+    return d.min(1).values.numpy()
+
+
+def main(argv=None) -> int:
+    import torch
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from gpsk_materials.models.conditioning import Conditions
+    from gpsk_materials.models.io import load_model_folder
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    p = generation_parser(__doc__)
+    p.add_argument("--n", type=int, default=40, help="first N rows of mp20/test.csv")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--no-decode", action="store_true", help="latent statistics only")
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    model = load_model_folder(args.model, device=args.device)
+    structures, _ = read_structures("mp20/test.csv", args.n, args.workers)
+    feat = ReciprocalGridFeaturizer(backend="torch", device=args.device)
+    cells = [feat.canonical_structure(s) for s in structures]
+    grids = torch.as_tensor(feat.featurize_many(structures), device=args.device)
+    with torch.no_grad():
+        z_data = torch.cat([model.vae.encode(grids[i : i + 32]).mean for i in range(0, len(grids), 32)])
+        data = model.normalize_latents(z_data).float().cpu()
+        conds = [Conditions(composition=c.composition) for c in cells]
+        gen = torch.Generator(device="cpu").manual_seed(args.seed)
+        shape = (len(conds), *z_data.shape[1:])
+        noise = torch.randn(shape, generator=gen)
+        z_samp = model.sample_latents(conds, args.steps, args.guidance, noise=noise.to(args.device))
+        samples = model.normalize_latents(z_samp).float().cpu()
+
+    row = {"n": len(structures), "model": str(args.model), "vae_index_sha256": vae_digest(args.model),
+           "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "device": args.device,
+           "data": latent_summary(data), "samples": latent_summary(samples)}
+    a, b = samples.flatten(1), data.flatten(1)
+    row["distance"] = {
+        "sample_to_nearest_data_median": float(np.median(nearest(a, b))),
+        "sample_to_own_target_median": float(np.median(((a - b) ** 2).mean(1).sqrt().numpy())),
+        "data_to_nearest_other_data_median": float(np.median(nearest(b, b, exclude_self=True))),
+    }
+    if not args.no_decode:
+        dec = ReciprocalGridDecoder(device=args.device)
+        sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+        comps = [c.composition for c in cells]
+        with torch.no_grad():
+            g_data = model.vae.decode(z_data).float()
+            g_samp = model.vae.decode(z_samp).float()
+        for key, g in (("data", g_data), ("samples", g_samp)):
+            decoded = dec.decode_many(g, comps, errors="none", exact_counts=True)
+            row[key]["decoded"] = int(sum(d is not None for d in decoded))
+            row[key]["matched"] = int(sum(d is not None and sm.fit(s, d) for s, d in zip(structures, decoded)))
+            row[key]["shell_power_ratio"] = [
+                {"s_lo": r["s_lo"], "s_hi": r["s_hi"], "power_ratio": r["power_ratio"]}
+                for r in shell_profile(grids.cpu(), g.cpu())]
+    row["seconds"] = time.perf_counter() - t0
+    for key in ("data", "samples"):
+        s = row[key]
+        print(f"{key:>8s}: mean {s['mean']:+.3f} std {s['std']:.3f} kurtosis {s['excess_kurtosis']:+.2f} "
+              f"power by |k| {np.round(s['spatial_power_share_by_k'], 3).tolist()} "
+              f"decoded {s.get('decoded')} matched {s.get('matched')}")
+    print(row["distance"])
+    write_summary(args.out, row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
