@@ -44,8 +44,8 @@ DEFAULT_STEP = 0.02
 DEFAULT_FWHM = 0.1
 #: pseudo-Voigt Lorentzian fraction used when none is given
 DEFAULT_ETA = 0.5
-#: a peak is evaluated within this many FWHM of its centre (the Lorentzian is 0.4 % of its height at 8 FWHM)
-WINDOW_FWHM = 8.0
+#: a peak is evaluated within this many FWHM of its centre (the Lorentzian is 0.7 % of its height at 6 FWHM)
+WINDOW_FWHM = 6.0
 #: wavelengths accepted as numbers, Angstrom (hard X-rays from Ag Kb to Cr Ka)
 WAVELENGTH_BOUNDS = (0.3, 3.0)
 
