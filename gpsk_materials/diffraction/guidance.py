@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gpsk_materials.diffraction.pattern import DEFAULT_ETA, PowderPattern, grid_reflections, render_profile
+from gpsk_materials.diffraction.pattern import PowderPattern, grid_reflections, render_profile
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.representations import grid as G
 
@@ -74,10 +74,11 @@ class _DecodedGridTerm(GuidanceTerm):
         return self.model.vae.decode(self.model.denormalize_latents(x0)).float()
 
 
-def remove_background(pattern: PowderPattern, axis: np.ndarray, window: float = 3.0) -> np.ndarray:
+def remove_background(pattern: PowderPattern, axis: np.ndarray, window: float = 3.0, fwhm: float = 0.0) -> np.ndarray:
     """The measured profile resampled on ``axis`` minus a smooth lower envelope (a running minimum over ``window``
-    degrees, smoothed by a running mean of the same width; scipy.ndimage), clipped at 0 and scaled to max 1."""
-    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+    degrees, smoothed by a running mean of the same width; scipy.ndimage), clipped at 0, blurred by a Gaussian of
+    ``fwhm`` degrees (the guidance's own peak width, so that both profiles are equally broad) and scaled to max 1."""
+    from scipy.ndimage import gaussian_filter1d, minimum_filter1d, uniform_filter1d
 
     y = np.interp(axis, pattern.two_theta, pattern.intensity, left=np.nan, right=np.nan)
     inside = np.isfinite(y)
@@ -87,6 +88,8 @@ def remove_background(pattern: PowderPattern, axis: np.ndarray, window: float = 
     base = uniform_filter1d(minimum_filter1d(np.where(inside, y, y[inside].max()), size, mode="nearest"), size,
                             mode="nearest")
     out = np.clip(y - base, 0.0, None) * inside
+    if fwhm > 0:
+        out = gaussian_filter1d(out, fwhm / 2.3548 / step, mode="constant")
     return out / max(out.max(), 1e-12)
 
 
@@ -99,38 +102,60 @@ class PatternGuidance(_DecodedGridTerm):
     pattern : PowderPattern or anything :meth:`PowderPattern.coerce` accepts
     scale, interval
         See :class:`GuidanceTerm`.
-    fwhm : float
-        Width of the guidance's peaks, degrees: broader than the measured peaks, so that a predicted peak a little
-        off its measured position still overlaps it (a smooth loss landscape).
+    fwhm : (float, float)
+        Width of the guidance's peaks, degrees, at t = 0 and at the top of ``interval`` (linear in between):
+        broader than the measured peaks, so that a predicted peak a little off its measured position still
+        overlaps it (a smooth loss landscape); the measured profile is blurred to the same width.
+    eta : float
+        Lorentzian fraction of the guidance's peaks (default 0: Gaussian, matching the blur of the target).
     step : float
         2theta step of the guidance's axis, degrees.
     """
 
     def __init__(self, model: Any, pattern: Any, scale: float = 0.5, interval: tuple[float, float] = (0.0, 0.8),
-                 fwhm: float = 0.5, step: float = 0.05, eta: float = DEFAULT_ETA) -> None:
+                 fwhm: tuple[float, float] = (0.5, 3.0), step: float = 0.05, eta: float = 0.0) -> None:
         super().__init__(model, scale, interval)
         self.pattern = PowderPattern.coerce(pattern)
         lo, hi = self.pattern.two_theta_range
         self.axis = np.arange(lo, hi + step / 2, step)
-        self.target = remove_background(self.pattern, self.axis)
-        self.fwhm, self.eta = float(fwhm), float(eta)
+        fw = (float(fwhm), float(fwhm)) if isinstance(fwhm, (int, float)) else (float(fwhm[0]), float(fwhm[1]))
+        if not 0 < fw[0] <= fw[1]:
+            raise ConditioningError(f"guidance fwhm must be positive, (at t = 0, at the top of the interval), got {fwhm!r}")
+        self.fwhm, self.eta = fw, float(eta)
+        self._targets: dict[float, np.ndarray] = {}
 
-    def profiles(self, grid: Tensor) -> Tensor:
-        """Powder profiles (B, N) of grids (B, 3, n, n, n) on the guidance axis."""
+    def width(self, t: float) -> float:
+        """Peak FWHM (degrees) at flow time t: from ``fwhm[1]`` at the top of the interval to ``fwhm[0]`` at t = 0,
+        linearly, rounded to 0.1 deg (coarse to fine: early, broad peaks overlap even when the cell is a few
+        percent off)."""
+        top = max(self.interval[1], 1e-6)
+        w = self.fwhm[0] + (self.fwhm[1] - self.fwhm[0]) * min(max(t / top, 0.0), 1.0)
+        return round(w, 1) if w >= 0.1 else w
+
+    def target(self, fwhm: float) -> np.ndarray:
+        """The background-free measured profile blurred to ``fwhm`` degrees (cached)."""
+        if fwhm not in self._targets:
+            self._targets[fwhm] = remove_background(self.pattern, self.axis, fwhm=fwhm)
+        return self._targets[fwhm]
+
+    def profiles(self, grid: Tensor, fwhm: float | None = None) -> Tensor:
+        """Powder profiles (B, N) of grids (B, 3, n, n, n) on the guidance axis, peaks of ``fwhm`` degrees
+        (default the final width)."""
         axis = torch.as_tensor(self.axis, dtype=grid.dtype, device=grid.device)
         tt, inten = grid_reflections(grid, self.pattern.wavelength, (float(self.axis[0]), float(self.axis[-1])))
-        return render_profile(axis, tt, inten, self.fwhm, self.eta)
+        return render_profile(axis, tt, inten, self.fwhm[0] if fwhm is None else fwhm, self.eta)
 
-    def distance(self, grid: Tensor) -> Tensor:
+    def distance(self, grid: Tensor, fwhm: float | None = None) -> Tensor:
         """1 - cos^2(profile, target) per grid (B,): 0 for a perfect match up to scale, 1 for no overlap."""
-        p = self.profiles(grid)
-        y = torch.as_tensor(self.target, dtype=p.dtype, device=p.device)
+        fwhm = self.fwhm[0] if fwhm is None else fwhm
+        p = self.profiles(grid, fwhm)
+        y = torch.as_tensor(self.target(fwhm), dtype=p.dtype, device=p.device)
         num = (p * y).sum(1) ** 2
         den = (p * p).sum(1) * (y * y).sum() + 1e-30
         return 1.0 - num / den
 
     def loss(self, x0: Tensor, t: Tensor) -> Tensor:
-        return self.distance(self.grid(x0))
+        return self.distance(self.grid(x0), self.width(float(t[0])))
 
 
 class VolumeGuidance(_DecodedGridTerm):
