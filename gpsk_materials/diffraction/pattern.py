@@ -127,7 +127,7 @@ class PowderPattern:
             raise DiffractionError(f"2theta must lie in (0, 180) degrees, got {x[0]:g}..{x[-1]:g}")
         if not y.max() > 0:
             raise DiffractionError("the intensity is zero everywhere")
-        self.two_theta, self.intensity = x, y
+        self.two_theta, self.intensity = np.ascontiguousarray(x), np.ascontiguousarray(y)
 
     @property
     def two_theta_range(self) -> tuple[float, float]:
@@ -181,7 +181,7 @@ class PowderPattern:
     def coerce(cls, obj: Any, wavelength: str | float | None = None) -> PowderPattern:
         """A :class:`PowderPattern` from what a user has: a PowderPattern, a pymatgen ``DiffractionPattern`` (the
         sticks of ``XRDCalculator().get_pattern``, rendered with :meth:`from_sticks`), a pair ``(two_theta,
-        intensity)``, a dict with those keys, or a path to a two-column file. ``wavelength`` overrides the
+        intensity)`` or a triple ``(two_theta, intensity, wavelength)``, a dict with those keys, or a path to a two-column file. ``wavelength`` overrides the
         pattern's own (default Cu Ka).
 
         Raises
@@ -203,8 +203,8 @@ class PowderPattern:
             except KeyError as exc:
                 raise DiffractionError(f"a pattern dict needs keys 'two_theta' and 'intensity', missing {exc}") from None
             return cls(x, y, obj.get("wavelength", wavelength) if wavelength is None else wavelength)
-        if isinstance(obj, (tuple, list)) and len(obj) == 2:
-            return cls(obj[0], obj[1], wavelength)
+        if isinstance(obj, (tuple, list)) and len(obj) in (2, 3):
+            return cls(obj[0], obj[1], obj[2] if len(obj) == 3 and wavelength is None else wavelength)
         raise DiffractionError(f"diffraction must be a PowderPattern, a pymatgen DiffractionPattern, a pair "
                                f"(two_theta, intensity) or a pattern file, got {type(obj).__name__}")
 

@@ -334,6 +334,7 @@ class CrystalGenerator(MSONable):
         output: str = "structure",
         progress: bool | None = None,
         diffraction: Any = None,
+        wavelength: Any = None,
         pattern_guidance: float = 0.0,
         guidance_terms: Sequence[Any] | None = None,
         **conditions: Any,
@@ -350,7 +351,8 @@ class CrystalGenerator(MSONable):
         the provenance, and a warning is logged).
 
         ``diffraction`` (a powder pattern: pymatgen ``DiffractionPattern``, ``(two_theta, intensity)``, a
-        :class:`~gpsk_materials.diffraction.PowderPattern` or a ``.xy`` file) solves the structure from it: all
+        :class:`~gpsk_materials.diffraction.PowderPattern` or a ``.xy`` file; ``wavelength`` in Angstrom or a line
+        name, default Cu Ka) solves the structure from it: all
         ``n * best_of`` candidates are refined against the pattern and the ``n`` of lowest Rwp returned, each with
         its refinement in ``properties["gpsk"]["diffraction"]``; ``pattern_guidance`` > 0 also guides the sampler
         toward the pattern (:func:`gpsk_materials.diffraction.solve.solve_pattern`, docs/diffraction.md).
@@ -359,7 +361,8 @@ class CrystalGenerator(MSONable):
         if diffraction is not None:
             from gpsk_materials.diffraction.solve import solve_pattern
 
-            return solve_pattern(self, composition, diffraction, n, guidance=guidance, steps=steps, seed=seed,
+            return solve_pattern(self, composition, diffraction, n, wavelength=wavelength, guidance=guidance,
+                                 steps=steps, seed=seed,
                                  best_of=best_of, checks=checks, progress=progress, pattern_guidance=pattern_guidance,
                                  guidance_terms=guidance_terms, output=output, **conditions).structures
         request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
