@@ -77,18 +77,17 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
         The request is invalid.
     """
     from gpsk_materials.diffraction.guidance import PatternGuidance
-    from gpsk_materials.pipelines.requests import GenerationRequest
+    from gpsk_materials.pipelines.requests import GenerationRequest, resolve_request
 
     pattern = PowderPattern.coerce(diffraction, wavelength)
     refiner = refiner or PatternRefiner()
     terms = list(guidance_terms or [])
     if pattern_guidance:
         terms.append(PatternGuidance(generator.model, pattern, scale=pattern_guidance))
-    n_int = n if isinstance(n, int) and not isinstance(n, bool) else 0
-    b_int = best_of if isinstance(best_of, int) and not isinstance(best_of, bool) else 0
     request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
-    if n_int < 1 or b_int < 1:  # let the request's own validation speak
-        generator.run([request], seed=seed, checks="none")[0].raise_for_error()
+    # the request as asked is validated first (its own error, naming n or best_of, before anything is sampled)
+    resolve_request(request, 0, 0, generator.max_sites, generator.model.config.mmdit.max_elements)
+    n_int, b_int = int(n), int(best_of)
     # every candidate is refined: the checks must not select among them
     wide = GenerationRequest(composition, n_int * b_int, guidance=guidance, steps=steps, best_of=1, **conditions)
     res = generator.run([wide], seed=seed, checks=checks, progress=progress, guidance_terms=terms)[0].raise_for_error()

@@ -362,9 +362,9 @@ class CrystalGenerator(MSONable):
             from gpsk_materials.diffraction.solve import solve_pattern
 
             return solve_pattern(self, composition, diffraction, n, wavelength=wavelength, guidance=guidance,
-                                 steps=steps, seed=seed,
-                                 best_of=best_of, checks=checks, progress=progress, pattern_guidance=pattern_guidance,
-                                 guidance_terms=guidance_terms, output=output, **conditions).structures
+                                 steps=steps, seed=seed, best_of=best_of, checks=checks, progress=progress,
+                                 pattern_guidance=pattern_guidance, guidance_terms=guidance_terms, output=output,
+                                 **conditions).structures
         request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress,
                           guidance_terms=guidance_terms)[0]
