@@ -85,7 +85,9 @@ def main(argv=None) -> int:
     target_valid = [all(is_valid(t)) for t in targets]
     summary = {"split": f"{TEST_CSV} (partial)", "targets": len(targets), "k": args.k,
                "pattern_guidance": args.pattern_guidance, "seconds": seconds, "seconds_sampling": t_sample,
-               "seconds_refinement": refine_s, "device": str(gen.device), "steps": args.steps}
+               "seconds_refinement": refine_s, "device": str(gen.device), "steps": args.steps,
+               "decoded": int(sum(r.decoded for r in base)), "generated": int(sum(r.candidates for r in base)),
+               "targets_with_a_refined_candidate": int(sum(v is not None for v in rwp_best))}
     for arm in ("no_pattern", "pattern"):
         preds, pids, pvalid = [], [], []
         for tid, t, res, rk in zip(tids, targets, base, ranked):
