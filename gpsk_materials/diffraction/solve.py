@@ -79,6 +79,10 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
     from gpsk_materials.diffraction.guidance import PatternGuidance
     from gpsk_materials.pipelines.requests import GenerationRequest, resolve_request
 
+    from gpsk_materials.errors import ConditioningError
+
+    if output not in ("structure", "ase"):
+        raise ConditioningError(f"output must be 'structure' or 'ase', got {output!r}")
     pattern = PowderPattern.coerce(diffraction, wavelength)
     refiner = refiner or PatternRefiner()
     terms = list(guidance_terms or [])
