@@ -70,7 +70,7 @@ def test_gpsk_solve_writes_cifs_plots_and_summary(tmp_path, tiny_model_dir, rock
     xy = tmp_path / "nacl.xy"
     pattern.write(xy)
     out = tmp_path / "solved"
-    code = main(["solve", str(xy), "--composition", "NaCl", "-n", "2", "--best-of", "1", "--steps", "3", "--seed",
+    code = main(["solve", str(xy), "--composition", "NaCl", "-n", "2", "--best-of", "2", "--steps", "3", "--seed",
                  "2", "--model", str(tiny_model_dir), "--out", str(out), "--no-progress", "--checks", "none"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
