@@ -1,4 +1,4 @@
-"""The ``gpsk`` command line: ``gpsk generate``, ``gpsk check``, ``gpsk evaluate``, ``gpsk train``, ...
+"""The ``gpsk`` command line: ``gpsk generate``, ``gpsk solve``, ``gpsk check``, ``gpsk evaluate``, ``gpsk train``, ...
 
 Each subcommand lives beside the code it drives; a module listed in ``_SUBCOMMANDS`` exposes
 ``register(subparsers)`` that adds its parser and sets ``func`` (a callable taking the parsed namespace and
@@ -16,6 +16,7 @@ from gpsk_materials.errors import GPSKError
 #: modules that contribute subcommands, in the order ``gpsk --help`` lists them
 _SUBCOMMANDS = [
     "gpsk_materials.pipelines.cli",
+    "gpsk_materials.diffraction.cli",
     "gpsk_materials.checks.cli",
     "gpsk_materials.evaluation.cli",
     "gpsk_materials.training.cli",

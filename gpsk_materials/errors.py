@@ -61,5 +61,10 @@ class DataError(GPSKError, ValueError):
     """A dataset file or record cannot be read."""
 
 
+class DiffractionError(GPSKError, ValueError):
+    """A powder diffraction pattern cannot be used (arrays of different length, negative or non-finite intensities,
+    2theta outside (0, 180) degrees or not increasing, an unknown wavelength, an unreadable pattern file)."""
+
+
 class PotentialError(CheckpointError, ValueError):
     """An interatomic potential cannot be found or loaded (unknown name or backend, missing or unreadable weights)."""

@@ -9,6 +9,8 @@ Sections (each a plain JSON dictionary):
 ``checks``  the post-checks of a generated structure: ``run`` (the checks run) and ``results``
 ``request`` the generation request as asked and how the structure was drawn (seed, sample, rank, candidates)
 ``model``   the weights that generated it (``name``, ``path``, ``hash``) and the ``device``
+``diffraction`` a structure solved from a powder pattern: ``rwp``, ``rp``, ``agreement``, the refined
+            parameters and lattice, ``rank`` (:mod:`gpsk_materials.diffraction.solve`)
 =========== ===============================================================================================
 
 Per-site arrays of the decoder (``decode_occupancy``, ``decode_element_margin``, ``decode_confidence``,
@@ -21,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 KEY = "gpsk"
-SECTIONS = ("request", "model", "decode", "scores", "checks")
+SECTIONS = ("request", "model", "decode", "scores", "checks", "diffraction")
 
 
 def _props(obj: Any) -> dict:

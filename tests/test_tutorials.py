@@ -28,6 +28,7 @@ NOTEBOOKS = {
     "02_generate_and_check.ipynb": ([shared_model(*POTENTIAL)], "tutorial 02 finished", 0, []),
     "03_screening.ipynb": ([shared_model(*POTENTIAL)], "tutorial 03 finished", 1, ["screening.png"]),
     "04_train_tiny.ipynb": ([shared_data("mp20", "train.csv")], "tutorial 04 finished", 1, []),
+    "05_powder_solve.ipynb": ([], "tutorial 05 finished", 2, []),
 }
 #: seconds one cell may run (the notebooks take well under a minute each on two idle CPU cores)
 CELL_TIMEOUT = 300

@@ -12,7 +12,7 @@ Classifier-free guidance: v = v_uncond + s (v_cond - v_uncond); s = 1 is exactly
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -81,6 +81,23 @@ def guided_velocity(model: VelocityModel, x: Tensor, t: Tensor, cond: ConditionB
     return v_uncond + guidance * (v_cond - v_uncond)
 
 
+def apply_guidance_terms(terms: Sequence, x: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    """Reconstruction guidance: for each active term (``term.active(t)``, ``term(x0, t)`` -> loss (B,), ``term.scale``)
+    add ``scale * g / rms(g)`` to the velocity, g the gradient of the loss with respect to the clean-latent estimate
+    x0 = x - t v (the MMDiT is not differentiated). See :mod:`gpsk_materials.diffraction.guidance`."""
+    now = float(t[0])
+    active = [term for term in terms if term.active(now)]
+    if not active:
+        return v
+    with torch.enable_grad():
+        for term in active:
+            x0 = predict_x0(x, v, t).detach().float().requires_grad_(True)
+            (g,) = torch.autograd.grad(term(x0, t).sum(), x0)
+            rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-20)
+            v = v + term.scale * (g / _bcast(rms, g)).to(v.dtype)
+    return v
+
+
 @torch.no_grad()
 def sample(
     model: VelocityModel,
@@ -92,10 +109,13 @@ def sample(
     noise: Tensor | None = None,
     device=None,
     progress: bool = False,
+    guidance_terms: Sequence | None = None,
 ) -> Tensor:
     """Integrate the flow from noise (t = 1) to data (t = 0) with ``steps`` Euler steps and CFG scale ``guidance``.
 
     Returns latents (B, *shape) in the model's (normalised) latent space. ``noise`` overrides the initial draw.
+    ``guidance_terms`` (e.g. :class:`~gpsk_materials.diffraction.guidance.PatternGuidance`) add their gradient to
+    the velocity (:func:`apply_guidance_terms`).
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -107,5 +127,7 @@ def sample(
     for i in tqdm(range(steps), disable=not progress, desc="sampling"):
         t = times[i].expand(x.shape[0])
         v = guided_velocity(model, x, t, cond, guidance)
+        if guidance_terms:
+            v = apply_guidance_terms(guidance_terms, x, t, v)
         x = x + (times[i + 1] - times[i]) * v.to(x.dtype)
     return x

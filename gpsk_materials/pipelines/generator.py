@@ -333,6 +333,10 @@ class CrystalGenerator(MSONable):
         checks: str | Iterable[str] | None = "basic",
         output: str = "structure",
         progress: bool | None = None,
+        diffraction: Any = None,
+        wavelength: Any = None,
+        pattern_guidance: float = 0.0,
+        guidance_terms: Sequence[Any] | None = None,
         **conditions: Any,
     ) -> list:
         """Generate ``n`` structures of one composition; raise the request's error if it is invalid.
@@ -345,9 +349,25 @@ class CrystalGenerator(MSONable):
         Returns pymatgen Structures (``output="ase"``: ASE Atoms) with their provenance in
         ``properties["gpsk"]``; fewer than ``n`` when not enough candidates decoded (the count of failures is in
         the provenance, and a warning is logged).
+
+        ``diffraction`` (a powder pattern: pymatgen ``DiffractionPattern``, ``(two_theta, intensity)``, a
+        :class:`~gpsk_materials.diffraction.PowderPattern` or a ``.xy`` file; ``wavelength`` in Angstrom or a line
+        name, default Cu Ka) solves the structure from it: all
+        ``n * best_of`` candidates are refined against the pattern and the ``n`` of lowest Rwp returned, each with
+        its refinement in ``properties["gpsk"]["diffraction"]``; ``pattern_guidance`` > 0 also guides the sampler
+        toward the pattern (:func:`gpsk_materials.diffraction.solve.solve_pattern`, docs/diffraction.md).
+        ``guidance_terms`` are further sampler guidance terms (:mod:`gpsk_materials.diffraction.guidance`).
         """
+        if diffraction is not None:
+            from gpsk_materials.diffraction.solve import solve_pattern
+
+            return solve_pattern(self, composition, diffraction, n, wavelength=wavelength, guidance=guidance,
+                                 steps=steps, seed=seed, best_of=best_of, checks=checks, progress=progress,
+                                 pattern_guidance=pattern_guidance, guidance_terms=guidance_terms, output=output,
+                                 **conditions).structures
         request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
-        result = self.run([request], seed=seed, checks=checks, output=output, progress=progress)[0]
+        result = self.run([request], seed=seed, checks=checks, output=output, progress=progress,
+                          guidance_terms=guidance_terms)[0]
         return result.raise_for_error().structures
 
     def generate_many(
@@ -380,6 +400,7 @@ class CrystalGenerator(MSONable):
         checks: str | Iterable[str] | None = "basic",
         output: str = "structure",
         progress: bool | None = None,
+        guidance_terms: Sequence[Any] | None = None,
     ) -> list[GenerationResult]:
         """Run many requests at once; one :class:`GenerationResult` per request, in order.
 
@@ -399,6 +420,8 @@ class CrystalGenerator(MSONable):
             ``"structure"`` (pymatgen) or ``"ase"``.
         progress
             tqdm bars; None shows them for runs longer than one sampler batch.
+        guidance_terms
+            Sampler guidance terms (:mod:`gpsk_materials.diffraction.guidance`) applied to every request's samples.
 
         Notes
         -----
@@ -439,7 +462,7 @@ class CrystalGenerator(MSONable):
             return results
         if progress is None:
             progress = sum(r.candidates for r in resolved) > self._batch_size()
-        grids = self._sample_grids(resolved, progress)
+        grids = self._sample_grids(resolved, progress, guidance_terms)
         decoded = self._decode(resolved, grids, progress)
         for r, g, d in tqdm(list(zip(resolved, grids, decoded)), desc="checks", unit="request",
                             disable=not progress or len(resolved) < 2 or flags == frozenset()):
@@ -469,7 +492,8 @@ class CrystalGenerator(MSONable):
         return self._sample_grids(resolved, progress)
 
     @torch.no_grad()
-    def _sample_grids(self, resolved: list[ResolvedRequest], progress: bool) -> list[Tensor]:
+    def _sample_grids(self, resolved: list[ResolvedRequest], progress: bool,
+                      guidance_terms: Sequence[Any] | None = None) -> list[Tensor]:
         cfg = self.model.config.mmdit
         shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
         size = self.model.config.vae.grid_size
@@ -490,7 +514,7 @@ class CrystalGenerator(MSONable):
                     padded = chunk + [chunk[-1]] * (batch - len(chunk))
                     cond = cond_all.index(torch.tensor([k for k, _ in padded], device=cond_all.present.device))
                     x1 = torch.stack([noise[k][j] for k, j in padded]).to(device)
-                    g = self.model.sample_grids(cond, steps, guidance, noise=x1)
+                    g = self.model.sample_grids(cond, steps, guidance, noise=x1, guidance_terms=guidance_terms)
                     for (k, j), grid in zip(chunk, g[: len(chunk)]):
                         out[k][j] = grid
                     bar.update(len(chunk))
