@@ -7,16 +7,19 @@ read as ``gpsk evaluate`` reads them, and reports the share whose hash is in the
 (what ``gpsk evaluate --novelty-reference`` does). A structure whose hash is missing is printed with the reference
 hashes of the same reduced formula, to tell a different graph hash from a different space-group label or cell.
 
-    python benchmarks/bawl_hash_agreement.py --csv mp20/train.csv --n 200 --workers 1
+    python benchmarks/bawl_hash_agreement.py --csv mp20/train.csv --n 500 --seed 0 \
+        --out docs/results/bawl_hash_agreement_train.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from functools import partial
 from multiprocessing import Pool
+from pathlib import Path
 
 from importlib.metadata import version as _version
 
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="rows hashed (0 = all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", help="also write the result (JSON, misses included) to this file")
     args = parser.parse_args()
 
     from gpsk_materials.evaluation.references import BAWLReference, formula_key
@@ -67,19 +71,29 @@ def main() -> None:
     seconds = time.perf_counter() - t
     hashes = [r[0] for r in rows]
     in_split, in_split_prim, in_all, in_all_prim = ([r[k] for r in rows] for k in range(1, 5))
+    misses = []
     for mid, h, hit, hit_prim in zip(df["material_id"], hashes, in_all, in_all_prim):
         if not hit:
+            misses.append({"material_id": mid, "hash": h, "found_with_other_cells": hit_prim})
             key = None if h is None else formula_key(h.rsplit("_", 1)[1])
             same = sorted(x for x in all_ref.hashes if key and formula_key(x.rsplit("_", 1)[1]) == key)
             print(f"miss {mid}: ours {h} ({'found' if hit_prim else 'not found'} with the sorted/primitive cell); "
                   f"reference hashes of the formula: {same[:6]}")
-    print(json.dumps({
+    result = {
         "csv": args.csv, "n": len(df), "seed": args.seed, "reference": split_ref.name, "pymatgen": _version("pymatgen"), "spglib": _version("spglib"),
         "share_in_split_reference": float(np.mean(in_split)), "share_in_all_mp20": float(np.mean(in_all)),
         "share_in_split_reference_with_other_cells": float(np.mean(in_split_prim)),
         "share_in_all_mp20_with_other_cells": float(np.mean(in_all_prim)),
         "failed": sum(h is None for h in hashes), "seconds_per_structure": seconds / max(len(df), 1) * args.workers,
-    }, indent=1))
+        "misses": misses,
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, out)
 
 
 if __name__ == "__main__":

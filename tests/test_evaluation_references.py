@@ -133,6 +133,14 @@ def test_supercell_of_a_known_structure_is_known_through_its_primitive_cell(trai
     assert mp20.hash_and_match([bigger], primitive=False)[1] == [False]  # LeMat-GenBench's rule: the cell as given
 
 
+def test_rock_salt_cao_is_known_to_mp20_though_missing_from_the_pool(mp20):
+    # the case: CsCl-type CaO relaxes to rock salt, which the pool lacks but MP-20 holds (mp-2605)
+    rock_salt = rocksalt(4.81, "Ca", "O")  # conventional cell: found through its primitive cell
+    cscl_type = Structure(Lattice.cubic(2.9), ["Ca", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    hashes, known = mp20.hash_and_match([rock_salt, cscl_type])
+    assert known == [True, False] and hashes[0].endswith("_225_Ca1O1") and hashes[1].endswith("_221_Ca1O1")
+
+
 def test_sun_rates_with_the_hash_reference(train_rows, mp20):
     known = train_rows["mp-23241"]
     summary, per = sun_rates([0.0, 0.0], [known, rocksalt(a=5.0, cation="Ra", anion="Po")], mp20, progress=False)
