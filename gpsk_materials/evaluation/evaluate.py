@@ -205,7 +205,8 @@ def evaluate(
                 ref_name, ref_size = novelty_reference.name, len(novelty_reference)
                 protocols["novelty"] = (
                     f"LeMat-GenBench: BAWL hash (EconNN bonding graph, 100 Weisfeiler-Lehman iterations, spglib "
-                    f"space group at symprec 0.01, cell formula; gpsk_materials.evaluation.hashing) not among the "
+                    f"space group at symprec 0.01, cell formula; gpsk_materials.evaluation.hashing) of the cell as "
+                    f"given, else of it with sorted sites or of its primitive cell, not among the "
                     f"{novelty_reference.label}; a structure that cannot be hashed counts as not novel; "
                     "composition/chemical_system_novelty: reduced formula / element set absent from the reference")
             else:
