@@ -130,7 +130,7 @@ def test_supercell_of_a_known_structure_is_known_through_its_primitive_cell(trai
     bigger.make_supercell([2, 1, 1])
     hashes, known = mp20.hash_and_match([bigger])
     assert known == [True] and hashes[0] == "8c4fef72d8911c22fc29bad28ad7b523_225_Y1Bi1"
-    assert mp20.hash_and_match([bigger], primitive=False)[1] == [False]  # LeMat-GenBench's rule: the cell as given
+    assert mp20.hash_and_match([bigger], other_cells=False)[1] == [False]  # LeMat-GenBench's rule: the cell as given
 
 
 def test_rock_salt_cao_is_known_to_mp20_though_missing_from_the_pool(mp20):
@@ -139,6 +139,16 @@ def test_rock_salt_cao_is_known_to_mp20_though_missing_from_the_pool(mp20):
     cscl_type = Structure(Lattice.cubic(2.9), ["Ca", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     hashes, known = mp20.hash_and_match([rock_salt, cscl_type])
     assert known == [True, False] and hashes[0].endswith("_225_Ca1O1") and hashes[1].endswith("_221_Ca1O1")
+
+
+def test_relaxed_rock_salt_with_residual_distortion_is_known(mp20):
+    # what TensorNet made of a sheared CsCl-type CaO (fmax 0.05): rock salt with rhombohedral angles of 59.73 deg,
+    # R-3m at the hash's symprec 0.01; symmetrized at 0.1 it is mp-2605's Fm-3m hash
+    relaxed = Structure(Lattice.from_parameters(3.4309, 3.4309, 3.4309, 59.7289, 59.7289, 59.7289), ["Ca", "O"],
+                        [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert mp20.hash_and_match([relaxed], other_cells=False) == (["c13a117d516ac247d6870565cee30fcb_166_Ca1O1"],
+                                                                 [False])
+    assert mp20.hash_and_match([relaxed]) == (["c13a117d516ac247d6870565cee30fcb_225_Ca1O1"], [True])
 
 
 def test_sun_rates_with_the_hash_reference(train_rows, mp20):
