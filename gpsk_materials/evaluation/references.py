@@ -229,7 +229,7 @@ def _order(structure: Structure) -> list[str]:
 def _other_cells(structure: Structure):
     """The sorted cell, the primitive cell and it sorted, then the cell symmetrized at :data:`SYMMETRIZE_SYMPREC`
     (primitive standard cell) and it sorted; the first three only where they are a new cell or site order."""
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from gpsk_materials.checks.symmetry import SymmetryCheck
 
     seen = [(len(structure), _order(structure))]
     try:
@@ -242,8 +242,8 @@ def _other_cells(structure: Structure):
             seen.append(key)
             yield cell
     try:
-        symmetrized = SpacegroupAnalyzer(structure, symprec=SYMMETRIZE_SYMPREC).get_primitive_standard_structure()
-    except Exception:  # spglib finds no cell: nothing more to try
+        symmetrized = SymmetryCheck(symprec=SYMMETRIZE_SYMPREC).symmetrize(structure, primitive=True)
+    except Exception:  # spglib finds no cell (InvalidStructureError) or worse: nothing more to try
         return
     yield symmetrized
     yield symmetrized.get_sorted_structure()
