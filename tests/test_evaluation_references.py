@@ -175,6 +175,11 @@ def test_two_novelty_references_are_refused(mp20):
         evaluate(["g"], [rocksalt()], train=train, novelty_reference=mp20, options=fast())
 
 
+def test_csp_targets_refuse_the_hash_reference(mp20):
+    with pytest.raises(ConfigError, match="--novelty-reference"):
+        evaluate(["A"], [rocksalt()], csp_targets=(["A"], [rocksalt()]), novelty_reference=mp20, options=fast())
+
+
 def test_cli_names_the_reference_and_warns(tmp_path, capsys, shared_data_dir):
     (tmp_path / "gen.json").write_text(json.dumps({"g0": rocksalt(a=5.0, cation="K").as_dict()}))
     small = shared_data_dir / "mp20" / "train.csv"

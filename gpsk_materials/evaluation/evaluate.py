@@ -93,8 +93,9 @@ def _clean(value):
 #: why a training set is refused together with CSP targets (rather than silently ignored)
 CSP_WITH_TRAIN = (
     "uniqueness and novelty are not computed for crystal structure prediction (csp_targets / --csp-targets): the "
-    "predictions of one target are meant to repeat it, so a training set would be ignored; drop the training set "
-    "(--train-csv), or evaluate the predictions without the targets for uniqueness and novelty"
+    "predictions of one target are meant to repeat it, so a novelty reference would be ignored; drop the training set "
+    "(--train-csv) or the hash reference (--novelty-reference), or evaluate the predictions without the targets for "
+    "uniqueness and novelty"
 )
 #: why a training CSV and a hash reference are refused together (one novelty reference per report)
 TWO_NOVELTY_REFERENCES = (
