@@ -56,6 +56,16 @@ CONDITION_MAX_SIGMA = 8.0
 #: potentials' own error (~30 meV/atom), so 1 meV/atom separates noise from a real distance above the hull.
 HULL_TOLERANCE = 1e-3
 
+#: A novelty reference with fewer entries than this gets a warning in every report: mp20/train.csv here holds 2,573
+#: rows of the 27,136 of MP-20's train split (45,229 materials in all), so "novel" against it mostly means "not in
+#: this sample". 10,000 is below every complete MP-20 split used for novelty (train 27,136) and above the samples.
+SMALL_NOVELTY_REFERENCE = 10_000
+
+#: "Near the hull" for the known ground state of a composition (eV/atom above the Materials Project hull): the
+#: window of ``shared/data/reference/mp20_near_hull_dft.parquet`` (its largest e_above_hull is 0.025), used by the
+#: thin-hull warning of the stability evaluation.
+NEAR_HULL = 0.025
+
 __all__ = [
     "CONDITION_MAX_SIGMA",
     "EVALUATION_RELAX_STEPS",
@@ -63,8 +73,10 @@ __all__ = [
     "GUIDANCE",
     "HULL_TOLERANCE",
     "MIN_SITE_DISTANCE",
+    "NEAR_HULL",
     "REFERENCE_RELAX_STEPS",
     "RELAX_BATCH",
     "RELAX_STEPS",
     "SAMPLER_STEPS",
+    "SMALL_NOVELTY_REFERENCE",
 ]

@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="generated structures")
     p.add_argument("--train-csv", type=Path, help="training set (CSV with a cif column) for novelty and S.U.N.")
     p.add_argument("--train-split", help="keep rows of --train-csv whose mp20_split/split column equals this")
+    p.add_argument("--novelty-reference", choices=["mp20-bawl", "mp20-bawl-train"],
+                   help="novelty (and S.U.N.) by BAWL hash, as LeMat-GenBench: against all 45,229 MP-20 materials "
+                        "(mp20-bawl, 44,654 hashes) or its train split (mp20-bawl-train), from shared/data/reference; "
+                        "instead of --train-csv (StructureMatcher against a CSV)")
     p.add_argument("--reference-csv", type=Path,
                    help="reference distribution (e.g. a test set) for Wasserstein distances and coverage")
     p.add_argument("--reference-split", help="keep rows of --reference-csv whose mp20_split/split equals this")
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpsk evaluate``."""
     from gpsk_materials.evaluation.evaluate import (
         CSP_WITH_TRAIN,
+        TWO_NOVELTY_REFERENCES,
         EvaluationOptions,
         evaluate,
         format_table,
@@ -76,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from gpsk_materials.evaluation.io import ReferenceSet, read_structures
 
-    if args.csp_targets is not None and args.train_csv is not None:
+    if args.csp_targets is not None and (args.train_csv is not None or args.novelty_reference is not None):
         raise ConfigError(CSP_WITH_TRAIN)  # before minutes of reading the training set
+    if args.train_csv is not None and args.novelty_reference is not None:
+        raise ConfigError(TWO_NOVELTY_REFERENCES)
 
-    if args.stability and args.train_csv is None:
-        print("gpsk evaluate: note: no --train-csv, so S.U.N. rates are not computed", file=sys.stderr)
+    if args.stability and args.train_csv is None and args.novelty_reference is None:
+        print("gpsk evaluate: note: no --train-csv or --novelty-reference, so S.U.N. rates are not computed",
+              file=sys.stderr)
     if args.workers < 1:
         raise DataError("--workers must be at least 1")
     skipped: list[dict] | None = None if args.fail_fast else []
@@ -101,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         hull_max_sites=args.hull_max_sites,
         reference_energies=None if args.reference_energies is None else str(args.reference_energies),
     )
-    report = evaluate(ids, structures, train=train, reference=reference, csp_targets=targets, options=options)
+    report = evaluate(ids, structures, train=train, reference=reference, csp_targets=targets, options=options,
+                      novelty_reference=args.novelty_reference)
     if skipped:
         # the rates are over the structures read; the skipped ones are named in report.json and counted here
         report["summary"] = {"n_skipped": len(skipped), **report["summary"]}
@@ -109,4 +118,6 @@ def run(args: argparse.Namespace) -> int:
     files = write_report(report, args.out, structures)
     print(format_table({k: v for k, v in report["summary"].items() if not k.startswith("_")}))
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=1))
+    for message in report["summary"].get("warnings", []):
+        print(f"gpsk evaluate: warning: {message}", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -20,6 +21,9 @@ from gpsk_materials.evaluation.csp import csp_metrics
 from gpsk_materials.evaluation.distribution import COV_CUTOFFS, coverage, fingerprints, property_wasserstein
 from gpsk_materials.evaluation.io import ReferenceSet
 from gpsk_materials.evaluation.matching import CSP_TOLERANCES, UN_TOLERANCES, novelty, uniqueness
+from gpsk_materials.evaluation.references import BAWLReference, small_reference_warning
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,9 +93,21 @@ def _clean(value):
 #: why a training set is refused together with CSP targets (rather than silently ignored)
 CSP_WITH_TRAIN = (
     "uniqueness and novelty are not computed for crystal structure prediction (csp_targets / --csp-targets): the "
-    "predictions of one target are meant to repeat it, so a training set would be ignored; drop the training set "
-    "(--train-csv), or evaluate the predictions without the targets for uniqueness and novelty"
+    "predictions of one target are meant to repeat it, so a novelty reference would be ignored; drop the training set "
+    "(--train-csv) or the hash reference (--novelty-reference), or evaluate the predictions without the targets for "
+    "uniqueness and novelty"
 )
+#: why a training CSV and a hash reference are refused together (one novelty reference per report)
+TWO_NOVELTY_REFERENCES = (
+    "two novelty references given: a training set (train / --train-csv, StructureMatcher) and a hash reference "
+    "(novelty_reference / --novelty-reference, BAWL hashes); novelty and S.U.N. use one reference, so give one"
+)
+
+
+def _warn(summary: dict, message: str) -> None:
+    """Record a warning in the report (``summary["warnings"]``) and the log."""
+    logger.warning(message)
+    summary.setdefault("warnings", []).append(message)
 
 
 def evaluate(
@@ -101,6 +117,7 @@ def evaluate(
     reference: ReferenceSet | None = None,
     csp_targets: tuple[list[str], list[Structure]] | None = None,
     options: EvaluationOptions | None = None,
+    novelty_reference: BAWLReference | str | None = None,
 ) -> dict:
     """Evaluate generated structures.
 
@@ -109,7 +126,7 @@ def evaluate(
     ids, structures
         The generated structures.
     train
-        Training set: novelty (and the novelty part of S.U.N.).
+        Training set: novelty (and the novelty part of S.U.N.) by StructureMatcher.
     reference
         Reference distribution (e.g. the test set): Wasserstein distances, coverage, property plots.
     csp_targets
@@ -117,24 +134,36 @@ def evaluate(
         (``<target>`` or ``<target>__<k>``).
     options
         See :class:`EvaluationOptions`.
+    novelty_reference
+        Novelty (and the novelty of S.U.N.) by BAWL hash instead of ``train``: a
+        :class:`~gpsk_materials.evaluation.references.BAWLReference` or the name of an MP-20 one (``"mp20-bawl"``:
+        all 45,229 MP-20 materials; ``"mp20-bawl-train"``). Adds ``bawl_hash``, ``composition_in_reference`` and
+        ``chemical_system_in_reference`` per structure and ``uniqueness_bawl``, ``composition_novelty``,
+        ``chemical_system_novelty`` to the summary.
 
     Returns
     -------
     dict
-        ``summary`` (metric -> value, with ``protocols`` naming each definition), ``per_structure`` (one record per
-        input), ``timings`` (seconds per stage), ``options``.
+        ``summary`` (metric -> value, with ``protocols`` naming each definition, ``novelty_reference`` and
+        ``novelty_reference_size`` naming the novelty reference and its entries, and ``warnings``: a list of
+        messages, e.g. a novelty reference under ``defaults.SMALL_NOVELTY_REFERENCE`` entries or a thin reference
+        hull), ``per_structure`` (one record per input), ``timings`` (seconds per stage), ``options``.
 
     Raises
     ------
     ConfigError
-        Both ``train`` and ``csp_targets``: CSP computes no uniqueness or novelty, so the training set would be
-        silently ignored.
+        Both ``train`` (or ``novelty_reference``) and ``csp_targets``: CSP computes no uniqueness or novelty, so the
+        reference would be silently ignored; or both ``train`` and ``novelty_reference``.
     DataError
         No structures, or ids and structures of different lengths.
     """
     options = options or EvaluationOptions()
-    if csp_targets is not None and train is not None:
+    if csp_targets is not None and (train is not None or novelty_reference is not None):
         raise ConfigError(CSP_WITH_TRAIN)
+    if train is not None and novelty_reference is not None:
+        raise ConfigError(TWO_NOVELTY_REFERENCES)
+    if isinstance(novelty_reference, str):
+        novelty_reference = BAWLReference.mp20(novelty_reference)
     if len(ids) != len(structures):
         raise DataError("ids and structures differ in length")
     if not structures:
@@ -170,22 +199,38 @@ def evaluate(
         protocols["uniqueness"] = (f"StructureMatcher({options.un_tolerances}) groups among all inputs; "
                                    "rate = groups / inputs (first of each group is unique)")
         timings["uniqueness"] = time.perf_counter() - t
-        if train is not None:
+        if train is not None or novelty_reference is not None:
             t = time.perf_counter()
-            matched = novelty(structures, train, options.un_tolerances, workers=options.workers,
-                              progress=options.progress)
-            for rec, m in zip(per, matched):
-                rec.update(novel=m < 0, matches_train=None if m < 0 else train.ids[m])
-            novel = np.array([m < 0 for m in matched])
+            if novelty_reference is not None:
+                novel = _hash_novelty(structures, novelty_reference, per, summary, options)
+                ref_name, ref_size = novelty_reference.name, len(novelty_reference)
+                protocols["novelty"] = (
+                    f"LeMat-GenBench: BAWL hash (EconNN bonding graph, 100 Weisfeiler-Lehman iterations, spglib "
+                    f"space group at symprec 0.01, cell formula; gpsk_materials.evaluation.hashing) of the cell as "
+                    f"given, else of it with sorted sites or of its primitive cell, not among the "
+                    f"{novelty_reference.label}; a structure that cannot be hashed counts as not novel; "
+                    "composition/chemical_system_novelty: reduced formula / element set absent from the reference")
+            else:
+                matched = novelty(structures, train, options.un_tolerances, workers=options.workers,
+                                  progress=options.progress)
+                for rec, m in zip(per, matched):
+                    rec.update(novel=m < 0, matches_train=None if m < 0 else train.ids[m])
+                novel = np.array([m < 0 for m in matched])
+                ref_name, ref_size = Path(train.source).name or "the given set", len(train)
+                summary["n_train"] = len(train)
+                protocols["novelty"] = (f"no StructureMatcher({options.un_tolerances}) match among the {len(train)} "
+                                        f"training structures of {ref_name}")
             unique = np.array(uniq.is_unique)
             summary.update(
                 novelty=float(novel.mean()),
                 unique_novel_rate=float((novel & unique).mean()),
                 valid_unique_novel_rate=float((novel & unique & valid).mean()),
-                n_train=len(train),
+                novelty_reference=ref_name,
+                novelty_reference_size=ref_size,
             )
-            protocols["novelty"] = (f"no StructureMatcher({options.un_tolerances}) match among the {len(train)} "
-                                    f"training structures of {Path(train.source).name or 'the given set'}")
+            small = small_reference_warning(ref_name, ref_size)
+            if small:
+                _warn(summary, small)
             timings["novelty"] = time.perf_counter() - t
 
     if reference is not None:
@@ -233,7 +278,10 @@ def evaluate(
         from gpsk_materials.evaluation.stability import run_stability
 
         t = time.perf_counter()
-        stab_summary, stab_per, stab_protocols = run_stability(structures, train, options)
+        stab_summary, stab_per, stab_protocols = run_stability(
+            structures, train if train is not None else novelty_reference, options)
+        for message in stab_summary.pop("warnings", []):
+            _warn(summary, message)
         summary.update(stab_summary)
         protocols.update(stab_protocols)
         for key, values in stab_per.items():
@@ -241,8 +289,30 @@ def evaluate(
                 rec[key] = v
         timings["stability"] = time.perf_counter() - t
 
+    if "warnings" in summary:  # last, after the metrics, where a reader of the table looks after the numbers
+        summary["warnings"] = summary.pop("warnings")
     summary["protocols"] = protocols
     return {"summary": summary, "per_structure": per, "timings": timings, "options": asdict(options)}
+
+
+def _hash_novelty(structures: list[Structure], reference: BAWLReference, per: list[dict], summary: dict,
+                  options: EvaluationOptions) -> np.ndarray:
+    """Novelty by BAWL hash (per-structure fields and summary keys); returns the novel mask."""
+    hashes, known = reference.hash_and_match(structures, progress=options.progress)
+    comp_known = [reference.composition_known(s.composition) for s in structures]
+    system_known = [reference.chemical_system_known(s.composition) for s in structures]
+    for rec, h, k, ck, sk in zip(per, hashes, known, comp_known, system_known):
+        rec.update(novel=k is False, matches_train=h if k else None, bawl_hash=h, composition_in_reference=ck,
+                   chemical_system_in_reference=sk)
+    hashed = [h for h in hashes if h is not None]
+    summary.update(
+        uniqueness_bawl=len(set(hashed)) / len(hashed) if hashed else float("nan"),
+        n_unhashable=len(hashes) - len(hashed),
+        novelty_reference_materials=reference.n_materials,
+        composition_novelty=float(np.mean([not c for c in comp_known])),
+        chemical_system_novelty=float(np.mean([not c for c in system_known])),
+    )
+    return np.array([k is False for k in known])
 
 
 def write_report(report: dict, out_dir: str | Path, structures: list[Structure] | None = None) -> dict[str, Path]:
@@ -279,7 +349,7 @@ def format_table(summary: dict) -> str:
     """Markdown table of the scalar metrics, then the protocol of each group."""
     rows = ["| metric | value |", "|---|---|"]
     for key, value in summary.items():
-        if key == "protocols" or key.startswith("_"):
+        if key in ("protocols", "warnings") or key.startswith("_"):
             continue
         if isinstance(value, float):
             text = "n/a" if not math.isfinite(value) else f"{value:.4f}"
@@ -287,5 +357,6 @@ def format_table(summary: dict) -> str:
             text = str(value)
         rows.append(f"| {key} | {text} |")
     rows.append("")
+    rows += [f"- **warning**: {w}" for w in summary.get("warnings", [])]
     rows += [f"- **{k}**: {v}" for k, v in summary.get("protocols", {}).items()]
     return "\n".join(rows)

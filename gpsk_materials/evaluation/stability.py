@@ -32,6 +32,7 @@ from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, HULL_TOLERANCE
 from gpsk_materials.evaluation._cache import CacheWriter, content_key, read_cache
 from gpsk_materials.evaluation.io import ReferenceSet
 from gpsk_materials.evaluation.matching import novelty, uniqueness
+from gpsk_materials.evaluation.references import BAWLReference
 
 STABLE = 0.0
 METASTABLE = 0.1
@@ -101,10 +102,18 @@ def _first_of_groups(structures: Sequence[Structure], indices: list[int], worker
     return {indices[j] for j, u in enumerate(res.is_unique) if u}
 
 
+def _novel(structures: list[Structure], reference: ReferenceSet | BAWLReference, workers: int,
+           progress: bool) -> list[bool]:
+    """Novelty flags against a training set (StructureMatcher) or a hash reference (BAWL; unhashable: not novel)."""
+    if isinstance(reference, BAWLReference):
+        return [k is False for k in reference.hash_and_match(structures, progress=progress)[1]]
+    return [m < 0 for m in novelty(structures, reference, workers=workers, progress=progress)]
+
+
 def sun_rates(
     e_hull: Sequence[float],
     structures: Sequence[Structure | None],
-    reference: ReferenceSet | None,
+    reference: ReferenceSet | BAWLReference | None,
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[dict[str, float], dict[str, list]]:
@@ -117,7 +126,8 @@ def sun_rates(
     structures
         The structures uniqueness and novelty are judged on (the relaxed ones), None where relaxation failed.
     reference
-        Training set for novelty; without one, SUN rates are not computed.
+        Novelty reference: a training set (StructureMatcher) or a BAWL hash reference; without one, SUN rates are
+        not computed.
 
     Returns
     -------
@@ -141,8 +151,8 @@ def sun_rates(
         return summary, per
     usable = [i for i in range(n) if ok[i] and structures[i] is not None]
     candidates = [i for i in usable if meta[i]]
-    matched = novelty([structures[i] for i in candidates], reference, workers=workers, progress=progress)
-    novel = {i for i, m in zip(candidates, matched) if m < 0}
+    flags = _novel([structures[i] for i in candidates], reference, workers, progress)
+    novel = {i for i, f in zip(candidates, flags) if f}
     stable_idx = [i for i in usable if stable[i]]
     meta_only_idx = [i for i in usable if meta[i] and not stable[i]]
     sun_l = _first_of_groups(structures, stable_idx, workers) & novel
@@ -178,13 +188,60 @@ def _e_hull(hull, relaxed: list[RelaxResult], to_hull_energy) -> list[float]:
     return out
 
 
-def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, options) -> tuple[dict, dict, dict]:
+def thin_hull_flags(structures: Sequence[Structure], stable: Sequence[bool], pool_path=None,
+                    max_sites: int | None = None, near_hull_table=None) -> tuple[dict, dict[str, list], list[str]]:
+    """The thin-hull check (:mod:`gpsk_materials.evaluation.hull_coverage`) of each structure's composition.
+
+    Parameters
+    ----------
+    structures, stable
+        The evaluated structures and their stable verdicts.
+    pool_path, max_sites, near_hull_table
+        Those of :class:`~gpsk_materials.evaluation.hull_coverage.ThinHullCheck` (None: its defaults).
+
+    Returns
+    -------
+    summary, per_structure, warnings
+        ``n_thin_hull`` and ``n_stable_thin_hull``; per structure ``thin_hull`` (bool) and ``thin_hull_warning``
+        (the message or None); one report-level warning naming the flagged formulas (none when nothing is flagged;
+        a warning that the check could not run when its data are missing).
+    """
+    from gpsk_materials.errors import DataError
+    from gpsk_materials.evaluation.hull_coverage import ThinHullCheck
+
+    try:
+        messages = ThinHullCheck(pool_path=pool_path, near_hull_table=near_hull_table, max_sites=max_sites).check_all(
+            s.composition for s in structures)
+    except DataError as exc:
+        return {}, {}, [f"thin-hull check not run: {exc}"]
+    flagged = [m is not None for m in messages]
+    n_stable = sum(f and s for f, s in zip(flagged, stable))
+    summary = {"n_thin_hull": sum(flagged), "n_stable_thin_hull": n_stable}
+    per = {"thin_hull": flagged, "thin_hull_warning": messages}
+    warn = []
+    if any(flagged):
+        formulas = sorted({s.composition.reduced_formula for s, f in zip(structures, flagged) if f})
+        warn.append(f"{sum(flagged)} structure(s), {n_stable} of them 'stable', have a thin reference hull (the "
+                    f"pool lacks a phase of their known Materials Project ground state): {', '.join(formulas[:20])}"
+                    f"{' ...' if len(formulas) > 20 else ''}; their stable/S.U.N. verdicts may be artifacts "
+                    "(per structure: thin_hull_warning)")
+    return summary, per, warn
+
+
+def run_stability(structures: Sequence[Structure], train: ReferenceSet | BAWLReference | None,
+                  options) -> tuple[dict, dict, dict]:
     """Relax, compute E_hull with the protocol(s) of ``options.hull_protocol``, and the rates.
+
+    Parameters
+    ----------
+    train
+        Novelty reference of the S.U.N. rates (a training set or a BAWL hash reference), or None.
 
     Returns
     -------
     summary, per_structure, protocols
-        Keys of the MP-DFT protocol are prefixed ``mp_``.
+        Keys of the MP-DFT protocol are prefixed ``mp_``; with the self-consistent hull, the thin-hull check's keys
+        (:func:`thin_hull_flags`) and ``summary["warnings"]`` (a list) where it flags something.
     """
     from gpsk_materials.checks.hull import ReferenceHull
     from gpsk_materials.checks.potentials import load_potential, resolve_potential
@@ -223,6 +280,12 @@ def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, o
         relaxed = relax(pot)
         hull.prepare({el.symbol for el in r.structure.composition.elements} for r in relaxed if r.structure is not None)
         record("", relaxed, _e_hull(hull, relaxed, lambda r: r.energy_per_atom))
+        thin_summary, thin_per, thin_warn = thin_hull_flags(structures, per["stable"], hull.pool_path,
+                                                            options.hull_max_sites)
+        summary.update(thin_summary)
+        per.update(thin_per)
+        if thin_warn:
+            summary.setdefault("warnings", []).extend(thin_warn)
         protocols["stability"] = (
             f"self-consistent hull: candidates relaxed with {pot.name} (FIRE, cell free, fmax {options.fmax} eV/A, "
             f"<= {options.relax_steps} steps); hull of the same potential's energies of pool.csv.gz structures "
@@ -230,7 +293,8 @@ def run_stability(structures: Sequence[Structure], train: ReferenceSet | None, o
             f"stable: E_hull <= 0 (within {HULL_TOLERANCE} eV/atom, the numerical tolerance); metastable: <= 0.1 "
             "eV/atom; sun_rate_lemat / msun_rate_lemat: LeMat-GenBench (SUN E_hull <= 0; MSUN 0 < E_hull <= 0.1, "
             "uniqueness within each set); sun_rate_mattergen: MatterGen "
-            "(E_hull <= 0.1, unique among all, novel); all over every input structure")
+            "(E_hull <= 0.1, unique among all, novel); all over every input structure; thin_hull: the pool lacks a "
+            "phase of the composition's Materials Project ground state (evaluation.hull_coverage)")
     if options.hull_protocol in ("mp-dft", "both"):
         pot = (load_potential(backend="chgnet") if options.mp_potential == "chgnet"
                else resolve_potential(options.mp_potential))
