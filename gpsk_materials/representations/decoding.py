@@ -12,13 +12,13 @@ from monty.json import MSONable
 from gpsk_materials import provenance
 from gpsk_materials.errors import (
     ConditioningError,
-    batch_policy,
     ConfigError,
     DecodingError,
     DeprecatedLastErrors,
     GPSKError,
     GridError,
     UnknownElementError,
+    batch_policy,
 )
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import form_factor_at_zero
@@ -231,9 +231,10 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
             The compositions are the cell contents (as a generator conditioned on them, or crystal structure
             prediction); otherwise they are scaled to the number of formula units F(000) indicates. With exact
             counts the overall scale of F is a free parameter of the refinement, as the scale factor of
-            crystallographic least squares (e.g. Giacovazzo et al., *Fundamentals of Crystallography*, 3rd ed.,
-            ch. 6): the peeling starts from F brought to the cell's electron count at F(000) (within a factor
-            ``MAX_SCALE``), and the Gauss-Newton polish fits the scale k of ||F - k F_model|| with the positions.
+            crystallographic least squares: the peeling starts from F brought to the cell's electron count at F(000)
+            (within a factor ``MAX_SCALE``), and the Gauss-Newton polish fits the scale k of ||F - k F_model|| with
+            the positions (the scale, linear, is projected out at each step: Golub & Pereyra, SIAM J. Numer. Anal.
+            10, 413 (1973)).
             ``properties["gpsk"]["decode"]["scale"]`` is the factor applied to F (1/k).
         errors, progress
             Deprecated spellings of ``ignore_errors`` (``"none"``) and ``pbar``.
@@ -567,8 +568,9 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
         does not depend on its position, and the off-diagonal blocks (template overlaps of resolved atoms)
         are small, so the iteration converges in a few steps at O(N M) cost instead of O(N^2 M).
 
-        With ``scale`` (B,) given, the overall scale is a parameter of the same iteration (variable projection:
-        the residual is linear in it): each step first sets k = Re<F_model, F>_w / ||F_model||_w^2, the least-squares
+        With ``scale`` (B,) given, the overall scale is a parameter of the same iteration (the residual is linear
+        in it, so it is projected out: variable projection, Golub & Pereyra, SIAM J. Numer. Anal. 10, 413 (1973)):
+        each step first sets k = Re<F_model, F>_w / ||F_model||_w^2, the least-squares
         scale of ||F - k F_model||, for the grids marked ``free`` and brings the data to it (F <- F / k, the
         cumulative factor kept within [1 / MAX_SCALE, MAX_SCALE]); then returns ``x, p, F, scale``.
         """
