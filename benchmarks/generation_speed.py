@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         flat = torch.cat(grids)
         comps = [None if r.cell is None else dict(r.cell) for r in resolve(gen, requests, args.seed)]
         t = time.perf_counter()
-        decoded = gen.decoder.decode_many(flat, comps, errors="none")
+        decoded = gen.decoder.decode_many(flat, comps, ignore_errors=True)
         _sync(args.device)
         t_decode = time.perf_counter() - t
         n_ok = sum(r.decoded for r in results)

@@ -63,14 +63,14 @@ def run(name: str, args) -> dict:
             continue
         ok_idx.append(i)
     good = [canon[i] for i in ok_idx]
-    grids = feat.featurize_many(good)
+    grids = feat.featurize_many(good, pbar=args.progress)
     t_feat = time.perf_counter() - t0
     comps = [structures[i].composition for i in ok_idx]
     row = {"dataset": name, "n": len(structures), "featurize_s": t_feat}
     for method in ("reciprocal", "peaks"):
         dec = ReciprocalGridDecoder(method=method, device=args.device, batch_size=args.batch_size)
         t0 = time.perf_counter()
-        out = dec.decode_many(grids, comps, errors="none", progress=args.progress)
+        out, reasons = dec.decode_many(grids, comps, return_errors=True, pbar=args.progress)
         t_dec = time.perf_counter() - t0
         with Pool(args.workers) as pool:
             matched = pool.map(_match, [(structures[i], o) for i, o in zip(ok_idx, out)], chunksize=16)
@@ -81,7 +81,7 @@ def run(name: str, args) -> dict:
             errs = [_lattice_error(c, o) for c, o in zip(good, out) if o is not None]
             row[method]["max_lattice_rel_error"] = float(max(errs)) if errs else None
             row[method]["failures"] = failures + [
-                (ok_idx[k], structures[ok_idx[k]].composition.reduced_formula, dec.last_errors[k])
+                (ok_idx[k], structures[ok_idx[k]].composition.reduced_formula, reasons[k])
                 for k in range(len(out)) if not matched[k]]
         print(f"{name:20s} {method:10s} match {rate:.4f} ({sum(matched)}/{len(structures)})  "
               f"decode {len(good) / t_dec:8.1f} structures/s", flush=True)

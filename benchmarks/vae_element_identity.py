@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     f000, k = amplitude_scale(grids, recon)
     f000_mean, k_mean = amplitude_scale(grids, recon_mean)
     decoded = ReciprocalGridDecoder(device=args.device).decode_many(splice(recon, grids, args.split_s), None,
-                                                                    errors="none")
+                                                                    ignore_errors=True)
     formulas = [None if d is None else d.composition.reduced_formula for d in decoded]
     truth = [s.composition.reduced_formula for s in structures]
     row = {

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     for key, comps, exact in (("", [s.composition.reduced_composition for s in structures], False),
                               ("_cell", [c.composition for c in cells], True)):
         t = time.perf_counter()
-        decoded = dec.decode_many(recon, comps, errors="none", exact_counts=exact)
+        decoded = dec.decode_many(recon, comps, ignore_errors=True, exact_counts=exact)
         table[f"matched{key}"] = [d is not None and sm.fit(s, d) for s, d in zip(structures, decoded)]
         timings[f"decode{key}"] = time.perf_counter() - t
         row[f"decoded{key}"] = int(sum(d is not None for d in decoded))
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     nf = min(args.n_formula, len(structures))
     for key, g in (("true", grids), ("recon", recon)):
         t = time.perf_counter()
-        decoded = dec.decode_many(g[:nf], None, errors="none")
+        decoded = dec.decode_many(g[:nf], None, ignore_errors=True)
         timings[f"decode_free_{key}"] = time.perf_counter() - t
         formulas = [None if d is None else d.composition.reduced_formula for d in decoded]
         table.loc[: nf - 1, f"free_formula_{key}"] = formulas

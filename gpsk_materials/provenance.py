@@ -39,6 +39,18 @@ def read(obj: Any, section: str | None = None, default: Any = None) -> Any:
     return ns if section is None else ns.get(section, default)
 
 
+def plain(obj: Any) -> Any:
+    """JSON-ready copy of ``obj``: monty's ``jsanitize`` (NumPy arrays and scalars to Python, tuples to lists,
+    keys to strings, MSONable objects to their ``as_dict``, anything else to its ``str``), then NaN and
+    infinities to None (JSON has no such numbers; ``json.loads`` ``parse_constant`` maps Python's ``NaN`` /
+    ``Infinity`` tokens)."""
+    import json
+
+    from monty.json import jsanitize
+
+    return json.loads(json.dumps(jsanitize(obj, recursive_msonable=True)), parse_constant=lambda _: None)
+
+
 def write(structure: Any, section: str, value: Any) -> None:
     """Set one section of a Structure's ``gpsk`` provenance (the other sections and properties are kept)."""
     props = dict(structure.properties or {})
@@ -46,4 +58,4 @@ def write(structure: Any, section: str, value: Any) -> None:
     structure.properties = props
 
 
-__all__ = ["KEY", "SECTIONS", "read", "write"]
+__all__ = ["KEY", "SECTIONS", "plain", "read", "write"]

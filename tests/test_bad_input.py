@@ -98,7 +98,7 @@ def test_decoder_grid_sizes_too_small_or_odd_raise_grid_error(size):
     with pytest.raises(GridError, match="even integer >= 4"):
         ReciprocalGridDecoder().decode(grid)
     with pytest.raises(GridError, match="even integer >= 4"):
-        ReciprocalGridDecoder().decode_many(grid[None], errors="none")
+        ReciprocalGridDecoder().decode_many(grid[None], ignore_errors=True)
     with pytest.raises(GridError, match="even integer >= 4"):
         ReciprocalGridFeaturizer(grid_size=size)
 
@@ -319,9 +319,9 @@ def test_decode_many_with_an_unparseable_composition_loses_only_that_grid():
     g = ReciprocalGridFeaturizer().featurize(_nacl())
     dec = ReciprocalGridDecoder(batch_size=2)
     grids = np.stack([g] * 5)
-    out = dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"], errors="none")
+    out, reasons = dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"], return_errors=True)
     assert [s is None for s in out] == [False, False, False, True, False]
-    assert dec.last_errors[3] == "grid 3: composition 'Xx2O' holds Xx, outside the supported Z = 1..98"
+    assert reasons[3] == "grid 3: composition 'Xx2O' holds Xx, outside the supported Z = 1..98"
     assert all(s.composition.reduced_formula == "NaCl" for s in out if s is not None)
     with pytest.raises(UnknownElementError, match="grid 3: .*Xx2O"):  # fail fast keeps the error's own type
         dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"])
@@ -346,9 +346,9 @@ def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch):
         return peel(eng, F, gstar, *args)
 
     monkeypatch.setattr(dec, "_peel", failing_peel)
-    out = dec.decode_many(np.stack([g, bad, g]), ["NaCl"] * 3, errors="none")
+    out, reasons = dec.decode_many(np.stack([g, bad, g]), ["NaCl"] * 3, return_errors=True)
     assert out[0] is not None and out[2] is not None and out[1] is None
-    assert dec.last_errors[1].startswith("grid 1: the solver failed numerically")
+    assert reasons[1].startswith("grid 1: the solver failed numerically")
 
 
 def test_gpsk_check_reports_each_bad_file_and_checks_the_rest(tmp_path, capsys):
@@ -386,12 +386,12 @@ def test_gpsk_evaluate_skips_an_unreadable_cif_and_reports_the_rest(tmp_path, ca
     Structure.from_spacegroup("Pm-3m", Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5] * 3]).to(
         filename=str(folder / "b.cif"))
     (folder / "broken.cif").write_text("data_x\n_cell_length_a 4\nloop_\n_atom_site_label\nNa1\n")
-    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep"), "--no-progress"]) == 0
     assert "skipped broken" in capsys.readouterr().err
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["summary"]["n_structures"] == 2 and data["summary"]["n_skipped"] == 1
     assert data["skipped"][0]["id"] == "broken" and "DataError" in data["skipped"][0]["error"]
-    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep2"), "--quiet", "--fail-fast"]) == 1
+    assert main(["evaluate", str(folder), "--out", str(tmp_path / "rep2"), "--no-progress", "--fail-fast"]) == 1
     assert "broken.cif" in capsys.readouterr().err
 
 
@@ -509,7 +509,7 @@ def test_gpsk_evaluate_refuses_train_csv_with_csp_targets(tmp_path, capsys):
     (tmp_path / "t.json").write_text(json.dumps({"A": _nacl().as_dict()}))
     (tmp_path / "train.csv").write_text("material_id,cif\nm1,\"" + _nacl().to(fmt="cif").replace('"', "'") + "\"\n")
     code = main(["evaluate", str(tmp_path / "gen.json"), "--csp-targets", str(tmp_path / "t.json"),
-                 "--train-csv", str(tmp_path / "train.csv"), "--out", str(tmp_path / "rep"), "--quiet"])
+                 "--train-csv", str(tmp_path / "train.csv"), "--out", str(tmp_path / "rep"), "--no-progress"])
     assert code == 1
     assert "uniqueness and novelty are not computed for crystal structure prediction" in capsys.readouterr().err
     assert not (tmp_path / "rep" / "report.json").exists()

@@ -251,7 +251,7 @@ def test_cli_evaluate(tmp_path, capsys):
     (tmp_path / "gen.json").write_text(json.dumps({"A__0": rocksalt(a=5.8).as_dict(), "A__1": cscl().as_dict()}))
     (tmp_path / "t.json").write_text(json.dumps({"A": rocksalt().as_dict()}))
     code = main(["evaluate", str(tmp_path / "gen.json"), "--csp-targets", str(tmp_path / "t.json"),
-                 "--out", str(tmp_path / "rep"), "--quiet"])
+                 "--out", str(tmp_path / "rep"), "--no-progress"])
     assert code == 0
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["summary"]["csp_match_rate_1"] == 1.0 and data["summary"]["csp_k"] == 2

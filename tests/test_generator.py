@@ -239,11 +239,11 @@ def test_composition_forms_give_the_same_conditions(gen):
 
 
 def test_parse_checks():
-    assert parse_checks(None) == {"basic"}
+    assert parse_checks(None) == {"validity_symmetry"}
     assert parse_checks("none") == frozenset()
-    assert parse_checks("volume-scan") == {"basic", "energy", "volume_scan"}
-    assert parse_checks("relax,hull") == {"basic", "energy", "relax", "hull"}
-    assert parse_checks(["energy"]) == {"basic", "energy"}
+    assert parse_checks("volume-scan") == {"validity_symmetry", "energy", "volume_scan"}
+    assert parse_checks("relax,hull") == {"validity_symmetry", "energy", "relax", "hull"}
+    assert parse_checks(["energy"]) == {"validity_symmetry", "energy"}
     for bad in ("fast", "none,energy", ""):
         with pytest.raises(ConditioningError):
             parse_checks(bad)
@@ -297,7 +297,7 @@ def test_relax_and_hull_checks(tiny_model_dir, matgl_model_dir, rock_salt_decode
     assert rec["relaxed"] is True and rec["relax_steps"] <= 30
     assert rec["space_group"] == 225 and rec["valid"] is True
     assert rec["e_above_hull"] == pytest.approx(rec["energy_per_atom"] - (-3.0), abs=1e-6)
-    assert sorted(res.structures[0].properties["gpsk"]["checks"]["run"]) == ["basic", "energy", "hull", "relax"]
+    assert sorted(res.structures[0].properties["gpsk"]["checks"]["run"]) == ["energy", "hull", "relax", "validity_symmetry"]
 
 
 def test_generate_equals_run_with_the_same_seed(gen, rock_salt_decode):  # noqa: F811

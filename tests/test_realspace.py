@@ -129,9 +129,10 @@ def test_decode_many_errors_none(structure):
     fz, dec = RealSpaceDensityFeaturizer(), RealSpacePeakDecoder()
     canon = fz.canonical_structure(structure)
     rho = fz.featurize(structure)
-    out = dec.decode_many([rho, rho], [canon.lattice, None], ["SrBaTiO2", "SrBaTiO2"], errors="none")
+    out, reasons = dec.decode_many([rho, rho], [canon.lattice, None], ["SrBaTiO2", "SrBaTiO2"], return_errors=True)
     assert out[0] is not None and out[1] is None
-    assert dec.last_errors[0] is None and "lattice" in dec.last_errors[1]
+    assert reasons[0] is None and "lattice" in reasons[1]
+    assert dec.decode_many([rho, rho], [canon.lattice, None], ["SrBaTiO2"] * 2, ignore_errors=True)[1] is None
     with pytest.raises(DecodingError):
         dec.decode_many([rho], [None], ["SrBaTiO2"])
 

@@ -10,6 +10,7 @@ from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import DummySpecies, Lattice, Structure
 
 from gpsk_materials.errors import (
+    ConfigError,
     DecodingError,
     DegenerateLatticeError,
     DisorderError,
@@ -322,6 +323,45 @@ def test_decoder_msonable():
         ReciprocalGridDecoder(method="nonsense")
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_featurize_many_follows_matminer(triclinic, backend):
+    """featurize_many(entries, ignore_errors, return_errors, pbar) as matminer's BaseFeaturizer: the first bad
+    structure raises by default; ignored, it gets NaN and its reason while the others are featurized."""
+    fz = ReciprocalGridFeaturizer(backend=backend, batch_size=2)
+    bad = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]])  # sites 0.04 A apart
+    entries = [triclinic, bad, triclinic]
+    with pytest.raises(ResolutionError):
+        fz.featurize_many(entries, pbar=False)
+    grids = fz.featurize_many(entries, ignore_errors=True, pbar=False)
+    assert np.isnan(grids[1]).all() and np.isfinite(grids[[0, 2]]).all()
+    np.testing.assert_allclose(grids[0], fz(triclinic), atol=1e-4)
+    grids, reasons = fz.featurize_many(entries, return_errors=True, pbar=False)
+    assert reasons[0] is None and reasons[2] is None and reasons[1].startswith("structure 1: ResolutionError")
+    with pytest.warns(DeprecationWarning, match="pbar"):
+        assert fz.featurize_many(entries[:1], progress=False).shape == (1, 3, N, N, N)
+
+
+def test_decode_many_returns_its_reasons(featurizer, decoder, triclinic):
+    """return_errors gives (structures, reasons); ignore_errors None in place; the old errors= / last_errors still
+    work, with a DeprecationWarning."""
+    grid = featurizer.featurize(triclinic)
+    grids = np.stack([grid, np.full_like(grid, np.nan), grid])
+    with pytest.raises(DecodingError, match="grid 1 holds NaN"):
+        decoder.decode_many(grids, pbar=False)
+    out = decoder.decode_many(grids, ignore_errors=True, pbar=False)
+    assert [s is None for s in out] == [False, True, False]
+    out, reasons = decoder.decode_many(grids, return_errors=True, pbar=False)
+    assert [s is None for s in out] == [False, True, False]
+    assert reasons[0] is None and reasons[2] is None and reasons[1] == "grid 1 holds NaN or inf values"
+    with pytest.warns(DeprecationWarning, match="errors="):
+        old = decoder.decode_many(grids, errors="none", pbar=False)
+    assert [s is None for s in old] == [False, True, False]
+    with pytest.warns(DeprecationWarning, match="last_errors"):
+        assert decoder.last_errors == reasons
+    with pytest.raises(ConfigError, match="errors must be"):
+        decoder.decode_many(grids, errors="ignore")
+
+
 def test_no_ghost_atom_beside_heavy_atom_without_composition():
     """A weak candidate that refines onto a placed heavy atom is skipped, not stacked on it (CsYbBr3)."""
     from pymatgen.core import Lattice, Structure
@@ -353,3 +393,22 @@ def test_exact_counts_decode_a_rescaled_grid(featurizer, decoder, triclinic):
     # the cell content is taken as given: twice the formula means twice the sites
     with pytest.raises(DecodingError):
         decoder.decode_many(grid[None], [{k: 2 * v for k, v in cell.items()}], exact_counts=True)
+
+
+def test_exact_counts_fit_the_overall_scale_in_the_refinement(featurizer, decoder, triclinic):
+    """With the cell content given, the overall scale is a parameter of the one refinement, read from the whole
+    pattern: F scaled by 0.6 while F(000) keeps the cell's electron count (so that F(000) alone says scale 1)
+    still decodes, with the fitted scale 1 / 0.6 recorded (the old F(000)-rescaled second decoding could not)."""
+    grid = featurizer.featurize(triclinic)
+    re, im = G.expand_structure_factor(grid[0].astype(np.float64), grid[1].astype(np.float64))
+    f000 = re[H0, H0, H0]
+    re, im = 0.6 * re, 0.6 * im
+    re[H0, H0, H0] = f000
+    scaled = grid.copy()
+    scaled[0], scaled[1] = G.compress_structure_factor(re, im)
+    cell = dict(triclinic.composition.get_el_amt_dict())
+    out = decoder.decode_many(scaled[None], [cell], exact_counts=True, pbar=False)[0]
+    assert StructureMatcher().fit(out, triclinic)
+    meta = out.properties["gpsk"]["decode"]
+    assert meta["scale"] == pytest.approx(1 / 0.6, rel=0.02)
+    assert meta["relative_residual"] < 0.05  # F(000), left at the cell's count, is the one reflection off

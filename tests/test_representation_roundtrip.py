@@ -78,11 +78,11 @@ DATASETS = ["mp20/test.csv", "perov_5/val.csv", "carbon_24/val.csv"]
 def assert_data_round_trips(structures: list[Structure], with_composition: bool) -> None:
     grids = FEATURIZER.featurize_many(structures)
     comps = [s.composition for s in structures] if with_composition else None
-    decoded = DECODER.decode_many(grids, comps, errors="none")
+    decoded, reasons = DECODER.decode_many(grids, comps, return_errors=True)
     matcher = StructureMatcher()
     failed = [
         (s.composition.reduced_formula, err)
-        for s, out, err in zip(structures, decoded, DECODER.last_errors)
+        for s, out, err in zip(structures, decoded, reasons)
         if out is None or not matcher.fit(FEATURIZER.canonical_structure(s), out)
     ]
     assert not failed, failed

@@ -11,26 +11,29 @@ from gpsk_materials.errors import DisorderError, InvalidStructureError, UnknownE
 
 
 def as_structure(structure: object, *, ordered: bool = False) -> Structure:
-    """Return ``structure`` if it is a usable pymatgen Structure, else raise.
+    """Return ``structure`` as a usable pymatgen Structure, else raise.
 
     Parameters
     ----------
     structure
-        The object to check.
+        The object to check: a pymatgen ``Structure`` (returned as it is), ``IStructure`` or ASE ``Atoms``
+        (converted by pymatgen's ``AseAtomsAdaptor``; see
+        :func:`gpsk_materials.representations.canonical.as_structure`).
     ordered
         Also reject partial occupancies (potentials need one species per site).
 
     Raises
     ------
     InvalidStructureError
-        Not a Structure, no sites, or non-finite lattice or coordinates.
+        Not a Structure or Atoms, Atoms not periodic in all three directions (``DegenerateLatticeError`` for a
+        singular cell), no sites, or non-finite lattice or coordinates.
     UnknownElementError
         A site holds a species that is not a chemical element (``DummySpecies("X")``, a vacancy).
     DisorderError
         ``ordered`` and a site is partially occupied.
     """
     if not isinstance(structure, Structure):
-        raise InvalidStructureError(f"expected a pymatgen Structure, got {type(structure).__name__}")
+        structure = _convert(structure)
     if len(structure) == 0:
         raise InvalidStructureError("the structure has no sites")
     if not np.all(np.isfinite(structure.lattice.matrix)) or not np.all(np.isfinite(structure.frac_coords)):
@@ -44,9 +47,28 @@ def as_structure(structure: object, *, ordered: bool = False) -> Structure:
     return structure
 
 
+def _convert(obj: object) -> Structure:
+    from gpsk_materials.representations.canonical import as_structure as to_structure
+
+    return to_structure(obj)
+
+
+def _is_one(obj: object) -> bool:
+    """One structure (a Structure, IStructure or ASE Atoms, which is iterable over its atoms) or many."""
+    from pymatgen.core import IStructure
+
+    if isinstance(obj, IStructure):  # Structure derives from IStructure
+        return True
+    try:
+        from ase import Atoms
+    except ImportError:  # pragma: no cover - ase is a dependency
+        return False
+    return isinstance(obj, Atoms)
+
+
 def as_structures(structures: Structure | Iterable[Structure], *, ordered: bool = False) -> list[Structure]:
-    """Accept one Structure or an iterable of them; return a checked list."""
-    if isinstance(structures, Structure):
+    """Accept one Structure or ASE Atoms, or an iterable of them; return a checked list of Structures."""
+    if _is_one(structures):
         return [as_structure(structures, ordered=ordered)]
     if isinstance(structures, (str, bytes)) or not isinstance(structures, Iterable):
         raise InvalidStructureError(f"expected a Structure or a sequence of Structures, got {type(structures).__name__}")

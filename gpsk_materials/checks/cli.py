@@ -8,11 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 from pymatgen.core import Structure
 
-from gpsk_materials.defaults import FMAX, RELAX_STEPS
+from gpsk_materials.cli_options import add, alias
 from gpsk_materials.errors import DataError, GPSKError
+from gpsk_materials.provenance import plain
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,22 +23,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the post-checks on CIF/POSCAR files (every data block of a CIF is a structure).",
     )
     p.add_argument("files", nargs="+", type=Path, help="structure files (CIF, POSCAR, ...)")
-    p.add_argument("--potential", default=None, help="matgl model name or folder, or 'chgnet[:version]' (default: shared TensorNet-MatPES)")
+    add(p, "potential")
     p.add_argument("--no-energy", action="store_true", help="skip the potential (symmetry and validity only)")
     p.add_argument("--relax", action="store_true", help="relax each structure (FIRE, cell included) before reporting")
-    p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force tolerance, eV/A (default {FMAX})")
-    p.add_argument("--steps", type=int, default=RELAX_STEPS, help=f"maximum relaxation steps (default {RELAX_STEPS})")
+    add(p, "fmax", "relax_steps")
+    alias(p, "--steps", "relax_steps", type=int)  # its old name: --steps means sampler steps in every command
     p.add_argument("--volume-scan", action="store_true", help="rescale each structure by the volume scan first")
     p.add_argument("--scan-at-boundary", action="store_true",
                    help="apply a volume-scan minimum found at an end of the scanned range (default: keep the "
                         "structure as given and flag it, scan@edge = yes)")
-    p.add_argument("--hull", action="store_true", help="energy above the reference hull from shared/data/pool.csv.gz")
-    p.add_argument("--space-group", type=int, default=None, help="requested space group to compare with")
+    add(p, "hull", "space_group", hull=dict(choices=("self",)),
+        space_group=dict(help="requested space group (1-230) to compare with"))
     p.add_argument("--symprec", type=float, default=0.1, help="spglib distance tolerance, A")
     p.add_argument("--json", type=Path, default=None, help="write the full results to this JSON file")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first file or structure that fails (default: report it in its row, check the "
-                        "rest)")
+    add(p, "no_progress", "fail_fast", fail_fast=dict(
+        help="stop at the first file or structure that fails (default: report it in its row, check the rest)"))
     p.set_defaults(func=run)
 
 
@@ -99,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                               volume_scan_applied=r.applied)
     if args.relax:
         def relax(batch):
-            return potential.relax(batch, fmax=args.fmax, steps=args.steps, progress=len(batch) > 1)
+            return potential.relax(batch, fmax=args.fmax, steps=args.relax_steps,
+                                   progress=len(batch) > 1 and not args.no_progress)
 
         for k, r in _per_item(args, records, structures, relax).items():
             structures[k] = r.structure
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     _print_table(records)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1, default=_json_default))
+        args.json.write_text(json.dumps(plain(records), indent=1))
     failed = [r for r in records if "error" in r]
     for r in failed:
         print(f"gpsk check: error: {r['file']}: {r['error']}", file=sys.stderr)
@@ -182,14 +182,6 @@ def _per_item(args, records: list[dict], structures: dict[int, Structure], fn) -
         except GPSKError as exc:
             _fail(args, records, records[k], exc, structures, k)
     return out
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.bool_):
-        return bool(o)
-    raise TypeError(type(o).__name__)
 
 
 def _print_table(records: list[dict]) -> None:

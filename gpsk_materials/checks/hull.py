@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from monty.json import MSONable
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element, Lattice, Structure
 from tqdm.auto import tqdm
 
+from gpsk_materials.checks._common import as_structure
 from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.defaults import FMAX, REFERENCE_RELAX_STEPS, RELAX_BATCH
 from gpsk_materials.errors import DataError, InvalidStructureError
@@ -82,17 +84,36 @@ def _prototypes(element: str) -> dict[str, Structure]:
     }
 
 
+def _as_pd_entry(item, name: str) -> PDEntry:
+    """A fixed reference: a pymatgen entry (its composition, total energy and ``entry_id`` or name) or a
+    (composition, energy per atom) pair."""
+    if hasattr(item, "composition") and hasattr(item, "energy"):
+        label = getattr(item, "entry_id", None) or getattr(item, "name", None) or name
+        return PDEntry(item.composition, float(item.energy), name=str(label))
+    try:
+        comp, e = item
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"reference {name}: expected a pymatgen entry or a (composition, energy per atom) pair, "
+                        f"got {item!r}") from exc
+    return ReferenceHull._entry(comp, e, name)
+
+
 def _chemsys(elements: Iterable[str]) -> frozenset[str]:
     return frozenset(str(e) for e in elements)
 
 
-class ReferenceHull:
+class ReferenceHull(MSONable):
     """Convex hulls of reference energies from one potential, built on demand per chemical system.
+
+    MSONable as every check: :meth:`as_dict` names the potential (its ``spec``, loaded again lazily by
+    :meth:`from_dict`), the pool and cache files, the settings and the fixed entries; the reference energies
+    themselves live in the cache file.
 
     Parameters
     ----------
     potential
-        The potential the candidates are evaluated with (a Potential, a model name, or None for the default).
+        The potential the candidates are evaluated with (a Potential, a model name, a ``Potential.as_dict()``, or
+        None for the default); loaded when first needed.
     pool_path
         CSV(.gz) with ``material_id``, ``nsites``, ``reduced_formula`` and ``cif`` columns; default
         ``shared/data/pool.csv.gz``.
@@ -107,7 +128,8 @@ class ReferenceHull:
     relax_batch
         Structures per forward pass of the batched relaxation (and at most ``20 * relax_batch`` atoms).
     entries
-        Extra fixed (composition, energy per atom) references on the potential's scale.
+        Extra fixed references on the potential's scale: (composition, energy per atom) pairs, or pymatgen entries
+        (``PDEntry``, ``ComputedEntry``, ``ComputedStructureEntry``: their composition and total ``energy``).
     use_pool
         False to build hulls from ``entries`` only (then nothing is evaluated).
     """
@@ -122,7 +144,7 @@ class ReferenceHull:
         relax_steps: int = REFERENCE_RELAX_STEPS,
         fmax: float = FMAX,
         relax_batch: int = RELAX_BATCH,
-        entries: Iterable[tuple[Composition | str, float]] | None = None,
+        entries: Iterable[tuple[Composition | str, float] | PDEntry] | None = None,
         use_pool: bool = True,
         progress: bool = False,
     ) -> None:
@@ -139,14 +161,39 @@ class ReferenceHull:
         self.relax_batch = int(relax_batch)
         self.use_pool = use_pool
         self.progress = progress
-        self._fixed = [self._entry(c, e, f"fixed-{i}") for i, (c, e) in enumerate(entries or [])]
+        self._fixed = [_as_pd_entry(e, f"fixed-{i}") for i, e in enumerate(entries or [])]
         self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
         self._energies: dict[str, float] | None = None
 
     @classmethod
-    def from_entries(cls, entries: Iterable[tuple[Composition | str, float]]) -> ReferenceHull:
-        """A hull of fixed (composition, energy per atom) entries only; no potential, no pool."""
+    def from_entries(cls, entries: Iterable[tuple[Composition | str, float] | PDEntry]) -> ReferenceHull:
+        """A hull of fixed entries only ((composition, energy per atom) pairs or pymatgen entries); no potential,
+        no pool."""
         return cls(potential=None, cache_path=False, entries=list(entries), use_pool=False)
+
+    def as_dict(self) -> dict:
+        pot = self._potential.as_dict() if self._potential is not None else self._potential_arg
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "potential": str(pot) if isinstance(pot, Path) else pot,
+            "pool_path": str(self.pool_path),
+            "cache_path": False if self.cache_path is None else str(self.cache_path),
+            "mode": self.mode,
+            "max_sites": self.max_sites,
+            "relax_steps": self.relax_steps,
+            "fmax": self.fmax,
+            "relax_batch": self.relax_batch,
+            "entries": [e.as_dict() for e in self._fixed],
+            "use_pool": self.use_pool,
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReferenceHull:
+        kw = {k: v for k, v in d.items() if not k.startswith("@")}
+        kw["entries"] = [PDEntry.from_dict(e) for e in kw.get("entries") or []]
+        return cls(**kw)
 
     # -- energies -----------------------------------------------------------------------------------------------
     @property
@@ -297,17 +344,42 @@ class ReferenceHull:
                 raise DataError(f"cannot build the hull of {'-'.join(sorted(system))}: {exc}") from exc
         return self._diagrams[system]
 
-    def e_above_hull(self, structure_or_composition: Structure | Composition | str, energy_per_atom: float) -> float:
+    def e_above_hull(self, structure_or_composition, energy_per_atom: float | None = None) -> float:
         """Energy above the reference hull (eV/atom, negative below it) of a composition at ``energy_per_atom``
-        (on this potential's scale)."""
-        if isinstance(structure_or_composition, Structure):
-            comp = structure_or_composition.composition
+        (on this potential's scale).
+
+        Parameters
+        ----------
+        structure_or_composition
+            A pymatgen ``Structure``, ASE ``Atoms``, ``Composition`` or formula (then ``energy_per_atom`` is
+            required), or a pymatgen entry (``PDEntry``, ``ComputedEntry``, ``ComputedStructureEntry``) whose
+            ``energy_per_atom`` is taken unless one is given.
+        energy_per_atom
+            eV/atom on this potential's scale.
+
+        Raises
+        ------
+        InvalidStructureError
+            Input of none of these kinds, no energy, or a non-finite energy.
+        DataError
+            The hull of the chemical system cannot be built.
+        """
+        if hasattr(structure_or_composition, "composition") and hasattr(structure_or_composition, "energy_per_atom"):
+            comp = structure_or_composition.composition  # a pymatgen entry
+            if energy_per_atom is None:
+                energy_per_atom = float(structure_or_composition.energy_per_atom)
         elif isinstance(structure_or_composition, (Composition, str)):
             comp = Composition(structure_or_composition)
         else:
-            raise InvalidStructureError(
-                f"expected a Structure, Composition or formula, got {type(structure_or_composition).__name__}"
-            )
+            try:
+                comp = as_structure(structure_or_composition).composition
+            except InvalidStructureError as exc:
+                raise InvalidStructureError(
+                    f"expected a Structure, ASE Atoms, Composition, formula or pymatgen entry, got "
+                    f"{type(structure_or_composition).__name__}"
+                ) from exc
+        if energy_per_atom is None:
+            raise InvalidStructureError(f"{comp.reduced_formula}: no energy per atom given")
         if not np.isfinite(energy_per_atom):
             raise InvalidStructureError(f"{comp.reduced_formula}: energy per atom is not finite ({energy_per_atom})")
         pd_ = self.phase_diagram(el.symbol for el in comp.elements)

@@ -4,13 +4,14 @@ check flags in; one record per kept structure out (scores, best-of-N choice, rel
 ``post_checks`` writes nothing on the structures: the caller (e.g. :class:`~gpsk_materials.pipelines.CrystalGenerator`)
 decides where the records go. The flags are those of :func:`parse_checks`:
 
-============== ================================================================================================
-``basic``      validity, space group found and matched, connectivity (the :class:`CandidateScorer` breakdown)
-``energy``     + the potential's energy per atom (scored)
-``volume_scan`` + the volume scan at fixed shape before the energy; **the returned cells are rescaled**
-``relax``      + FIRE relaxation of the kept structures, re-checked by the same scorer
-``hull``       + energy above a :class:`~gpsk_materials.checks.hull.ReferenceHull`
-============== ================================================================================================
+===================== =========================================================================================
+``validity_symmetry`` validity, space group found and matched, connectivity (the :class:`CandidateScorer`
+                      breakdown; the default; ``basic`` is its old name, still accepted)
+``energy``            + the potential's energy per atom (scored)
+``volume_scan``       + the volume scan at fixed shape before the energy; **the returned cells are rescaled**
+``relax``             + FIRE relaxation of the kept structures, re-checked by the same scorer
+``hull``              + energy above a :class:`~gpsk_materials.checks.hull.ReferenceHull`
+===================== =========================================================================================
 """
 
 from __future__ import annotations
@@ -22,19 +23,31 @@ from typing import Any
 from gpsk_materials.defaults import FMAX, RELAX_STEPS
 from gpsk_materials.errors import ConditioningError, GPSKError
 
+#: the checks run without a potential, and the default: validity, symmetry and connectivity of the structure
+DEFAULT_CHECKS = "validity_symmetry"
 #: check names accepted by ``checks=`` (a name, a comma/plus-separated string, or a list of names)
-CHECKS = ("none", "basic", "energy", "volume_scan", "relax", "hull")
+CHECKS = ("none", DEFAULT_CHECKS, "energy", "volume_scan", "relax", "hull")
+#: old names of checks, still accepted
+CHECK_ALIASES = {"basic": DEFAULT_CHECKS}
 #: the keys of a check record taken from the scorer's breakdown, and those added by the energy-based checks
 _BASIC_KEYS = ("valid", "strict_valid", "space_group", "space_group_match", "crystal_system_match", "connectivity")
 
 
 def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
-    """Normalise ``checks=``: None -> basic; ``"energy"``, ``"volume_scan"``, ``"relax"`` and ``"hull"`` imply
-    ``"basic"`` and the potential energy; ``"none"`` alone skips every check."""
+    """Normalise ``checks=``: None -> ``validity_symmetry``; ``"energy"``, ``"volume_scan"``, ``"relax"`` and
+    ``"hull"`` imply ``"validity_symmetry"`` and the potential energy; ``"none"`` alone skips every check; ``"basic"``
+    is the old name of ``"validity_symmetry"``.
+
+    Raises
+    ------
+    ConditioningError
+        An unknown check name, or ``"none"`` with another check.
+    """
     if checks is None:
-        return frozenset({"basic"})
+        return frozenset({DEFAULT_CHECKS})
     names = checks.replace("+", ",").split(",") if isinstance(checks, str) else list(checks)
     flags = {str(c).strip().lower().replace("-", "_") for c in names if str(c).strip()}
+    flags = {CHECK_ALIASES.get(f, f) for f in flags}
     unknown = flags - set(CHECKS)
     if unknown or not flags:
         raise ConditioningError(f"unknown checks {sorted(unknown) or checks!r}; choose from {CHECKS}")
@@ -44,7 +57,7 @@ def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
         raise ConditioningError(f"checks 'none' cannot be combined with {sorted(flags - {'none'})}")
     if flags & {"volume_scan", "relax", "hull"}:
         flags.add("energy")
-    return frozenset(flags | {"basic"})
+    return frozenset(flags | {DEFAULT_CHECKS})
 
 
 @dataclass
@@ -75,7 +88,7 @@ def make_scorer(flags: frozenset[str], potential: Any = None, symprec: float = 0
 def post_checks(
     structures: Sequence[Any],
     conditions: Any = None,
-    flags: frozenset[str] | str | Iterable[str] | None = "basic",
+    flags: frozenset[str] | str | Iterable[str] | None = DEFAULT_CHECKS,
     *,
     keep: int | None = None,
     tie_break: Sequence[float] | None = None,
@@ -111,10 +124,10 @@ def post_checks(
 
     flags = flags if isinstance(flags, frozenset) else parse_checks(flags)
     structures = as_structures(structures)
-    if "basic" in flags and structures and scorer is None:
+    if DEFAULT_CHECKS in flags and structures and scorer is None:
         scorer = make_scorer(flags, potential, symprec)
     records = [CheckRecord(j, s) for j, s in enumerate(structures)]
-    if "basic" in flags and records:
+    if DEFAULT_CHECKS in flags and records:
         scored, scores = scorer.score_records(structures, conditions)
         for rec, s, sc in zip(records, scored, scores):
             rec.structure, rec.scores, rec.checks = s, sc, _check_record(sc, flags)
@@ -159,4 +172,4 @@ def _relax(records: list[CheckRecord], conditions: Any, scorer: Any, potential: 
                           energy_per_atom=res.energy_per_atom, **{k: sc[k] for k in _BASIC_KEYS})
 
 
-__all__ = ["CHECKS", "CheckRecord", "make_scorer", "parse_checks", "post_checks"]
+__all__ = ["CHECKS", "CHECK_ALIASES", "DEFAULT_CHECKS", "CheckRecord", "make_scorer", "parse_checks", "post_checks"]

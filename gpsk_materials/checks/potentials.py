@@ -78,12 +78,13 @@ class RelaxResult(MSONable):
         return cls(**kw)
 
 
-class Potential:
+class Potential(MSONable):
     """An interatomic potential: batched energies, relaxations, device placement.
 
     Build it with :func:`load_potential`. ``name`` identifies the model (used as a cache key, e.g. by
     :class:`~gpsk_materials.checks.hull.ReferenceHull`); ``spec`` is the ``load_potential`` keyword arguments that
-    rebuild it.
+    rebuild it. MSONable as every check: :meth:`as_dict` holds ``spec`` (the weights are named, not copied, and
+    the device is left to the reader), :meth:`from_dict` loads the potential again with :func:`load_potential`.
     """
 
     backend: str = ""
@@ -95,6 +96,21 @@ class Potential:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, device={self.device})"
+
+    def as_dict(self) -> dict:
+        """``{"@module", "@class", **spec}``: the :func:`load_potential` keywords that rebuild this potential."""
+        return {"@module": Potential.__module__, "@class": Potential.__name__, **self.spec}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Potential:
+        """The potential of :meth:`as_dict` (or of a bare ``spec`` dictionary), loaded with :func:`load_potential`.
+
+        Raises
+        ------
+        PotentialError
+            Unknown backend or model, or weights that are missing or unreadable.
+        """
+        return load_potential(**{k: v for k, v in d.items() if not k.startswith("@")})
 
     # -- to implement per backend -----------------------------------------------------------------------------
     @property
@@ -406,14 +422,16 @@ def load_potential(
 
 
 def resolve_potential(potential: Potential | str | Path | None) -> Potential:
-    """A Potential as given; None for the default; or a string: ``"chgnet"``, ``"chgnet:<version or file>"``,
-    ``"matgl:<name or path>"`` or a bare matgl model name/path."""
+    """A Potential as given; None for the default; a :meth:`Potential.as_dict` dictionary; or a string:
+    ``"chgnet"``, ``"chgnet:<version or file>"``, ``"matgl:<name or path>"`` or a bare matgl model name/path."""
     if isinstance(potential, Potential):
         return potential
     if potential is None:
         return load_potential()
     if isinstance(potential, Path):
         return load_potential(potential)
+    if isinstance(potential, dict):
+        return Potential.from_dict(potential)
     if isinstance(potential, str):
         backend, sep, rest = potential.partition(":")
         if backend in BACKENDS and (sep or backend == "chgnet"):

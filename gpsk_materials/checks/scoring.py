@@ -28,7 +28,7 @@ from pymatgen.core import Structure
 
 from gpsk_materials import provenance
 from gpsk_materials.checks._common import as_structures
-from gpsk_materials.checks.potentials import Potential, load_potential, resolve_potential
+from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.checks.symmetry import SymmetryCheck
 from gpsk_materials.checks.validity import ValidityCheck, connectivity
 from gpsk_materials.checks.volume_scan import VolumeScan
@@ -93,7 +93,7 @@ class CandidateScorer(MSONable):
         return {
             "@module": type(self).__module__,
             "@class": type(self).__name__,
-            "potential": None if self.potential is None else self.potential.spec,
+            "potential": None if self.potential is None else self.potential.as_dict(),
             "volume_scan": None if self.volume_scan is None else self.volume_scan.as_dict(),
             "symmetry": self.symmetry.as_dict(),
             "validity": self.validity.as_dict(),
@@ -103,7 +103,7 @@ class CandidateScorer(MSONable):
 
     @classmethod
     def from_dict(cls, d: dict) -> CandidateScorer:
-        pot = False if d["potential"] is None else load_potential(**d["potential"])
+        pot = False if d["potential"] is None else Potential.from_dict(d["potential"])
         vs = VolumeScan.from_dict(d["volume_scan"]) if d.get("volume_scan") else False
         return cls(
             potential=pot,

@@ -122,6 +122,7 @@ class SymmetryCheck(MSONable):
         InvalidStructureError
             spglib gives up on the structure at this ``symprec``.
         """
+        structure = as_structure(structure)
         try:
             sga = self._analyzer(structure)
             out = sga.get_primitive_standard_structure() if primitive else sga.get_refined_structure()

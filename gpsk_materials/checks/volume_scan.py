@@ -124,14 +124,12 @@ class VolumeScan(MSONable):
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("v_min", "v_max", "n_points", "refine", "n_refine", "min_distance_ratio",
                                            "batch_size", "apply_at_boundary")}
-        return {"@module": type(self).__module__, "@class": type(self).__name__, "potential": self.potential.spec, **d}
+        return {"@module": type(self).__module__, "@class": type(self).__name__, "potential": self.potential.as_dict(), **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumeScan:
-        from gpsk_materials.checks.potentials import load_potential
-
         kw = {k: v for k, v in d.items() if not k.startswith("@")}
-        kw["potential"] = load_potential(**kw["potential"])
+        kw["potential"] = Potential.from_dict(kw["potential"])
         return cls(**kw)
 
     def _evaluate(self, structures: list[Structure], grids: list[np.ndarray]) -> list[np.ndarray]:

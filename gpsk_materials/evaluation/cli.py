@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
+from gpsk_materials.cli_options import add, alias
+from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, RELAX_BATCH
 from gpsk_materials.errors import ConfigError, DataError
 
 
@@ -39,33 +40,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CDVAE coverage cutoffs to use")
     p.add_argument("--csp-targets", type=Path,
                    help="target structures for CSP; prediction ids must be '<target id>' or '<target id>__<k>'")
-    p.add_argument("--stability", action="store_true", help="relax, compute E_hull and stable/SUN rates")
-    p.add_argument("--hull", choices=["self", "mp-dft", "both"], default="self",
-                   help="self: hull of the same potential's reference energies (default); mp-dft: CHGNet energies "
-                        "vs Materials Project DFT formation energies; both")
+    p.add_argument("--stability", action="store_true",
+                   help="relax, compute E_hull and stable/SUN rates (against the --hull KIND, default self)")
+    add(p, "hull", hull=dict(help="energy above the convex hull against KIND (implies --stability): self (the "
+                                  "potential's own hull of shared/data/pool.csv.gz; the default), mp-dft (CHGNet "
+                                  "energies vs Materials Project DFT formation energies) or both"))
     p.add_argument("--hull-mode", choices=["relax", "single_point"], default="relax",
                    help="reference energies of the self hull: relaxed with the potential (default) or single points "
                         "of the DFT geometries (faster, E_hull biased low by the residual relaxation energy)")
     p.add_argument("--hull-max-sites", type=int, help="ignore pool references with more sites")
     p.add_argument("--reference-energies", type=Path,
                    help="cached reference energies (JSON, from benchmarks/build_reference_energies.py)")
-    p.add_argument("--potential", help="potential for --hull self (default: the shared TensorNet-MatPES model; "
-                                       "'chgnet' or 'matgl:<name or path>')")
-    p.add_argument("--device", help="torch device for relaxations (cpu, cuda)")
-    p.add_argument("--fmax", type=float, default=FMAX, help=f"relaxation force threshold, eV/A (default {FMAX})")
-    p.add_argument("--relax-steps", type=int, default=EVALUATION_RELAX_STEPS,
-                   help=f"maximum FIRE steps per relaxation (default {EVALUATION_RELAX_STEPS})")
-    p.add_argument("--relax-batch", type=int, default=RELAX_BATCH,
-                   help=f"structures per forward pass of the batched relaxation (default {RELAX_BATCH}; each result is "
-                   "cached as it finishes)")
-    p.add_argument("--workers", type=int, default=1, help="processes for matching and fingerprints")
+    add(p, "potential", "device", "fmax", "relax_steps", "relax_batch", "workers",
+        potential=dict(help="potential for --hull self (default: the shared TensorNet-MatPES model; 'chgnet' or "
+                            "'matgl:<name or path>')"),
+        device=dict(default=None, help="torch device for relaxations (cpu, cuda)"),
+        relax_steps=dict(default=EVALUATION_RELAX_STEPS),
+        relax_batch=dict(help=f"structures per forward pass of the batched relaxation (default {RELAX_BATCH}; each "
+                              "result is cached as it finishes)"),
+        workers=dict(help="processes for matching and fingerprints (default 1)"))
     p.add_argument("--cache-dir", type=Path, help="resumable cache (default: OUT/cache)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("evaluation_report"), help="report folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--fail-fast", action="store_true",
-                   help="stop at the first structure that cannot be read (default: skip it, name it on stderr and in "
-                        "report.json, evaluate the rest)")
+    add(p, "seed", "out", "no_progress", "fail_fast", seed=dict(default=0, help="random seed (default 0)"),
+        out=dict(default=Path("evaluation_report"), help="report folder (default ./evaluation_report)"),
+        fail_fast=dict(help="stop at the first structure that cannot be read (default: skip it, name it on stderr "
+                            "and in report.json, evaluate the rest)"))
+    alias(p, "--quiet", "no_progress", nargs=0)
     p.set_defaults(func=run)
 
 
@@ -86,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if args.train_csv is not None and args.novelty_reference is not None:
         raise ConfigError(TWO_NOVELTY_REFERENCES)
 
+    if args.hull is not None:
+        args.stability = True  # --hull asks for the energy above the hull, which the stability protocol computes
+    args.hull = args.hull or "self"
     if args.stability and args.train_csv is None and args.novelty_reference is None:
         print("gpsk evaluate: note: no --train-csv or --novelty-reference, so S.U.N. rates are not computed",
               file=sys.stderr)
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvaluationOptions(
         cov_dataset=args.cov_dataset, wdist_samples=args.wdist_samples,
         coverage_reference_size=args.coverage_reference_size, seed=args.seed, workers=args.workers,
-        progress=not args.quiet, cache_dir=str(args.cache_dir or args.out / "cache"), stability=args.stability,
+        progress=not args.no_progress, cache_dir=str(args.cache_dir or args.out / "cache"), stability=args.stability,
         hull_protocol=args.hull, potential=args.potential, device=args.device, fmax=args.fmax,
         relax_steps=args.relax_steps, relax_batch=args.relax_batch, hull_mode=args.hull_mode,
         hull_max_sites=args.hull_max_sites,

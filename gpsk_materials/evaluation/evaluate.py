@@ -15,6 +15,7 @@ from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from gpsk_materials.checks.validity import smact_validity, structural_validity
+from gpsk_materials.provenance import plain
 from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
 from gpsk_materials.errors import ConfigError, DataError
 from gpsk_materials.evaluation.csp import csp_metrics
@@ -75,19 +76,6 @@ def _cache(options: EvaluationOptions, name: str) -> Path | None:
     folder = Path(options.cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
-
-
-def _clean(value):
-    """JSON-safe copy: numpy scalars to Python, NaN to None."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 #: why a training set is refused together with CSP targets (rather than silently ignored)
@@ -269,7 +257,7 @@ def evaluate(
                             "(and target for one sample); match rate over targets, RMSE (normalised by "
                             "(V/n)^(1/3)) over matched; best of k = smallest RMS of a target's valid samples")
         summary["_csp_per_target"] = [
-            {"target": tid, "n_samples": int(k), "rms_first": _clean(float(a)), "rms_best": _clean(float(b))}
+            {"target": tid, "n_samples": int(k), "rms_first": plain(float(a)), "rms_best": plain(float(b))}
             for tid, k, a, b in zip(res.target_ids, res.n_samples, res.rms_first, res.rms_best)
         ]
         timings["csp"] = time.perf_counter() - t
@@ -331,7 +319,7 @@ def write_report(report: dict, out_dir: str | Path, structures: list[Structure] 
     if csp_per_target is not None:
         payload["csp_per_target"] = csp_per_target
     files["json"] = out / "report.json"
-    files["json"].write_text(json.dumps(_clean(payload), indent=1) + "\n")
+    files["json"].write_text(json.dumps(plain(payload), indent=1) + "\n")
     files["table"] = out / "metrics.md"
     files["table"].write_text(format_table(summary) + "\n")
     files["csv"] = out / "per_structure.csv"

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
+from gpsk_materials.checks.post import DEFAULT_CHECKS
+from gpsk_materials.cli_options import add
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` subcommand."""
@@ -17,28 +18,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "same conditions; writes OUT/<formula>_<i>.cif, OUT/structures.extxyz and OUT/summary.csv.",
     )
     p.add_argument("formulas", nargs="+", metavar="FORMULA", help="compositions (cell content), e.g. Fe2O3 NaCl")
-    p.add_argument("-n", type=int, default=1, help="structures per formula (default 1)")
-    p.add_argument("--space-group", type=int, default=None, help="space-group number 1-230")
+    add(p, "n", "space_group")
     p.add_argument("--crystal-system", default=None, help="triclinic ... cubic")
     p.add_argument("--band-gap", type=float, default=None, help="eV, >= 0")
     p.add_argument("--formation-energy", type=float, default=None, help="eV/atom")
     p.add_argument("--e-above-hull", type=float, default=None, help="eV/atom, >= 0 (condition)")
     p.add_argument("--magnetic-ordering", default=None, help="NM, FM, FiM or AFM")
-    p.add_argument("--guidance", type=float, default=GUIDANCE,
-                   help=f"classifier-free guidance scale (default {GUIDANCE:g})")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS,
-                   help=f"Euler steps of the flow sampler (default {SAMPLER_STEPS})")
-    p.add_argument("--seed", type=int, default=None, help="base seed (request i uses seed + i)")
+    add(p, "guidance", "steps", "seed", seed=dict(help="base seed (request i uses seed + i)"))
     p.add_argument("--best-of", type=int, default=1, help="candidates per wanted structure; the best are kept")
-    p.add_argument("--checks", default="basic",
-                   help="comma-separated post-checks: none, basic (validity + symmetry; default), energy, volume_scan, "
-                   "relax, hull")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the model shipped in the package)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--checks", default=DEFAULT_CHECKS,
+                   help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, connectivity; "
+                   "the default; 'basic' is its old name), energy, volume_scan, relax, hull")
+    p.add_argument("--volume-scan", action="store_true", help="add the volume-scan check (as --checks volume_scan)")
+    p.add_argument("--relax", action="store_true", help="add the relaxation check (as --checks relax)")
+    add(p, "hull", hull=dict(choices=("self",), help="add the energy above the potential's own hull of "
+                                                     "shared/data/pool.csv.gz (as --checks hull)"))
+    add(p, "model", "device", "potential")
     p.add_argument("--batch-size", type=int, default=None, help="latents per sampler call (default 8 on CPU, 64 on GPU)")
-    p.add_argument("--potential", default=None, help="potential of the energy checks (default: shared TensorNet-MatPES)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default ./results)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add(p, "out", "no_progress", out=dict(default=Path("results"), help="output folder (default ./results)"))
     p.set_defaults(func=run)
 
 
@@ -58,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of)
         for f in args.formulas
     ]
-    results = gen.run(requests, seed=args.seed, checks=args.checks, progress=False if args.no_progress else None)
+    checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])
+    results = gen.run(requests, seed=args.seed, checks=checks, progress=False if args.no_progress else None)
     records = write_results(results, args.out)
     if records:
         print(format_table(records))

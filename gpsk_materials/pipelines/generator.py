@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gpsk_materials import provenance
-from gpsk_materials.checks.post import make_scorer, parse_checks, post_checks
+from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks, post_checks
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
 from gpsk_materials.models.generative import GPSKModel
@@ -61,23 +60,6 @@ def default_model_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("gpsk_materials"))) / "weights" / "default"
-
-
-def _plain(x: Any) -> Any:
-    """JSON-friendly copy (NumPy scalars and arrays to Python, tuples to lists, NaN to None)."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer, int)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    return x
 
 
 @dataclass
@@ -330,7 +312,7 @@ class CrystalGenerator(MSONable):
         steps: int = SAMPLER_STEPS,
         seed: int | None = None,
         best_of: int = 1,
-        checks: str | Iterable[str] | None = "basic",
+        checks: str | Iterable[str] | None = DEFAULT_CHECKS,
         output: str = "structure",
         progress: bool | None = None,
         diffraction: Any = None,
@@ -375,7 +357,7 @@ class CrystalGenerator(MSONable):
         requests: Sequence[Any],
         *,
         seed: int | None = None,
-        checks: str | Iterable[str] | None = "basic",
+        checks: str | Iterable[str] | None = DEFAULT_CHECKS,
         output: str = "structure",
         progress: bool | None = None,
         **defaults: Any,
@@ -397,7 +379,7 @@ class CrystalGenerator(MSONable):
         requests: Sequence[GenerationRequest | Mapping[str, Any] | Any],
         *,
         seed: int | None = None,
-        checks: str | Iterable[str] | None = "basic",
+        checks: str | Iterable[str] | None = DEFAULT_CHECKS,
         output: str = "structure",
         progress: bool | None = None,
         guidance_terms: Sequence[Any] | None = None,
@@ -413,7 +395,8 @@ class CrystalGenerator(MSONable):
             Base seed; request ``i`` uses ``seed + i`` unless it sets its own. None draws one from torch's global
             generator (recorded in the results).
         checks
-            ``"none"``, ``"basic"`` (validity + symmetry; the default), ``"energy"`` (+ potential energy),
+            ``"none"``, ``"validity_symmetry"`` (validity, symmetry, connectivity; the default; ``"basic"`` is its
+            old name), ``"energy"`` (+ potential energy),
             ``"volume_scan"`` (+ GPSK-05 volume scan, the returned cells are rescaled), ``"relax"`` (+ relaxation
             of the kept structures), ``"hull"`` (+ energy above the reference hull); combine with commas.
         output
@@ -530,8 +513,8 @@ class CrystalGenerator(MSONable):
                 continue
             comps = [None if resolved[k].cell is None else dict(resolved[k].cell) for k in todo for _ in grids[k]]
             flat = torch.cat([grids[k] for k in todo])
-            structures = self.decoder.decode_many(flat, comps, errors="none", progress=progress, exact_counts=exact)
-            reasons = list(self.decoder.last_errors)
+            structures, reasons = self.decoder.decode_many(flat, comps, return_errors=True, pbar=progress,
+                                                           exact_counts=exact)
             start = 0
             for k in todo:
                 n = len(grids[k])
@@ -560,7 +543,7 @@ class CrystalGenerator(MSONable):
             # decoded structure explains best
             keep=want if r.request.best_of > 1 else None,
             tie_break=[provenance.read(s, "decode", {}).get("relative_residual", 0.0) for s in structures],
-            scorer=self._scorer(flags) if "basic" in flags else None,
+            scorer=self._scorer(flags) if DEFAULT_CHECKS in flags else None,
             potential=self.potential if "energy" in flags else None,
             hull=self._reference_hull() if "hull" in flags else None,
             symprec=self.symprec, relax_steps=self.relax_steps, fmax=self.fmax,
@@ -585,7 +568,7 @@ class CrystalGenerator(MSONable):
         units = None
         if r.reduced is not None:
             units = len(decoded) // max(1, sum(r.reduced.values()))
-        return _plain({
+        return provenance.plain({
             "request": {
                 **r.request.to_dict(),
                 "index": r.index,

@@ -14,16 +14,18 @@ from gpsk_materials.errors import (
     ConditioningError,
     ConfigError,
     DecodingError,
+    DeprecatedLastErrors,
     GPSKError,
     GridError,
     UnknownElementError,
+    batch_policy,
 )
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
 
 METHODS = ("reciprocal", "peaks")
-#: largest factor by which F of a grid is rescaled to the electron count of a given cell (``exact_counts``)
+#: largest factor by which the refinement rescales F of a grid with a given cell content (``exact_counts``)
 MAX_SCALE = 3.0
 
 
@@ -95,15 +97,6 @@ def cell_counts(comp: dict[int, float], f000: float, exact: bool = False) -> tup
     return {z: int(r) * units for z, r in zip(comp, reduced)}, units
 
 
-def _better(a, b):
-    """Of two decodings of one grid, the structure with the lower residual (a structure beats an error)."""
-    if isinstance(a, GPSKError):
-        return b if not isinstance(b, GPSKError) else a
-    if isinstance(b, GPSKError):
-        return a
-    return b if _residual(b) < _residual(a) else a
-
-
 def _given_species(structure, composition):
     """``structure`` with the species of ``composition`` where it gives them (oxidation states: a pymatgen
     ``Composition`` or a mapping with ``Species`` keys): each element of one species in the composition becomes that
@@ -126,11 +119,7 @@ def _given_species(structure, composition):
     return structure
 
 
-def _residual(structure) -> float:
-    return provenance.read(structure, "decode")["relative_residual"]
-
-
-class ReciprocalGridDecoder(MSONable):
+class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
     """Grid -> pymatgen ``Structure`` in closed form.
 
     Parameters
@@ -203,42 +192,70 @@ class ReciprocalGridDecoder(MSONable):
     # ------------------------------------------------------------------ public API
     def decode(self, grid, composition=None):
         """Decode one grid (3, n, n, n); raises :class:`DecodingError` when the grid does not decode cleanly."""
-        return self.decode_many(as_grid_batch(grid)[:1], None if composition is None else [composition])[0]
+        return self.decode_many(as_grid_batch(grid)[:1], None if composition is None else [composition],
+                                pbar=False)[0]
 
     def decode_many(
         self,
         grids,
         compositions: Sequence[Any] | None = None,
-        errors: str = "raise",
-        progress: bool = False,
+        ignore_errors: bool = False,
+        return_errors: bool = False,
+        pbar: bool = True,
         exact_counts: bool = False,
-    ) -> list:
+        *,
+        errors: str | None = None,
+        progress: bool | None = None,
+    ) -> list | tuple[list, list]:
         """Decode a batch (B, 3, n, n, n).
 
-        ``compositions``: one formula / Composition / dict / None per grid (None: infer the composition). Species
-        given are species returned: an element given with one oxidation state (``Species("Fe", 3)``, as in the
-        ``composition`` of a structure with oxidation states) comes back as that species.
-        ``exact_counts``: the compositions are the cell contents (as a generator conditioned on them, or crystal
-        structure prediction); otherwise they are scaled to the number of formula units F(000) indicates. With
-        exact counts each grid is decoded twice, as it is and rescaled so that F(000) equals the cell's electron
-        count (a generated grid's overall scale is a nuisance, as in refinement), and the better fit is kept
-        (``properties["gpsk"]["decode"]["scale"]`` says which).
-        ``errors="raise"`` raises the first error (fail fast): a :class:`DecodingError`, or the project error of an
-        unreadable composition (``UnknownElementError``); ``"none"`` puts None in its place and records the
-        reason, ``"grid <index in the batch>: ..."``, in :attr:`last_errors`: one bad grid or composition, or a
-        numerical failure of the solver on one grid, never loses the rest of the batch.
+        Failures follow matminer's ``featurize_many(entries, ignore_errors, return_errors, pbar)``
+        (:func:`gpsk_materials.errors.batch_policy`): one bad grid or composition, or a numerical failure of the
+        solver on one grid, never loses the rest of the batch when errors are ignored.
+
+        Parameters
+        ----------
+        grids : array or tensor, shape (B, 3, n, n, n) or (3, n, n, n)
+        compositions : sequence, optional
+            One formula / Composition / dict / None per grid (None: infer the composition). Species given are
+            species returned: an element given with one oxidation state (``Species("Fe", 3)``, as in the
+            ``composition`` of a structure with oxidation states) comes back as that species.
+        ignore_errors : bool
+            None in place of a grid that does not decode, instead of raising its error.
+        return_errors : bool
+            Return ``(structures, reasons)``: ``reasons[i]`` is None for a decoded grid, else
+            ``"grid <index in the batch>: <why>"``. Implies ``ignore_errors``.
+        pbar : bool
+            tqdm progress bar over the batches.
+        exact_counts : bool
+            The compositions are the cell contents (as a generator conditioned on them, or crystal structure
+            prediction); otherwise they are scaled to the number of formula units F(000) indicates. With exact
+            counts the overall scale of F is a free parameter of the refinement, as the scale factor of
+            crystallographic least squares: the peeling starts from F brought to the cell's electron count at F(000)
+            (within a factor ``MAX_SCALE``), and the Gauss-Newton polish fits the scale k of ||F - k F_model|| with
+            the positions (the scale, linear, is projected out at each step: Golub & Pereyra, SIAM J. Numer. Anal.
+            10, 413 (1973)).
+            ``properties["gpsk"]["decode"]["scale"]`` is the factor applied to F (1/k).
+        errors, progress
+            Deprecated spellings of ``ignore_errors`` (``"none"``) and ``pbar``.
+
+        Returns
+        -------
+        list of Structure (None for a failure when errors are ignored), or ``(structures, reasons)`` with
+        ``return_errors``.
 
         Raises
         ------
         GridError
-            Grids of the wrong shape or dtype, or as many compositions as grids not given (whatever ``errors``).
+            Grids of the wrong shape or dtype, or as many compositions as grids not given (whatever the policy).
         DecodingError, UnknownElementError
-            With ``errors="raise"``, the first grid that does not decode, or whose composition cannot be read.
+            Without ``ignore_errors`` / ``return_errors``, the first grid that does not decode, or whose
+            composition cannot be read.
         """
         from tqdm.auto import tqdm
 
-        if errors not in ("raise", "none"):
-            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
+        ignore_errors, return_errors, pbar = batch_policy(ignore_errors, return_errors, pbar, errors, progress,
+                                                          "ReciprocalGridDecoder.decode_many")
         grids = as_grid_batch(grids)
         B = grids.shape[0]
         if compositions is None:
@@ -247,42 +264,39 @@ class ReciprocalGridDecoder(MSONable):
         if len(compositions) != B:
             raise GridError(f"{len(compositions)} compositions given for {B} grids")
         results: list = []
-        self.last_errors: list = []
-        for start in tqdm(range(0, B, self.batch_size), disable=not progress, desc="decode", unit="batch"):
+        reasons: list = []
+        for start in tqdm(range(0, B, self.batch_size), disable=not pbar, desc="decode", unit="batch"):
             sl = slice(start, start + self.batch_size)
             out = self._safe_chunk(grids[sl], compositions[sl], exact_counts)
-            if exact_counts:
-                # also try the grid brought to the cell's electron count; keep whichever fits better
-                scaled = self._safe_chunk(grids[sl], compositions[sl], exact_counts, rescale=True)
-                out = [_better(a, b) for a, b in zip(out, scaled)]
             for j, item in enumerate(out):
                 if isinstance(item, GPSKError):
                     # chunk-local grid numbers -> the grid's index in the batch
                     item = type(item)(re.sub(r"^grid \d+", f"grid {start + j}", str(item)))
-                    if errors == "raise":
+                    if not ignore_errors:
                         raise item
                     results.append(None)
-                    self.last_errors.append(str(item))
+                    reasons.append(str(item))
                 else:
                     results.append(_given_species(item, compositions[start + j]))
-                    self.last_errors.append(None)
-        return results
+                    reasons.append(None)
+        self._last_errors = reasons
+        return (results, reasons) if return_errors else results
 
-    def _safe_chunk(self, grids, compositions, exact_counts: bool, rescale: bool = False) -> list:
+    def _safe_chunk(self, grids, compositions, exact_counts: bool) -> list:
         """:meth:`_decode_chunk`, where a numerical failure of the batched solver (torch's ``LinAlgError``: a
         singular solve, an eigendecomposition that does not converge) fails only the grids that cause it: the chunk
         is decoded again one grid at a time."""
         import torch
 
         try:
-            return self._decode_chunk(grids, compositions, exact_counts, rescale=rescale)
+            return self._decode_chunk(grids, compositions, exact_counts)
         except torch.linalg.LinAlgError as exc:
             if len(grids) == 1:
                 return [DecodingError(f"grid 0: the solver failed numerically ({str(exc).splitlines()[0]}); the "
                                       "metric or structure factor is degenerate")]
             out: list = []
             for i in range(len(grids)):
-                item = self._safe_chunk(grids[i : i + 1], compositions[i : i + 1], exact_counts, rescale)[0]
+                item = self._safe_chunk(grids[i : i + 1], compositions[i : i + 1], exact_counts)[0]
                 out.append(type(item)(re.sub(r"^grid \d+", f"grid {i}", str(item))) if isinstance(item, GPSKError)
                            else item)
             return out
@@ -335,7 +349,7 @@ class ReciprocalGridDecoder(MSONable):
         gstar = eng.fit_metric(t[:, 2].reshape(len(t), -1).double().to(eng.dtype) * G.Q0)
         return lattice_parameters(gstar.double().cpu().numpy())
 
-    def _decode_chunk(self, grids, compositions, exact_counts: bool = False, rescale: bool = False) -> list:
+    def _decode_chunk(self, grids, compositions, exact_counts: bool = False) -> list:
         import torch
 
         from gpsk_materials.representations.solver import lattice_parameters
@@ -362,6 +376,7 @@ class ReciprocalGridDecoder(MSONable):
 
         pal, counts, known = [], [], []
         scale = np.ones(B)
+        free = np.zeros(B, dtype=bool)  # grids whose overall scale the refinement fits
         for i, comp in enumerate(compositions):
             if i in fail:
                 pal.append([1]), counts.append([0]), known.append(True)
@@ -379,13 +394,14 @@ class ReciprocalGridDecoder(MSONable):
                 pal.append([1]), counts.append([0]), known.append(True)
                 continue
             pal.append(list(cnt)), counts.append(list(cnt.values())), known.append(True)
-            if rescale and f000[i] > 0:
-                # a generated grid's overall scale is a nuisance, as in crystallographic refinement: bring F(000)
-                # to the electron count of the given cell, so that the residual judges the arrangement
+            if exact_counts and f000[i] > 0:
+                # a generated grid's overall scale is a nuisance, as in crystallographic refinement: start from F(000)
+                # brought to the electron count of the given cell; the polish then fits the scale with the positions
                 electrons = float(np.dot(list(cnt.values()), form_factor_at_zero(np.array(list(cnt)))))
                 scale[i] = float(np.clip(electrons / f000[i], 1 / MAX_SCALE, MAX_SCALE))
-        if rescale:
-            F = F * torch.as_tensor(scale, device=F.device, dtype=F.real.dtype)[:, None]
+                free[i] = True
+        scale_t = torch.as_tensor(scale, device=F.device, dtype=F.real.dtype)
+        F = F * scale_t[:, None]
         P = max(len(p) for p in pal)
         pal_t = torch.zeros((B, P), dtype=torch.long, device=eng.device)
         cnt_t = torch.zeros((B, P), dtype=eng.dtype, device=eng.device)
@@ -399,8 +415,10 @@ class ReciprocalGridDecoder(MSONable):
         if self.method == "peaks":
             x, p, valid = self._peaks(eng, F, pal_t, cnt_t, known_t)
         else:
-            x, p, valid = self._peel(eng, F, safe_gstar, pal_t, cnt_t, known_t)
-        return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail, scale)
+            free_t = torch.as_tensor(free, device=eng.device)
+            x, p, valid, F, scale_t = self._peel(eng, F, safe_gstar, pal_t, cnt_t, known_t, free_t, scale_t)
+        return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail,
+                            scale_t.cpu().numpy())
 
     # -- blog baseline --------------------------------------------------
     def _peaks(self, eng, F, pal, cnt, known):
@@ -435,7 +453,9 @@ class ReciprocalGridDecoder(MSONable):
         return x, p, p >= 0
 
     # -- principled decoder ----------------------------------------------
-    def _peel(self, eng, F, gstar, pal, cnt, known):
+    def _peel(self, eng, F, gstar, pal, cnt, known, free=None, scale=None):
+        """Residual peeling, then the joint polish and element swaps; returns ``x, p, valid`` and the data ``F``
+        and its overall ``scale`` as the refinement left them (fitted where ``free``)."""
         import torch
 
         B, M = F.shape
@@ -508,10 +528,14 @@ class ReciprocalGridDecoder(MSONable):
             done = (~take & ~retry) | (cnt[a].sum(1) <= 0)
             active[a[done]] = False
         valid = p >= 0
-        x, p = self._polish(eng, F, f, x, p, valid)
+        if scale is None:
+            scale = torch.ones(B, device=F.device, dtype=F.real.dtype)
+        if free is None or not bool(free.any()):
+            free = None
+        x, p, F, scale = self._polish(eng, F, f, x, p, valid, free=free, scale=scale)
         if self.swap_rounds:
-            x, p = self._swap(eng, F, f, x, p, valid)
-        return x, p, valid
+            x, p, F, scale = self._swap(eng, F, f, x, p, valid, free=free, scale=scale)
+        return x, p, valid, F, scale
 
     @staticmethod
     def _element_gain(eng, R, x, f, norm2, cnt):
@@ -537,19 +561,25 @@ class ReciprocalGridDecoder(MSONable):
         E = eng.phases(x)
         return F - (fj * E).sum(1), fj, E
 
-    def _polish(self, eng, F, f, x, p, valid, steps: int | None = None):
+    def _polish(self, eng, F, f, x, p, valid, steps: int | None = None, free=None, scale=None):
         """Refine all positions against the full residual, elements fixed.
 
         Gauss-Newton with the atom-diagonal blocks of J^H W J: the block of atom j, (2 pi)^2 sum w f_j^2 h h^T,
         does not depend on its position, and the off-diagonal blocks (template overlaps of resolved atoms)
         are small, so the iteration converges in a few steps at O(N M) cost instead of O(N^2 M).
+
+        With ``scale`` (B,) given, the overall scale is a parameter of the same iteration (the residual is linear
+        in it, so it is projected out: variable projection, Golub & Pereyra, SIAM J. Numer. Anal. 10, 413 (1973)):
+        each step first sets k = Re<F_model, F>_w / ||F_model||_w^2, the least-squares
+        scale of ||F - k F_model||, for the grids marked ``free`` and brings the data to it (F <- F / k, the
+        cumulative factor kept within [1 / MAX_SCALE, MAX_SCALE]); then returns ``x, p, F, scale``.
         """
         import torch
 
         B, N, _ = x.shape
         steps = self.polish_steps if steps is None else steps
         if steps == 0 or N == 0:
-            return x, p
+            return (x, p) if scale is None else (x, p, F, scale)
         fj = self._site_factors(f, p, valid)
         block = (2 * np.pi) ** 2 * torch.einsum("bjm,mi,mk->bjik", fj * fj * eng.w, eng.hkl, eng.hkl)
         eye = torch.eye(3, device=x.device, dtype=x.dtype)
@@ -558,21 +588,29 @@ class ReciprocalGridDecoder(MSONable):
         hkl = eng.hkl.to(F.dtype)
         for _ in range(steps):
             T = fj * eng.phases(x)
-            R = F - T.sum(1)
+            model = T.sum(1)
+            if free is not None:
+                k = (model.conj() * F * eng.w).sum(1).real / (model.abs() ** 2 * eng.w).sum(1).clamp(min=1e-30)
+                new = torch.where(free & torch.isfinite(k) & (k > 0), scale / k, scale)
+                new = new.clamp(1 / MAX_SCALE, MAX_SCALE)
+                F = F * (new / scale)[:, None]
+                scale = new
+            R = F - model
             g = 2 * np.pi * ((T.conj() * (R * eng.w)[:, None, :]) @ hkl).imag  # (B, N, 3)
             step = torch.einsum("bjik,bjk->bji", inv_block, g) * valid[:, :, None]
             x = (x + step.clamp(-0.5 / eng.n, 0.5 / eng.n)) % 1.0
             if float(step.abs().max()) < 1e-9:
                 break
-        return x, p
+        return (x, p) if scale is None else (x, p, F, scale)
 
-    def _swap(self, eng, F, f, x, p, valid):
-        """Greedy element swaps between sites while they lower the residual (fixes similar-Z mix-ups)."""
+    def _swap(self, eng, F, f, x, p, valid, free=None, scale=None):
+        """Greedy element swaps between sites while they lower the residual (fixes similar-Z mix-ups); each swap is
+        followed by the polish (with the free scale: returns ``x, p, F, scale``)."""
         import torch
 
         B, N, _ = x.shape
         if N < 2:
-            return x, p
+            return x, p, F, scale
         for _ in range(self.swap_rounds):
             R, fj, E = self._model_residual(eng, F, f, x, p, valid)
             w = eng.w
@@ -598,8 +636,9 @@ class ReciprocalGridDecoder(MSONable):
             b = torch.arange(B, device=x.device)[improve]
             pi, pj = p[b, i[improve]].clone(), p[b, j[improve]].clone()
             p[b, i[improve]], p[b, j[improve]] = pj, pi
-            x[b], p[b] = self._polish(eng, F[b], f[b], x[b], p[b], valid[b])
-        return x, p
+            x[b], p[b], F[b], scale[b] = self._polish(eng, F[b], f[b], x[b], p[b], valid[b], free=free if free is None
+                                                      else free[b], scale=scale[b])
+        return x, p, F, scale
 
     # -- assemble --------------------------------------------------------
     def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail, scale=None) -> list:

@@ -15,7 +15,14 @@ from monty.json import MSONable
 
 from gpsk_materials import provenance
 from gpsk_materials.defaults import MIN_SITE_DISTANCE
-from gpsk_materials.errors import ConfigError, DecodingError, GPSKError, GridError
+from gpsk_materials.errors import (
+    ConfigError,
+    DecodingError,
+    DeprecatedLastErrors,
+    GPSKError,
+    GridError,
+    batch_policy,
+)
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure
 from gpsk_materials.representations.reciprocal import validated_arrays
@@ -113,16 +120,38 @@ class RealSpaceDensityFeaturizer(MSONable):
         a = self.prepare(structure)
         return density_arrays(a["frac_coords"], a["numbers"], a["occupancy"], self.grid_size, self.sigma)
 
-    def featurize_many(self, structures: Sequence[Any], progress: bool = False) -> np.ndarray:
-        """Densities of many structures, shape (B, 1, n, n, n), float32."""
+    def __call__(self, structure) -> np.ndarray:
+        """:meth:`featurize` (as matminer's ``BaseFeaturizer.__call__``)."""
+        return self.featurize(structure)
+
+    def featurize_many(
+        self, entries: Sequence[Any], ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True,
+        *, progress: bool | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, list]:
+        """Densities of many structures, shape (B, 1, n, n, n), float32; failures, ``return_errors`` and ``pbar`` as
+        :meth:`ReciprocalGridFeaturizer.featurize_many` (NaN density for a structure that fails when ignored).
+
+        Raises
+        ------
+        InvalidStructureError
+            Without ``ignore_errors`` / ``return_errors``, the first structure that cannot be featurized.
+        """
         from tqdm.auto import tqdm
 
-        structures = list(structures)
+        ignore_errors, return_errors, pbar = batch_policy(ignore_errors, return_errors, pbar, progress=progress,
+                                                          where="RealSpaceDensityFeaturizer.featurize_many")
+        entries = list(entries)
         n = self.grid_size
-        out = np.empty((len(structures), 1, n, n, n), dtype=np.float32)
-        for i, s in enumerate(tqdm(structures, disable=not progress, desc="featurize", unit="structure")):
-            out[i] = self.featurize(s)
-        return out
+        out = np.full((len(entries), 1, n, n, n), np.nan, dtype=np.float32)
+        reasons: list = [None] * len(entries)
+        for i, s in enumerate(tqdm(entries, disable=not pbar, desc="featurize", unit="structure")):
+            try:
+                out[i] = self.featurize(s)
+            except GPSKError as exc:
+                if not ignore_errors:
+                    raise
+                reasons[i] = f"structure {i}: {type(exc).__name__}: {exc}"
+        return (out, reasons) if return_errors else out
 
     def feature_labels(self) -> list[str]:
         """One label per voxel, in C order of the (1, n, n, n) array."""
@@ -168,7 +197,7 @@ def _as_lattice(lattice: Any):
     raise DecodingError(f"lattice must be a Lattice, a 3x3 matrix or 6 parameters, got shape {arr.shape}")
 
 
-class RealSpacePeakDecoder(MSONable):
+class RealSpacePeakDecoder(DeprecatedLastErrors, MSONable):
     """Density (1, n, n, n) + lattice + composition -> pymatgen ``Structure`` (GPSK-01's peak picking).
 
     The number of formula units is the density's total (sum of Z) over the formula's sum of Z; the sites are
@@ -242,22 +271,38 @@ class RealSpacePeakDecoder(MSONable):
                 raise DecodingError(f"decoded sites {dmin:.3f} A apart, below min_distance={self.min_distance}")
         return s
 
-    def decode_many(self, grids, lattices: Sequence[Any], compositions: Sequence[Any], errors: str = "raise") -> list:
-        """Decode a batch (B, 1, n, n, n) with one lattice and composition per grid; ``errors="none"`` puts None
-        in place of a failure (any project error of that item) and records ``"grid <i>: <error>"`` in
-        :attr:`last_errors`; ``"raise"`` raises the first."""
-        if errors not in ("raise", "none"):
-            raise ConfigError(f"errors must be 'raise' or 'none', got {errors!r}")
+    def decode_many(
+        self, grids, lattices: Sequence[Any], compositions: Sequence[Any], ignore_errors: bool = False,
+        return_errors: bool = False, pbar: bool = True, *, errors: str | None = None,
+    ) -> list | tuple[list, list]:
+        """Decode a batch (B, 1, n, n, n) with one lattice and composition per grid. Failures follow
+        :meth:`ReciprocalGridDecoder.decode_many`: with ``ignore_errors`` None in place of a failure (any project
+        error of that item), with ``return_errors`` also the reasons ``"grid <i>: <Error>: <why>"``; ``errors`` is
+        the deprecated spelling.
+
+        Raises
+        ------
+        GridError
+            As many lattices and compositions as grids not given.
+        GPSKError
+            Without ``ignore_errors`` / ``return_errors``, the first item's error.
+        """
+        from tqdm.auto import tqdm
+
+        ignore_errors, return_errors, pbar = batch_policy(ignore_errors, return_errors, pbar, errors,
+                                                          where="RealSpacePeakDecoder.decode_many")
         if not (len(grids) == len(lattices) == len(compositions)):
             raise GridError(f"{len(grids)} grids, {len(lattices)} lattices and {len(compositions)} compositions")
-        out, self.last_errors = [], []
-        for i, (grid, lat, comp) in enumerate(zip(grids, lattices, compositions)):
+        out, reasons = [], []
+        items = tqdm(list(zip(grids, lattices, compositions)), disable=not pbar, desc="decode", unit="grid")
+        for i, (grid, lat, comp) in enumerate(items):
             try:
                 out.append(self.decode(grid, lat, comp))
-                self.last_errors.append(None)
+                reasons.append(None)
             except GPSKError as exc:  # a bad grid, lattice or composition fails its item alone
-                if errors == "raise":
+                if not ignore_errors:
                     raise
                 out.append(None)
-                self.last_errors.append(f"grid {i}: {type(exc).__name__}: {exc}")
-        return out
+                reasons.append(f"grid {i}: {type(exc).__name__}: {exc}")
+        self._last_errors = reasons
+        return (out, reasons) if return_errors else out

@@ -14,7 +14,14 @@ import numpy as np
 from monty.json import MSONable
 
 from gpsk_materials.defaults import MIN_SITE_DISTANCE
-from gpsk_materials.errors import ConfigError, DegenerateLatticeError, GridError, ResolutionError
+from gpsk_materials.errors import (
+    ConfigError,
+    DegenerateLatticeError,
+    GPSKError,
+    GridError,
+    ResolutionError,
+    batch_policy,
+)
 from gpsk_materials.representations import grid as G
 from gpsk_materials.representations.canonical import as_structure, canonical_structure, structure_to_arrays
 from gpsk_materials.representations.form_factors import CITATION, check_numbers, form_factor
@@ -548,19 +555,64 @@ class ReciprocalGridFeaturizer(MSONable):
         a = self.prepare(structure)
         return featurize_arrays(a["lattice"], a["frac_coords"], a["numbers"], a["occupancy"], self.grid_size)
 
-    def featurize_many(self, structures: Sequence[Any], progress: bool = False) -> np.ndarray:
-        """Grids of many structures, shape (B, 3, n, n, n), float32 (batched on ``device`` for the torch backend)."""
+    def __call__(self, structure) -> np.ndarray:
+        """:meth:`featurize` (as matminer's ``BaseFeaturizer.__call__``)."""
+        return self.featurize(structure)
+
+    def featurize_many(
+        self, entries: Sequence[Any], ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True,
+        *, progress: bool | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, list]:
+        """Grids of many structures, matminer's ``featurize_many`` convention (batched on ``device`` for the torch
+        backend).
+
+        Parameters
+        ----------
+        entries : sequence of Structure or ase.Atoms
+        ignore_errors : bool
+            A structure that cannot be featurized gets a grid of NaN instead of raising its error.
+        return_errors : bool
+            Also return the reasons: ``None`` per featurized structure, else ``"structure <i>: <Error>: <why>"``.
+            Implies ``ignore_errors`` (:func:`gpsk_materials.errors.batch_policy`).
+        pbar : bool
+            tqdm progress bar.
+        progress
+            Deprecated spelling of ``pbar``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (B, 3, n, n, n), float32, or ``(grids, reasons)`` with ``return_errors``.
+
+        Raises
+        ------
+        InvalidStructureError
+            Without ``ignore_errors`` / ``return_errors``, the first structure that cannot be featurized (see
+            :func:`validated_arrays`).
+        """
         from tqdm.auto import tqdm
 
-        structures = list(structures)
+        ignore_errors, return_errors, pbar = batch_policy(ignore_errors, return_errors, pbar, progress=progress,
+                                                          where="ReciprocalGridFeaturizer.featurize_many")
+        entries = list(entries)
         n = self.grid_size
-        out = np.empty((len(structures), 3, n, n, n), dtype=np.float32)
+        out = np.full((len(entries), 3, n, n, n), np.nan, dtype=np.float32)
+        reasons: list = [None] * len(entries)
         step = self.batch_size if self.backend == "torch" else 1
-        for start in tqdm(range(0, len(structures), step), disable=not progress, desc="featurize", unit="batch"):
-            chunk = [self.prepare(s) for s in structures[start : start + step]]
+        for start in tqdm(range(0, len(entries), step), disable=not pbar, desc="featurize", unit="batch"):
+            chunk, where = [], []
+            for i in range(start, min(start + step, len(entries))):
+                try:
+                    chunk.append(self.prepare(entries[i]))
+                    where.append(i)
+                except GPSKError as exc:  # one bad structure fails alone
+                    if not ignore_errors:
+                        raise
+                    reasons[i] = f"structure {i}: {type(exc).__name__}: {exc}"
+            if not chunk:
+                continue
             if self.backend == "numpy":
                 a = chunk[0]
-                out[start] = featurize_arrays(a["lattice"], a["frac_coords"], a["numbers"], a["occupancy"], n)
+                out[where[0]] = featurize_arrays(a["lattice"], a["frac_coords"], a["numbers"], a["occupancy"], n)
                 continue
             import torch
 
@@ -574,8 +626,8 @@ class ReciprocalGridFeaturizer(MSONable):
             lat = torch.as_tensor(np.stack([a["lattice"] for a in chunk]), device=self.device)
             grids = featurize_batch(lat, torch.as_tensor(pad["frac_coords"]), torch.as_tensor(pad["numbers"]),
                                     torch.as_tensor(pad["occupancy"]), n=n)
-            out[start : start + len(chunk)] = grids.cpu().numpy()
-        return out
+            out[where] = grids.cpu().numpy()
+        return (out, reasons) if return_errors else out
 
     def feature_labels(self) -> list[str]:
         """One label per grid value, in C order of the (3, n, n, n) array."""

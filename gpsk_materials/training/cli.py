@@ -19,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from gpsk_materials.cli_options import add
 from gpsk_materials.errors import DataError
 
 _HELP = {
@@ -45,10 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", nargs="+", required=True, type=Path,
                    help="sources: array caches (.npz), CSV files in the shared/data format (.csv, .csv.gz), ASE dbs (.db)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, metrics, model)")
+    add(p, "out", out=dict(required=True, help="output folder (checkpoints, metrics, model)"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out (starts fresh if it has none)")
     p.add_argument("--max-minutes", type=float, default=None, help="checkpoint and exit 0 after this much wall time")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add(p, "device", device=dict(default="auto", help="torch device: auto, cpu or cuda (default auto)"))
     p.add_argument("--init-vae", type=Path, default=None,
                    help="model folder whose trained VAE a fresh run adopts, skipping the VAE stage")
     p.add_argument("--init-model", type=Path, default=None,
@@ -56,11 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-weights", type=Path, default=None,
                    help="model folder or weights-only export (OUT/export) to continue from: each stage with steps > 0 "
                         "starts from its weights, with a fresh optimizer and --warmup-steps of warm-up")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add(p, "no_progress")
     g = p.add_argument_group("data preparation (CSV / ASE sources need pymatgen)")
     g.add_argument("--cache-only", action="store_true", help="write OUT/data.npz and stop")
     g.add_argument("--max-sites", type=int, default=20, help="largest canonical (primitive) cell kept")
-    g.add_argument("--workers", type=int, default=None, help="processes parsing CIFs (default: all cores)")
+    add(g, "workers", workers=dict(default=None, help="processes parsing CIFs (default: all cores)"))
     g.add_argument("--limit", type=int, default=None, help="read at most this many rows per CSV file")
     g.add_argument("--exclude-ids", nargs="*", type=Path, default=[], help="files of material ids to keep out of training")
     g.add_argument("--exclude-csv", nargs="*", type=Path, default=[],
