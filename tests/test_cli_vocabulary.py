@@ -36,7 +36,7 @@ def test_each_option_means_one_thing_in_every_subcommand():
     for cmd, p in subs.items():
         actions = _visible(p)
         if "--steps" in actions:
-            assert cmd == "generate" and actions["--steps"].default == SAMPLER_STEPS
+            assert cmd in ("generate", "solve") and actions["--steps"].default == SAMPLER_STEPS
     for cmd in ("check", "evaluate"):
         assert "--relax-steps" in _visible(subs[cmd]) and "--no-progress" in _visible(subs[cmd])
         assert "--hull" in _visible(subs[cmd])

@@ -184,13 +184,13 @@ def test_cli_names_the_reference_and_warns(tmp_path, capsys, shared_data_dir):
     (tmp_path / "gen.json").write_text(json.dumps({"g0": rocksalt(a=5.0, cation="K").as_dict()}))
     small = shared_data_dir / "mp20" / "train.csv"
     assert main(["evaluate", str(tmp_path / "gen.json"), "--train-csv", str(small), "--out", str(tmp_path / "a"),
-                 "--quiet"]) == 0
+                 "--no-progress"]) == 0
     out = capsys.readouterr()
     n_rows = len(pd.read_csv(small, usecols=["material_id"]))
     assert f"| novelty_reference_size | {n_rows} |" in out.out and "| novelty_reference | train.csv |" in out.out
     assert f"novelty reference train.csv holds only {n_rows:,} entries" in out.err
     assert main(["evaluate", str(tmp_path / "gen.json"), "--novelty-reference", "mp20-bawl", "--out",
-                 str(tmp_path / "b"), "--quiet"]) == 0
+                 str(tmp_path / "b"), "--no-progress"]) == 0
     out = capsys.readouterr()
     assert "| novelty_reference | mp20-bawl |" in out.out and "warning" not in out.err
     data = json.loads((tmp_path / "b" / "report.json").read_text())
