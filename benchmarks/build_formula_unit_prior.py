@@ -6,20 +6,22 @@ the same rows (first occurrence of each ``material_id``, test ids excluded), tak
 primitive cell as the featurizer does (pymatgen ``get_primitive_structure(tolerance=0.02)``, see
 ``gpsk_materials/representations/canonical.py``), keeps cells of at most ``--max-sites`` sites, and counts
 Z = gcd of the element counts at the levels of :mod:`gpsk_materials.pipelines.formula_units` (number of elements,
-prototype, prototype + space group, reduced formula, reduced formula + space group). The space group is the pool's
+prototype, reduced formula, prototype + space group, reduced formula + space group). The space group is the pool's
 ``spacegroup_number_pmg`` (SpacegroupAnalyzer, symprec 0.1), computed the same way for the magnetic rows.
 
 Formulas of more than ``max_sites / 2`` atoms allow only Z = 1 and are not stored at the formula levels.
 
-    python benchmarks/build_formula_unit_prior.py [--workers 2] [--out gpsk_materials/data/formula_units.json]
+    python benchmarks/build_formula_unit_prior.py [--workers 2] [--out gpsk_materials/data/formula_units.json.gz]
 
-Writes the JSON atomically; prints the row counts. About 15 minutes on two shared CPU cores.
+Writes the JSON (gzipped when the name ends in ``.gz``; 1.2 MB plain, 0.25 MB gzipped for the shipped table)
+atomically; prints the row counts. 15 minutes on two shared CPU cores (2026-12-01).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import math
 import os
@@ -124,10 +126,10 @@ def main(argv=None) -> int:
                    for lv, t in counts.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps(table, separators=(",", ":")) + "\n").encode()
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(table, fh, separators=(",", ":"))
-        fh.write("\n")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(gzip.compress(text, 9, mtime=0) if args.out.suffix == ".gz" else text)
     os.replace(tmp, args.out)
     print(f"{kept} cells counted, skipped {dict(skipped)}; Z histogram {dict(sorted(z_hist.items()))}")
     print(f"levels: {({lv: len(t) for lv, t in counts.items()})}; wrote {args.out} ({args.out.stat().st_size} bytes)")

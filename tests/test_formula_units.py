@@ -52,20 +52,47 @@ def test_allowed_formula_units_follow_primitive_wyckoff_multiplicities():
     assert allowed_formula_units({"Sr": 1, "Ti": 1, "O": 3}, 20, 230) == ()
 
 
-def test_packaged_prior_is_small_and_knows_the_named_compounds():
+def _reduced(formula: str) -> dict[str, int]:
+    return {el.symbol: int(v) for el, v in Composition(formula).items()}
+
+
+def test_packaged_prior_is_small_and_follows_the_structure_types():
     assert PRIOR_FILE.stat().st_size < 400_000
     prior = FormulaUnitPrior.from_file()
     assert prior is FormulaUnitPrior.from_file()  # read once
-    assert "pool.csv.gz" in prior.source()["counted_on"]
-    for formula, z in (("Si", 2), ("TiO2", 2), ("GaN", 2), ("NaCl", 1), ("Fe2O3", 2)):
-        reduced = {el.symbol: int(v) for el, v in Composition(formula).items()}
-        dist = prior.probabilities(reduced, allowed_formula_units(reduced, 20))
-        assert dist.levels and dist.levels[-1][0] == "formula", formula  # the formula itself was seen
+    assert "pool.csv.gz" in prior.source()["counted_on"] and len(prior.source()["sha256"]) == 64
+    # with the known space group, the training cells of that stoichiometry and group decide: rutile, wurtzite,
+    # rock salt, corundum, L1_0, CaCu5-type
+    for formula, sg, z in (("TiO2", 136, 2), ("GaN", 186, 2), ("NaCl", 225, 1), ("Fe2O3", 167, 2), ("FePt", 123, 1),
+                           ("SmCo5", 191, 1)):
+        reduced = _reduced(formula)
+        dist = prior.probabilities(reduced, allowed_formula_units(reduced, 20, sg), sg)
         p = dict(zip(dist.allowed, dist.probabilities))
-        assert p[z] > 0.2 and abs(sum(p.values()) - 1) < 1e-9, (formula, p)
-    # Si: the primitive diamond cell (2) and larger cells (8) both have mass
-    si = dict(zip(*[(d := prior.probabilities({"Si": 1}, range(1, 21))).allowed, d.probabilities]))
-    assert si[2] == max(si.values()) and si[8] > 0
+        assert max(p, key=p.get) == z and abs(sum(p.values()) - 1) < 1e-9, (formula, p)
+        assert "formula" in [lv for lv, _, _ in dist.levels], formula  # the formula itself is in the training pool
+    # Si: the pool holds Si cells of Z = 1, 8 and 12 (no diamond); every allowed Z keeps some probability
+    si = prior.probabilities({"Si": 1}, allowed_formula_units({"Si": 1}, 20))
+    assert si.levels[-1] == ("formula", "Si", 3) and min(si.probabilities) > 0
+    si227 = dict(zip((d := prior.probabilities({"Si": 1}, allowed_formula_units({"Si": 1}, 20, 227), 227)).allowed,
+                     d.probabilities))
+    assert si227[2] > 0.01 and si227[8] > 0.1 and 1 not in si227
+
+
+def test_builder_counts_the_training_rows(tmp_path, shared_data_dir):
+    import subprocess
+    import sys
+
+    from gpsk_materials.paths import REPO_DIR
+
+    out = tmp_path / "fu.json.gz"
+    proc = subprocess.run([sys.executable, str(REPO_DIR / "benchmarks" / "build_formula_unit_prior.py"), "--limit",
+                           "60", "--workers", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "GPSK_SHARED_DIR": str(shared_data_dir.parent)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prior = FormulaUnitPrior.from_file(out)
+    counted = sum(prior.counts["nelements"][k][z] for k in prior.counts["nelements"] for z in prior.counts["nelements"][k])
+    assert counted == sum(int(c) for c in prior.about["z_histogram"].values()) == int(prior.about["counted_on"].split()[0])
+    assert 0 < counted <= 60 and prior.about["skipped"]["mp20 test"] > 0
 
 
 def test_prior_smoothing_and_the_space_group_level(tmp_path):
@@ -110,8 +137,13 @@ def test_reduced_formula_draws_allowed_z_and_cell_content_is_honoured():
     assert si.formula_units == _resolve("Si", n=4, best_of=4, space_group=227).formula_units  # seeded
     assert si.cell(0) == {"Si": si.formula_units[0]}
     assert si.candidate_conditions(0).composition == {"Si": float(si.formula_units[0])}
-    tio2 = _resolve("TiO2", n=16)
-    assert Counter(tio2.formula_units).most_common(1)[0][0] == 2  # rutile, anatase: two formula units
+    # TiO2: the pool's TiO2 cells have Z = 4; Z = 2 (rutile, anatase) keeps p = 0.13 through its prototype AB2,
+    # so 16 systematic draws hold it at least twice; with P4_2/mnm (136) it is the rutile cell
+    tio2 = Counter(_resolve("TiO2", n=16).formula_units)
+    p2 = dict(zip(*[(r := _resolve("TiO2", n=16)).cell_choice["allowed"],
+                    r.cell_choice["probabilities"].values()]))[2]
+    assert tio2[2] >= np.floor(16 * p2) >= 2 and tio2[4] > tio2[2]
+    assert Counter(_resolve("TiO2", n=16, space_group=136).formula_units).most_common(1)[0][0] == 2
     # explicit cell contents, in every accepted form, are generated as given
     for comp in ("Ti2O4", {"Ti": 2, "O": 4}, Composition("Ti2O4")):
         r = _resolve(comp, n=3)
@@ -142,15 +174,15 @@ def test_impossible_requests_raise(composition, kw, match):
 
 def test_generation_records_the_chosen_z(tiny_model_dir, rock_salt_decode):  # noqa: F811
     gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
-    res = gen.run([{"composition": "NaCl", "n": 8, "steps": STEPS},
-                   {"composition": "NaCl", "n": 2, "steps": STEPS, "formula_units": 1}], seed=2, checks="none")
+    res = gen.run([{"composition": "NaCl", "n": 2, "steps": STEPS},
+                   {"composition": "NaCl", "n": 1, "steps": STEPS, "formula_units": 1}], seed=2, checks="none")
     drawn, fixed = res
     assert drawn.ok and drawn.structures and fixed.ok
     for s in drawn.structures:
         cell = s.properties["gpsk"]["request"]["cell"]
         assert cell["chosen_by"] == "prior" and cell["formula_units"] in cell["allowed"]
-        assert len(s) == 2 * cell["formula_units"] and cell["composition"] == s.composition.formula.replace(" ", "")
-        assert cell["prior"]["file"] == "formula_units.json" and cell["levels"][-1]["key"] == "ClNa"
+        assert len(s) == 2 * cell["formula_units"] and Composition(cell["composition"]) == s.composition
+        assert cell["prior"]["file"] == "formula_units.json.gz" and cell["levels"][-1]["key"] == "ClNa"
         assert s.properties["gpsk"]["request"]["conditions"]["composition"] == {
             "Na": float(cell["formula_units"]), "Cl": float(cell["formula_units"])}
     for s in fixed.structures:

@@ -235,7 +235,7 @@ def test_composition_forms_give_the_same_conditions(gen):
     assert all(r.conditions == resolved[0].conditions for r in resolved)
     assert resolved[0].reduced == {"Fe": 2, "O": 3} and resolved[0].formula == "Fe2O3"
     free = resolve_request(GenerationRequest(None, space_group=225), 0, 0, 20, 8)
-    assert free.cell is None and free.formula == "free"
+    assert free.cell(0) is None and free.formula_units is None and free.formula == "free"
 
 
 def test_parse_checks():

@@ -17,9 +17,11 @@ Allowed Z (:func:`allowed_formula_units`)
 
 The prior (:class:`FormulaUnitPrior`)
     The empirical distribution of Z in the training pool of the shipped model (``gpsk_materials/data/
-    formula_units.json``, built by ``benchmarks/build_formula_unit_prior.py``), counted at five levels of
-    chemistry, coarse to fine: number of elements, stoichiometry prototype (``AB2``), prototype and space group,
-    reduced formula, reduced formula and space group (the space-group levels only when one is requested).
+    formula_units.json.gz``, built by ``benchmarks/build_formula_unit_prior.py``), counted at five levels of
+    chemistry, coarse to fine: number of elements, stoichiometry prototype (``AB2``), reduced formula, prototype
+    and space group, reduced formula and space group (the space-group levels only when one is requested: the
+    structure type that a prototype in a given group implies says more about Z than the same formula in other
+    groups).
     Restricted to the allowed Z, each level is smoothed towards the coarser one with a Dirichlet pseudo-count
     ``alpha`` (hierarchical additive smoothing, MacKay & Peto 1995, *Natural Language Engineering* 1, 289):
 
@@ -38,6 +40,7 @@ Sampling (:func:`draw_formula_units`)
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -55,11 +58,12 @@ from gpsk_materials.paths import PACKAGE_DIR
 from gpsk_materials.vocabulary import formula_string
 
 #: the table shipped with the package (built by benchmarks/build_formula_unit_prior.py)
-PRIOR_FILE = PACKAGE_DIR / "data" / "formula_units.json"
+PRIOR_FILE = PACKAGE_DIR / "data" / "formula_units.json.gz"
 #: Dirichlet pseudo-count pulling each level of the prior towards the coarser one (see the module docstring)
 PRIOR_ALPHA = 1.0
-#: levels of the prior, coarse to fine; ``*_sg`` levels are used only when a space group is requested
-LEVELS = ("nelements", "prototype", "prototype_sg", "formula", "formula_sg")
+#: levels of the prior, coarse to fine; ``*_sg`` levels are used only when a space group is requested. With a space
+#: group, the structure type it implies (prototype + space group) says more about Z than the formula in other groups
+LEVELS = ("nelements", "prototype", "formula", "prototype_sg", "formula_sg")
 
 
 # ---------------------------------------------------------------------------------------------- chemistry keys
@@ -170,8 +174,8 @@ class FormulaUnitPrior:
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, alpha: float = PRIOR_ALPHA) -> FormulaUnitPrior:
-        """Read a table written by ``benchmarks/build_formula_unit_prior.py`` (None: the packaged
-        :data:`PRIOR_FILE`, read once per process).
+        """Read a table written by ``benchmarks/build_formula_unit_prior.py`` (JSON, gzipped when the name ends in
+        ``.gz``; None: the packaged :data:`PRIOR_FILE`, read once per process).
 
         Raises
         ------
@@ -186,9 +190,9 @@ class FormulaUnitPrior:
     def _read(cls, path: Path, alpha: float) -> FormulaUnitPrior:
         try:
             raw = path.read_bytes()
-            data = json.loads(raw)
+            data = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
             counts = data["counts"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"cannot read the formula-unit prior {path}: {exc}") from exc
         about = {**data.get("about", {}), "file": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
         return cls(counts, alpha, about)

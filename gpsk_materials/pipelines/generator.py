@@ -148,7 +148,7 @@ class CrystalGenerator(MSONable):
         Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
     formula_unit_prior
         Path of a formula-unit table (as written by ``benchmarks/build_formula_unit_prior.py``) from which the
-        number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json`` when
+        number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json.gz`` when
         :meth:`from_pretrained` finds one, else the table shipped in the package (counted on the default model's
         training pool).
 
@@ -231,8 +231,8 @@ class CrystalGenerator(MSONable):
         if "max_sites" not in kwargs:
             trained = meta.get("trained_on") if isinstance(meta.get("trained_on"), Mapping) else {}
             kwargs["max_sites"] = int(meta.get("max_sites") or trained.get("max_sites") or DEFAULT_MAX_SITES)
-        if kwargs.get("formula_unit_prior") is None and (folder / "formula_units.json").is_file():
-            kwargs["formula_unit_prior"] = folder / "formula_units.json"  # a model's own training prior
+        if kwargs.get("formula_unit_prior") is None and (folder / "formula_units.json.gz").is_file():
+            kwargs["formula_unit_prior"] = folder / "formula_units.json.gz"  # a model's own training prior
         return cls(model, model_path=None if path is None else folder.resolve(), model_hash=folder_hash(folder), **kwargs)
 
     @property
@@ -350,6 +350,7 @@ class CrystalGenerator(MSONable):
         steps: int = SAMPLER_STEPS,
         seed: int | None = None,
         best_of: int = 1,
+        formula_units: int | None = None,
         checks: str | Iterable[str] | None = "basic",
         output: str = "structure",
         progress: bool | None = None,
@@ -359,14 +360,19 @@ class CrystalGenerator(MSONable):
 
         ``conditions`` are the other fields of :class:`~gpsk_materials.models.conditioning.Conditions`
         (``crystal_system``, ``space_group``, ``band_gap``, ``formation_energy``, ``e_above_hull``,
-        ``magnetic_ordering``). ``gen.generate(c, n, seed=s)`` is ``gen.run([{"composition": c, "n": n}],
-        seed=s)[0].structures``: the same defaults (:mod:`gpsk_materials.defaults`), the same structures.
+        ``magnetic_ordering``). A reduced formula (``"TiO2"``) lets each candidate's number of formula units be
+        drawn from the training prior among those the space group allows; a cell content (``"Ti2O4"``) or
+        ``formula_units=Z`` fixes it (:mod:`gpsk_materials.pipelines.formula_units`).
+
+        ``gen.generate(c, n, seed=s)`` is ``gen.run([{"composition": c, "n": n}], seed=s)[0].structures``: the same
+        defaults (:mod:`gpsk_materials.defaults`), the same structures.
 
         Returns pymatgen Structures (``output="ase"``: ASE Atoms) with their provenance in
         ``properties["gpsk"]``; fewer than ``n`` when not enough candidates decoded (the count of failures is in
         the provenance, and a warning is logged).
         """
-        request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
+        request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of,
+                                    formula_units=formula_units, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress)[0]
         return result.raise_for_error().structures
 

@@ -207,7 +207,10 @@ class ResolvedRequest:
     def candidate_conditions(self, j: int) -> Conditions:
         """The validated conditions of candidate ``j``: the request's, with its cell content."""
         cell = self.cell(j)
-        return self.conditions if cell is None else replace(self.conditions, composition={k: float(v) for k, v in cell.items()})
+        if cell is None:
+            return self.conditions
+        # in the validated order (atomic number), as Conditions.validated gives it
+        return replace(self.conditions, composition={el: float(cell[el]) for el in self.conditions.composition})
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -270,7 +273,6 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
             f"{asked_z} was asked (give the reduced formula {formula} with formula_units, or the cell content alone)"
         )
     conditions = replace(request.conditions, composition=given).validated(max_elements)
-    reduced = {el: reduced[el] for el in conditions.composition}  # in the validated order (atomic number)
     sg = conditions.space_group
     fixed_z = asked_z if asked_z is not None else given_z if given_z > 1 else None
     if fixed_z is not None:
@@ -292,6 +294,7 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
                 )
         choice = {"chosen_by": how}
         zs = (fixed_z,) * request.n * request.best_of
+        conditions = replace(conditions, composition={el: v * fixed_z / given_z for el, v in conditions.composition.items()})
     else:
         allowed = allowed_formula_units(reduced, max_sites, sg)
         if not allowed:
@@ -303,8 +306,6 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
         dist = prior.probabilities(reduced, allowed, sg)
         zs = tuple(draw_formula_units(dist, request.n * request.best_of, np.random.default_rng([seed, _Z_STREAM])))
         choice = {"chosen_by": "prior", **dist.as_dict(), "prior": prior.source()}
-    if fixed_z is not None:
-        conditions = replace(conditions, composition={el: float(v * fixed_z) for el, v in reduced.items()})
     return ResolvedRequest(index, request, conditions, reduced, seed, zs, choice)
 
 

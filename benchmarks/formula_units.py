@@ -1,0 +1,110 @@
+"""Issue 14 item 6: the seed blog's named compounds with Z fixed at one formula unit (the old behaviour) and with Z
+drawn from the training prior (the new default), with and without the known space group.
+
+Compounds (shared/seed/gpsk-blog.txt): rock salts NaCl and MgO, rutile TiO2, diamond Si, wurtzite GaN, hematite
+Fe2O3, L1_0 FePt and SmCo5. For each the reduced formula is requested with ``n=--n`` (best_of 1, ``checks="basic"``,
+seed ``--seed``; request i draws its noise from ``seed + i``), once with ``formula_units=1`` (the cell content the
+generator used before: the reduced formula itself) and once with Z left to the generator. The noise is the same in
+both; only the cell content each candidate is conditioned on and decoded with differs. With ``--space-group`` each
+request also gives the known space group (then Z = 1 is refused where the group cannot hold one formula unit, and
+the "before" row says so).
+
+Reported per compound: candidates decoded, the Z of the decoded ones, and how many match the known structure with
+pymatgen ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` (the CSP tolerances). References: the Materials
+Project structures of the training pool where present (NaCl mp-22862, MgO mp-1265, GaN mp-804, Fe2O3 mp-19770,
+FePt mp-2260, SmCo5 mp-1429), else the ideal prototypes built with ``Structure.from_spacegroup`` (diamond Si
+a = 5.431 A; rutile TiO2 a = 4.594, c = 2.959 A, O x = 0.305; neither is in the pool at <= 20 sites).
+
+    python benchmarks/formula_units.py --n 8 --seed 0 [--space-group] --out docs/results/formula_units.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import generation_parser, load_generator, write_summary  # noqa: E402
+
+# formula, space group, pool material id or None, prototype (space group symbol, species, coords, lattice)
+COMPOUNDS = [
+    ("NaCl", 225, "mp-22862", None),
+    ("MgO", 225, "mp-1265", None),
+    ("TiO2", 136, None, ("P4_2/mnm", ["Ti", "O"], [[0, 0, 0], [0.305, 0.305, 0]], ("tetragonal", 4.594, 2.959))),
+    ("Si", 227, None, ("Fd-3m", ["Si"], [[0, 0, 0]], ("cubic", 5.431))),
+    ("GaN", 186, "mp-804", None),
+    ("Fe2O3", 167, "mp-19770", None),
+    ("FePt", 123, "mp-2260", None),
+    ("SmCo5", 191, "mp-1429", None),
+]
+
+
+def references() -> dict[str, object]:
+    """The known structure of each compound (pool CIF or ideal prototype)."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    from gpsk_materials.paths import shared_data
+
+    ids = {mid for _, _, mid, _ in COMPOUNDS if mid}
+    pool = pd.read_csv(shared_data("pool.csv.gz"), usecols=["material_id", "cif"])
+    cifs = dict(pool[pool["material_id"].isin(ids)].itertuples(index=False, name=None))
+    out = {}
+    for formula, _, mid, proto in COMPOUNDS:
+        if mid:
+            out[formula] = Structure.from_str(cifs[mid], fmt="cif")
+        else:
+            symbol, species, coords, (system, *abc) = proto
+            lattice = Lattice.cubic(abc[0]) if system == "cubic" else Lattice.tetragonal(*abc)
+            out[formula] = Structure.from_spacegroup(symbol, lattice, species, coords)
+    return out
+
+
+def main(argv=None) -> int:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    p = generation_parser(__doc__)
+    p.add_argument("--n", type=int, default=8, help="candidates per compound")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: defaults.SAMPLER_STEPS)")
+    p.add_argument("--space-group", action="store_true", help="also give the known space group")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    refs = references()
+    matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    gen = load_generator(args)
+    extra = {} if args.steps is None else {"steps": args.steps}
+    summary: dict = {"n": args.n, "seed": args.seed, "space_group_given": args.space_group, "rows": {}}
+    for mode, z in (("before (Z = 1)", 1), ("after (Z drawn)", None)):
+        requests = [{"composition": f, "n": args.n, "formula_units": z, **extra,
+                     **({"space_group": sg} if args.space_group else {})} for f, sg, _, _ in COMPOUNDS]
+        t0 = time.perf_counter()
+        results = gen.run(requests, seed=args.seed, checks="basic", progress=False)
+        seconds = time.perf_counter() - t0
+        rows = {}
+        for (formula, *_), res in zip(COMPOUNDS, results):
+            if res.error is not None:
+                rows[formula] = {"error": str(res.error).split(": ", 1)[-1]}
+                print(f"{mode:16s} {formula:6s} refused: {rows[formula]['error'][:90]}")
+                continue
+            zs = [s.properties["gpsk"]["request"]["cell"]["formula_units"] for s in res.structures]
+            matched = [bool(matcher.fit(s, refs[formula])) for s in res.structures]
+            rows[formula] = {"candidates": res.candidates, "decoded": res.decoded, "z_decoded": dict(Counter(zs)),
+                             "matched": int(sum(matched)),
+                             "z_matched": dict(Counter(z for z, m in zip(zs, matched) if m))}
+            print(f"{mode:16s} {formula:6s} decoded {res.decoded}/{res.candidates}  Z {dict(sorted(Counter(zs).items()))}"
+                  f"  matched {sum(matched)}")
+        dec = sum(r.get("decoded", 0) for r in rows.values())
+        tot = len(COMPOUNDS) * args.n
+        hit = sum(r.get("matched", 0) for r in rows.values())
+        print(f"{mode}: decoded {dec}/{tot}, matched {hit}/{tot}, {seconds:.0f} s")
+        summary["rows"][mode] = {"compounds": rows, "decoded": dec, "matched": hit, "total": tot, "seconds": seconds}
+    write_summary(args.out, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
