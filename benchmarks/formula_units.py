@@ -6,8 +6,15 @@ Fe2O3, L1_0 FePt and SmCo5. For each the reduced formula is requested with ``n=-
 seed ``--seed``; request i draws its noise from ``seed + i``), once with ``formula_units=1`` (the cell content the
 generator used before: the reduced formula itself) and once with Z left to the generator. The noise is the same in
 both; only the cell content each candidate is conditioned on and decoded with differs. With ``--space-group`` each
-request also gives the known space group (then Z = 1 is refused where the group cannot hold one formula unit, and
-the "before" row says so).
+request also gives the known space group; the new code then refuses Z = 1 where the group cannot hold one formula
+unit (TiO2 in 136, Si in 227, GaN in 186, Fe2O3 in 167), which the old code generated anyway. ``--legacy`` runs the
+"before" requests without ``formula_units`` (the reduced formula as the cell content, as the old code read it), for
+the code before this change put first on the path:
+
+    git archive 3ce8edd | tar -x -C /tmp/gpsk_old
+    PYTHONPATH=/tmp/gpsk_old python benchmarks/formula_units.py --space-group --legacy --modes before \
+        --out docs/results/formula_units_sg_legacy.json
+    python benchmarks/formula_units.py --space-group --modes after --out docs/results/formula_units_sg.json
 
 Reported per compound: candidates decoded, the Z of the decoded ones, and how many match the known structure with
 pymatgen ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` (the CSP tolerances). References: the Materials
@@ -64,12 +71,19 @@ def references() -> dict[str, object]:
 
 def main(argv=None) -> int:
     from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Composition
 
     p = generation_parser(__doc__)
     p.add_argument("--n", type=int, default=8, help="candidates per compound")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: defaults.SAMPLER_STEPS)")
     p.add_argument("--space-group", action="store_true", help="also give the known space group")
+    p.add_argument("--modes", default="before,after", help="before (Z = 1), after (Z drawn), or both (default)")
+    p.add_argument("--legacy", action="store_true",
+                   help="the installed code predates formula_units: run 'before' without it (the old reading)")
     args = p.parse_args(argv)
+    import gpsk_materials
+
+    print(f"gpsk_materials from {Path(gpsk_materials.__file__).parent}")
     import torch
 
     torch.set_num_threads(1)
@@ -77,9 +91,12 @@ def main(argv=None) -> int:
     matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
     gen = load_generator(args)
     extra = {} if args.steps is None else {"steps": args.steps}
-    summary: dict = {"n": args.n, "seed": args.seed, "space_group_given": args.space_group, "rows": {}}
-    for mode, z in (("before (Z = 1)", 1), ("after (Z drawn)", None)):
-        requests = [{"composition": f, "n": args.n, "formula_units": z, **extra,
+    summary: dict = {"n": args.n, "seed": args.seed, "space_group_given": args.space_group, "legacy": args.legacy,
+                     "code": str(Path(gpsk_materials.__file__).parent), "rows": {}}
+    modes = [m for m in (("before (Z = 1)", 1), ("after (Z drawn)", None)) if m[0].split()[0] in args.modes]
+    for mode, z in modes:
+        units = {} if args.legacy else {"formula_units": z}
+        requests = [{"composition": f, "n": args.n, **units, **extra,
                      **({"space_group": sg} if args.space_group else {})} for f, sg, _, _ in COMPOUNDS]
         t0 = time.perf_counter()
         results = gen.run(requests, seed=args.seed, checks="basic", progress=False)
@@ -90,12 +107,13 @@ def main(argv=None) -> int:
                 rows[formula] = {"error": str(res.error).split(": ", 1)[-1]}
                 print(f"{mode:16s} {formula:6s} refused: {rows[formula]['error'][:90]}")
                 continue
-            zs = [s.properties["gpsk"]["request"]["cell"]["formula_units"] for s in res.structures]
+            zs = [len(s) // sum(Composition(formula).values()) for s in res.structures]
             matched = [bool(matcher.fit(s, refs[formula])) for s in res.structures]
             rows[formula] = {"candidates": res.candidates, "decoded": res.decoded, "z_decoded": dict(Counter(zs)),
                              "matched": int(sum(matched)),
                              "z_matched": dict(Counter(z for z, m in zip(zs, matched) if m))}
-            print(f"{mode:16s} {formula:6s} decoded {res.decoded}/{res.candidates}  Z {dict(sorted(Counter(zs).items()))}"
+            print(f"{mode:16s} {formula:6s} decoded {res.decoded}/{res.candidates}  "
+                  f"Z {dict(sorted(Counter(zs).items()))}"
                   f"  matched {sum(matched)}")
         dec = sum(r.get("decoded", 0) for r in rows.values())
         tot = len(COMPOUNDS) * args.n

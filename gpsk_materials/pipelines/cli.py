@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "drawn from the training prior, among the Z the space group allows) or a cell content (Ti2O4)")
     p.add_argument("-n", type=int, default=1, help="structures per formula (default 1)")
     p.add_argument("--formula-units", "-z", type=int, default=None, metavar="Z",
-                   help="formula units per generated (primitive) cell, for every FORMULA (default: chosen per candidate)")
+                   help="formula units per generated (primitive) cell, for every FORMULA (default: drawn per "
+                   "candidate)")
     p.add_argument("--space-group", type=int, default=None, help="space-group number 1-230")
     p.add_argument("--crystal-system", default=None, help="triclinic ... cubic")
     p.add_argument("--band-gap", type=float, default=None, help="eV, >= 0")

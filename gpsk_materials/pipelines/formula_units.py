@@ -89,7 +89,9 @@ def level_keys(reduced: Mapping[str, int], space_group: int | None = None) -> di
 
 
 # ---------------------------------------------------------------------------------------------- allowed Z
-def allowed_formula_units(reduced: Mapping[str, int], max_sites: int, space_group: int | None = None) -> tuple[int, ...]:
+def allowed_formula_units(
+    reduced: Mapping[str, int], max_sites: int, space_group: int | None = None
+) -> tuple[int, ...]:
     """The Z whose cell ``Z x reduced`` fits ``max_sites`` and, with ``space_group``, whose per-element site counts
     are sums of the group's primitive-cell Wyckoff multiplicities.
 

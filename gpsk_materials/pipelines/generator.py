@@ -41,10 +41,10 @@ from gpsk_materials import provenance
 from gpsk_materials.checks.post import make_scorer, parse_checks, post_checks
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
-from gpsk_materials.vocabulary import formula_string
 from gpsk_materials.models.generative import GPSKModel
 from gpsk_materials.pipelines.formula_units import FormulaUnitPrior
 from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
+from gpsk_materials.vocabulary import formula_string
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,9 @@ class CrystalGenerator(MSONable):
         Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
     formula_unit_prior
         Path of a formula-unit table (as written by ``benchmarks/build_formula_unit_prior.py``) from which the
-        number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json.gz`` when
-        :meth:`from_pretrained` finds one, else the table shipped in the package (counted on the default model's
-        training pool).
+        number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json.gz``
+        when :meth:`from_pretrained` finds one, else the table shipped in the package (counted on the default
+        model's training pool).
 
     Raises
     ------
@@ -506,7 +506,8 @@ class CrystalGenerator(MSONable):
         # drawn on the CPU from each request's own generator: the same noise on every device and in every batch
         noise = [torch.randn((r.candidates, *shape), generator=torch.Generator().manual_seed(r.seed)) for r in resolved]
         # one row of conditions per candidate: the candidates of a reduced formula differ in their cell content
-        cond_all = self.model.condition_batch([r.candidate_conditions(j) for r in resolved for j in range(r.candidates)])
+        cond_all = self.model.condition_batch(
+            [r.candidate_conditions(j) for r in resolved for j in range(r.candidates)])
         first = np.cumsum([0] + [r.candidates for r in resolved])
         out = [torch.empty((r.candidates, 3, size, size, size), device=device) for r in resolved]
         groups: dict[tuple[float, int], list[tuple[int, int]]] = {}

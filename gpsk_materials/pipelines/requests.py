@@ -294,7 +294,8 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
                 )
         choice = {"chosen_by": how}
         zs = (fixed_z,) * request.n * request.best_of
-        conditions = replace(conditions, composition={el: v * fixed_z / given_z for el, v in conditions.composition.items()})
+        conditions = replace(
+            conditions, composition={el: v * fixed_z / given_z for el, v in conditions.composition.items()})
     else:
         allowed = allowed_formula_units(reduced, max_sites, sg)
         if not allowed:
