@@ -16,7 +16,8 @@ the code before this change put first on the path:
         --out docs/results/formula_units_sg_legacy.json
     python benchmarks/formula_units.py --space-group --modes after --out docs/results/formula_units_sg.json
 
-Reported per compound: candidates decoded, the Z of the decoded ones, and how many match the known structure with
+Reported per compound: candidates decoded, the Z of the decoded ones, the space groups found (SpacegroupAnalyzer,
+symprec 0.1, the basic checks), and how many match the known structure with
 pymatgen ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` (the CSP tolerances). References: the Materials
 Project structures of the training pool where present (NaCl mp-22862, MgO mp-1265, GaN mp-804, Fe2O3 mp-19770,
 FePt mp-2260, SmCo5 mp-1429), else the ideal prototypes built with ``Structure.from_spacegroup`` (diamond Si
@@ -107,10 +108,12 @@ def main(argv=None) -> int:
                 rows[formula] = {"error": str(res.error).split(": ", 1)[-1]}
                 print(f"{mode:16s} {formula:6s} refused: {rows[formula]['error'][:90]}")
                 continue
-            zs = [len(s) // sum(Composition(formula).values()) for s in res.structures]
+            zs = [int(len(s) // sum(Composition(formula).values())) for s in res.structures]
+            found = [((s.properties["gpsk"].get("checks") or {}).get("results") or {}).get("space_group")
+                     for s in res.structures]
             matched = [bool(matcher.fit(s, refs[formula])) for s in res.structures]
             rows[formula] = {"candidates": res.candidates, "decoded": res.decoded, "z_decoded": dict(Counter(zs)),
-                             "matched": int(sum(matched)),
+                             "matched": int(sum(matched)), "space_groups_found": dict(Counter(found)),
                              "z_matched": dict(Counter(z for z, m in zip(zs, matched) if m))}
             print(f"{mode:16s} {formula:6s} decoded {res.decoded}/{res.candidates}  "
                   f"Z {dict(sorted(Counter(zs).items()))}"
