@@ -237,6 +237,20 @@ def draw_formula_units(dist: FormulaUnitProbabilities, k: int, rng: np.random.Ge
     """``k`` values of Z by systematic sampling of ``dist`` (Kitagawa 1996), in an order shuffled by ``rng``.
 
     Each Z gets ``floor(k p)`` or ``ceil(k p)`` of the ``k`` draws; a single draw (k = 1) is an exact sample.
+
+    Parameters
+    ----------
+    dist : FormulaUnitProbabilities
+        The allowed Z and their probabilities.
+    k : int
+        Draws (the request's ``n * best_of`` candidates).
+    rng : numpy.random.Generator
+        Source of the offset and the shuffle (the generator seeds it from the request's seed).
+
+    Returns
+    -------
+    list of int
+        ``k`` values of Z, one per candidate.
     """
     cdf = np.cumsum(dist.probabilities)
     cdf[-1] = 1.0
