@@ -2,7 +2,7 @@
 
 For the first ``--limit`` rows of ``shared/data/mp20/test.csv`` (a PARTIAL split, see shared/data/SOURCES.md:
 results are not comparable with published MP-20 numbers) the model is asked for ``--k`` structures of the target's
-cell composition (no other condition, ``checks="none"``). ``gpsk_materials.evaluation.csp_metrics`` scores them
+cell composition (``formula_units`` set to the target cell's; no other condition, ``checks="none"``). ``gpsk_materials.evaluation.csp_metrics`` scores them
 (StructureMatcher stol=0.5, angle_tol=10, ltol=0.3; a prediction counts only when it and its target are valid,
 structural + SMACT). A candidate that does not decode counts as an invalid prediction, in its sample position.
 
@@ -38,6 +38,7 @@ TEST_CSV = "mp20/test.csv"
 
 def main(argv=None) -> int:
     from gpsk_materials.evaluation import csp_metrics
+    from gpsk_materials.vocabulary import integer_counts
 
     p = generation_parser(__doc__)
     p.add_argument("--limit", type=int, default=1000, help="first N test targets")
@@ -53,7 +54,9 @@ def main(argv=None) -> int:
     gen = load_generator(args)
     ranked = args.rank != "none"
     per_request = {"n": 1, "best_of": args.k} if ranked else {"n": args.k}
-    requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request} for t in targets]
+    # the target's cell content, as given (formula_units set, so the generator does not choose Z)
+    requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request,
+                 "formula_units": integer_counts(t.composition.get_el_amt_dict())[1]} for t in targets]
     t0 = time.perf_counter()
     results = gen.run(requests, seed=args.seed, checks=args.rank)
     k = 1 if ranked else args.k

@@ -3,7 +3,8 @@
 Ten cubic crystals with room-temperature experimental conventional lattice constants: the GPSK-300 blog's rock
 salts NaCl 5.640, MgO 4.212, CaO 4.811, NiO 4.177, MnO 4.445 A, the rock salts KCl 6.293 and LiF 4.027 A, diamond Si
 5.431 A, zincblende GaAs 5.653 A and cubic perovskite SrTiO3 3.905 A. For each one the cell content of its primitive
-cell is requested (NaCl -> "NaCl", Si -> "Si2", GaAs -> "GaAs", SrTiO3 -> "SrTiO3") with ``n=1, best_of=--best-of``
+cell is requested (NaCl -> "NaCl", Si -> "Si2", GaAs -> "GaAs", SrTiO3 -> "SrTiO3"; with ``formula_units`` set to
+that cell's, so the generator does not choose Z) with ``n=1, best_of=--best-of``
 and no other condition; all ten requests go through one ``CrystalGenerator.run(..., seed=--seed, checks="basic")``
 (request ``i`` draws its noise from seed ``--seed + i``). The returned structure (the best decoded candidate under
 the basic checks) is then rescaled by :class:`gpsk_materials.checks.VolumeScan` with the generator's potential
@@ -164,12 +165,21 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     print(f"wrote {path}")
 
 
+def cell_units(cell: str) -> int:
+    """Formula units of a primitive-cell content (``"NaCl"`` 1, ``"Si2"`` 2): the cell is requested as given, not
+    as a reduced formula whose Z the generator would choose."""
+    from gpsk_materials.vocabulary import integer_counts, parse_formula
+
+    return integer_counts(parse_formula(cell))[1]
+
+
 def candidate_diagnostic(gen, rows: list[dict], scan, matcher, args) -> None:
     """Every decoded candidate of each crystal (see the module docstring): prototype matches, errors after the scan,
     space groups; adds ``rows[k]["candidates"]`` and prints one line per crystal."""
     import numpy as np
 
-    requests = [{"composition": r["request"], "n": args.best_of, "best_of": 1} for r in rows]
+    requests = [{"composition": r["request"], "n": args.best_of, "best_of": 1, "formula_units": cell_units(r["request"])}
+                for r in rows]
     results = gen.run(requests, seed=args.seed, checks="basic")
     flat = [(k, s) for k, res in enumerate(results) for s in res.structures]
     scans = scan.scan([s for _, s in flat]) if flat else []
@@ -238,7 +248,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     gen = load_generator(args)
-    requests = [{"composition": cell, "n": 1, "best_of": args.best_of} for _, cell, *_ in CRYSTALS]
+    requests = [{"composition": cell, "n": 1, "best_of": args.best_of, "formula_units": cell_units(cell)}
+                for _, cell, *_ in CRYSTALS]
     t0 = time.perf_counter()
     results = gen.run(requests, seed=args.seed, checks=args.checks)
     seconds_generation = time.perf_counter() - t0

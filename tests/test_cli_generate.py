@@ -24,7 +24,7 @@ def _summary(folder: Path) -> list[dict[str, str]]:
 
 def test_generate_writes_cifs_extxyz_summary_and_table(tmp_path, tiny_model_dir, rock_salt_decode, capsys):  # noqa: F811
     out = tmp_path / "results"
-    code = main(["generate", "NaCl", "Xx2", "NaCl", "-n", "2", "--space-group", "225", "--best-of", "2",
+    code = main(["generate", "NaCl", "Xx2", "NaCl", "-n", "2", "--space-group", "225", "--best-of", "2", "-z", "1",
                  "--steps", "3", "--seed", "5", "--model", str(tiny_model_dir), "--batch-size", "4",
                  "--out", str(out), "--no-progress"])
     captured = capsys.readouterr()
@@ -40,6 +40,7 @@ def test_generate_writes_cifs_extxyz_summary_and_table(tmp_path, tiny_model_dir,
         s = CifParser(out / row["file"]).parse_structures(primitive=False)[0]
         assert s.composition.reduced_formula == row["formula"] == "NaCl"
         assert row["space_group_requested"] == "225" and row["space_group"] == "225" and row["valid"] == "True"
+        assert row["formula_units"] == "1" and row["nsites"] == "2"
         assert atoms.info["file"] == row["file"] and atoms.info["seed"] == int(row["seed"])
         assert atoms.get_chemical_formula(mode="reduce") in ("ClNa", "NaCl")
     header = captured.out.splitlines()[0].split()

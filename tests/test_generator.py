@@ -83,7 +83,8 @@ def test_batched_structures_equal_one_by_one(gen, rock_salt_decode):  # noqa: F8
 
 
 def test_generate_returns_structures_with_provenance(gen, rock_salt_decode):  # noqa: F811
-    out = gen.generate("NaCl", n=2, space_group=225, best_of=3, steps=STEPS, seed=4)
+    # one formula unit, the cell of the rock-salt fixture (the choice of Z is tested in test_formula_units.py)
+    out = gen.generate("NaCl", n=2, space_group=225, best_of=3, steps=STEPS, seed=4, formula_units=1)
     assert 1 <= len(out) <= 2 and all(isinstance(s, Structure) for s in out)
     totals = [s.properties["gpsk"]["scores"]["total"] for s in out]
     assert totals == sorted(totals, reverse=True)
@@ -91,20 +92,22 @@ def test_generate_returns_structures_with_provenance(gen, rock_salt_decode):  # 
     q = p["request"]
     assert q["seed"] == 4 and q["steps"] == STEPS and q["best_of"] == 3 and q["guidance"] == defaults.GUIDANCE
     assert q["composition"] == "NaCl" and q["space_group"] == 225
-    assert q["conditions"]["composition"] == {"Na": 1.0, "Cl": 1.0}
+    assert q["conditions"]["composition"] == {"Na": 1.0, "Cl": 1.0} and q["formula_units"] == 1
+    assert q["cell"] == {"composition": "NaCl", "formula_units": 1, "chosen_by": "formula_units"}
     assert q["candidates"]["drawn"] == 6 and q["candidates"]["decoded"] + q["candidates"]["failed"] == 6
     assert p["decode"]["method"] == "reciprocal" and p["decode"]["relative_residual"] < 0.3
     assert p["checks"]["results"]["space_group"] == 225 and p["checks"]["results"]["valid"] is True
     assert p["model"]["name"] == "tiny" and p["model"]["hash"] == gen.model_hash
     assert 0 <= q["sample_index"] < 6
     json.dumps(out[0].as_dict())  # provenance is plain JSON
-    atoms = gen.generate("NaCl", n=1, best_of=4, steps=STEPS, seed=4, output="ase")
+    atoms = gen.generate("NaCl", n=1, best_of=4, steps=STEPS, seed=4, output="ase", formula_units=1)
     assert atoms and atoms[0].info["gpsk"]["request"]["seed"] == 4
 
 
 def test_failed_candidates_are_counted_never_returned(gen, rock_salt_decode):  # noqa: F811
     # KBr asked of rock-salt grids, and NaCl: whatever does not decode is counted, never returned
-    res = gen.run([{"composition": "KBr", "n": 4, "steps": STEPS}, {"composition": "NaCl", "n": 4, "steps": STEPS}], seed=1)
+    res = gen.run([{"composition": "KBr", "n": 4, "steps": STEPS, "formula_units": 1},
+                   {"composition": "NaCl", "n": 4, "steps": STEPS, "formula_units": 1}], seed=1)
     for r in res:
         assert r.ok and r.candidates == 4
         assert len(r.structures) == r.decoded == 4 - len(r.failures)
@@ -235,7 +238,7 @@ def test_composition_forms_give_the_same_conditions(gen):
     assert all(r.conditions == resolved[0].conditions for r in resolved)
     assert resolved[0].reduced == {"Fe": 2, "O": 3} and resolved[0].formula == "Fe2O3"
     free = resolve_request(GenerationRequest(None, space_group=225), 0, 0, 20, 8)
-    assert free.cell is None and free.formula == "free"
+    assert free.cell(0) is None and free.formula_units is None and free.formula == "free"
 
 
 def test_parse_checks():
@@ -250,7 +253,7 @@ def test_parse_checks():
 
 
 def test_checks_none_keeps_sample_order(gen, rock_salt_decode):  # noqa: F811
-    out = gen.run([{"composition": "NaCl", "n": 4, "steps": STEPS}], seed=21, checks="none")[0]
+    out = gen.run([{"composition": "NaCl", "n": 4, "steps": STEPS, "formula_units": 1}], seed=21, checks="none")[0]
     idx = [s.properties["gpsk"]["request"]["sample_index"] for s in out.structures]
     assert idx == sorted(idx) and all(s.properties["gpsk"]["scores"] is None for s in out.structures)
 

@@ -45,7 +45,8 @@ def test_shipped_model_loads_and_samples_finite_grids():
 
 
 def test_generated_grids_decode_to_valid_structures():
-    """Generated grids of the shipped model decode to valid structures of the requested cell content."""
+    """Generated grids of the shipped model decode to valid structures of the requested formula, with the number of
+    formula units their provenance records."""
     from pymatgen.core import Composition
 
     from gpsk_materials import CrystalGenerator
@@ -58,6 +59,7 @@ def test_generated_grids_decode_to_valid_structures():
     for r, c in zip(results, ("NaCl", "CaO", "SrTiO3")):
         assert r.ok and r.decoded >= 1, (c, r.failures)
         s = r.structures[0]
-        assert s.composition == Composition(c)
+        z = s.properties["gpsk"]["request"]["cell"]["formula_units"]
+        assert s.composition == Composition(c) * z
         assert structural_validity(s), c
         assert s.properties["gpsk"]["decode"]["relative_residual"] <= gen.decoder.max_residual

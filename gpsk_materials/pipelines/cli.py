@@ -17,8 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate crystals with a GPSK model. Every FORMULA is one request of N structures under the "
         "same conditions; writes OUT/<formula>_<i>.cif, OUT/structures.extxyz and OUT/summary.csv.",
     )
-    p.add_argument("formulas", nargs="+", metavar="FORMULA", help="compositions (cell content), e.g. Fe2O3 NaCl")
+    p.add_argument("formulas", nargs="+", metavar="FORMULA",
+                   help="compositions: a reduced formula (TiO2: the number of formula units Z of each candidate is "
+                   "drawn from the training prior, among the Z the space group allows) or a cell content (Ti2O4)")
     add(p, "n", "space_group")
+    p.add_argument("--formula-units", "-z", type=int, default=None, metavar="Z",
+                   help="formula units per generated (primitive) cell, for every FORMULA (default: drawn per "
+                   "candidate)")
     p.add_argument("--crystal-system", default=None, help="triclinic ... cubic")
     p.add_argument("--band-gap", type=float, default=None, help="eV, >= 0")
     p.add_argument("--formation-energy", type=float, default=None, help="eV/atom")
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     # the six conditions besides the composition, shared by every formula of the command line
     shared = Conditions(**{m: getattr(args, m) for m in MODALITIES[1:]})
     requests = [
-        GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of)
+        GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of,
+                          formula_units=args.formula_units)
         for f in args.formulas
     ]
     checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])

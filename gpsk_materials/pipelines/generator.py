@@ -2,14 +2,15 @@
 
 Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS sense):
 
-1. requests are validated (:mod:`gpsk_materials.pipelines.requests`); a bad request becomes a result carrying its
-   error, the others go on;
+1. requests are validated (:mod:`gpsk_materials.pipelines.requests`) and the number of formula units of each
+   candidate of a reduced formula is drawn from the training prior (:mod:`gpsk_materials.pipelines.formula_units`);
+   a bad request becomes a result carrying its error, the others go on;
 2. every candidate latent of every request goes through the model's own sampling chain
    (:meth:`GPSKModel.sample_grids`: rectified-flow sampler, then VAE decoder) in fixed-size batches of mixed
    conditions;
 3. the closed-form decoder turns all grids into Structures in one batched pass (with exactly the cell content the
-   request conditioned on, or an inferred composition when it left the composition free); a grid that does not
-   decode is a failed candidate, never returned;
+   candidate was conditioned on, or an inferred composition when the request left the composition free); a grid
+   that does not decode is a failed candidate, never returned;
 4. the post-checks (``checks=``, :func:`gpsk_materials.checks.post.post_checks`) score the candidates and the best
    ``n`` of ``n * best_of`` are kept.
 
@@ -40,7 +41,9 @@ from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
 from gpsk_materials.models.generative import GPSKModel
+from gpsk_materials.pipelines.formula_units import FormulaUnitPrior
 from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
+from gpsk_materials.vocabulary import formula_string
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,16 @@ class CrystalGenerator(MSONable):
         scale); None builds the pool hull of ``potential`` on first use. Not part of :meth:`as_dict`.
     model_hash
         Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
+    formula_unit_prior
+        Path of a formula-unit table (as written by ``benchmarks/build_formula_unit_prior.py``) from which the
+        number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json.gz``
+        when :meth:`from_pretrained` finds one, else the table shipped in the package (counted on the default
+        model's training pool).
+
+    Raises
+    ------
+    DataError
+        ``formula_unit_prior`` cannot be read.
     """
 
     def __init__(
@@ -141,6 +154,7 @@ class CrystalGenerator(MSONable):
         fmax: float = FMAX,
         reference_hull: Any = None,
         model_hash: str | None = None,
+        formula_unit_prior: str | Path | None = None,
     ) -> None:
         from gpsk_materials.checks.potentials import Potential
         from gpsk_materials.representations.decoding import ReciprocalGridDecoder
@@ -168,6 +182,8 @@ class CrystalGenerator(MSONable):
         self._in_memory = model_hash is None
         self._scorers: dict[frozenset[str], Any] = {}
         self._hull = reference_hull
+        self.formula_unit_prior_path = None if formula_unit_prior is None else Path(formula_unit_prior)
+        self.formula_unit_prior = FormulaUnitPrior.from_file(self.formula_unit_prior_path)
 
     # ------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -197,6 +213,8 @@ class CrystalGenerator(MSONable):
         if "max_sites" not in kwargs:
             trained = meta.get("trained_on") if isinstance(meta.get("trained_on"), Mapping) else {}
             kwargs["max_sites"] = int(meta.get("max_sites") or trained.get("max_sites") or DEFAULT_MAX_SITES)
+        if kwargs.get("formula_unit_prior") is None and (folder / "formula_units.json.gz").is_file():
+            kwargs["formula_unit_prior"] = folder / "formula_units.json.gz"  # a model's own training prior
         return cls(model, model_path=None if path is None else folder.resolve(), model_hash=folder_hash(folder), **kwargs)
 
     @property
@@ -242,6 +260,7 @@ class CrystalGenerator(MSONable):
             "symprec": self.symprec,
             "relax_steps": self.relax_steps,
             "fmax": self.fmax,
+            "formula_unit_prior": None if self.formula_unit_prior_path is None else str(self.formula_unit_prior_path),
         }
 
     @classmethod
@@ -259,6 +278,7 @@ class CrystalGenerator(MSONable):
             relax_steps=d.get("relax_steps", RELAX_STEPS),
             fmax=d.get("fmax", FMAX),
             potential=d.get("potential"),
+            formula_unit_prior=d.get("formula_unit_prior"),
         )
         expected = d.get("model_hash")
         if expected is not None and expected != gen.model_hash:
@@ -312,6 +332,7 @@ class CrystalGenerator(MSONable):
         steps: int = SAMPLER_STEPS,
         seed: int | None = None,
         best_of: int = 1,
+        formula_units: int | None = None,
         checks: str | Iterable[str] | None = DEFAULT_CHECKS,
         output: str = "structure",
         progress: bool | None = None,
@@ -325,8 +346,12 @@ class CrystalGenerator(MSONable):
 
         ``conditions`` are the other fields of :class:`~gpsk_materials.models.conditioning.Conditions`
         (``crystal_system``, ``space_group``, ``band_gap``, ``formation_energy``, ``e_above_hull``,
-        ``magnetic_ordering``). ``gen.generate(c, n, seed=s)`` is ``gen.run([{"composition": c, "n": n}],
-        seed=s)[0].structures``: the same defaults (:mod:`gpsk_materials.defaults`), the same structures.
+        ``magnetic_ordering``). A reduced formula (``"TiO2"``) lets each candidate's number of formula units be
+        drawn from the training prior among those the space group allows; a cell content (``"Ti2O4"``) or
+        ``formula_units=Z`` fixes it (:mod:`gpsk_materials.pipelines.formula_units`).
+
+        ``gen.generate(c, n, seed=s)`` is ``gen.run([{"composition": c, "n": n}], seed=s)[0].structures``: the same
+        defaults (:mod:`gpsk_materials.defaults`), the same structures.
 
         Returns pymatgen Structures (``output="ase"``: ASE Atoms) with their provenance in
         ``properties["gpsk"]``; fewer than ``n`` when not enough candidates decoded (the count of failures is in
@@ -346,8 +371,9 @@ class CrystalGenerator(MSONable):
             return solve_pattern(self, composition, diffraction, n, wavelength=wavelength, guidance=guidance,
                                  steps=steps, seed=seed, best_of=best_of, checks=checks, progress=progress,
                                  pattern_guidance=pattern_guidance, guidance_terms=guidance_terms, output=output,
-                                 **conditions).structures
-        request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
+                                 formula_units=formula_units, **conditions).structures
+        request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of,
+                                    formula_units=formula_units, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress,
                           guidance_terms=guidance_terms)[0]
         return result.raise_for_error().structures
@@ -434,7 +460,8 @@ class CrystalGenerator(MSONable):
                 logger.warning("%s", err)
                 continue
             try:
-                r = resolve_request(req, i, int(seed), self.max_sites, self.model.config.mmdit.max_elements)
+                r = resolve_request(req, i, int(seed), self.max_sites, self.model.config.mmdit.max_elements,
+                                    self.formula_unit_prior)
             except ConditioningError as exc:
                 results.append(GenerationResult(i, req, error=exc))
                 logger.warning("%s", exc)
@@ -469,7 +496,8 @@ class CrystalGenerator(MSONable):
         raises the first invalid request's error."""
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         resolved = [
-            resolve_request(GenerationRequest.coerce(r), i, seed, self.max_sites, self.model.config.mmdit.max_elements)
+            resolve_request(GenerationRequest.coerce(r), i, seed, self.max_sites, self.model.config.mmdit.max_elements,
+                            self.formula_unit_prior)
             for i, r in enumerate(requests)
         ]
         return self._sample_grids(resolved, progress)
@@ -484,7 +512,10 @@ class CrystalGenerator(MSONable):
         batch = self._batch_size()
         # drawn on the CPU from each request's own generator: the same noise on every device and in every batch
         noise = [torch.randn((r.candidates, *shape), generator=torch.Generator().manual_seed(r.seed)) for r in resolved]
-        cond_all = self.model.condition_batch([r.conditions for r in resolved])
+        # one row of conditions per candidate: the candidates of a reduced formula differ in their cell content
+        cond_all = self.model.condition_batch(
+            [r.candidate_conditions(j) for r in resolved for j in range(r.candidates)])
+        first = np.cumsum([0] + [r.candidates for r in resolved])
         out = [torch.empty((r.candidates, 3, size, size, size), device=device) for r in resolved]
         groups: dict[tuple[float, int], list[tuple[int, int]]] = {}
         for k, r in enumerate(resolved):
@@ -495,7 +526,7 @@ class CrystalGenerator(MSONable):
                 for start in range(0, len(rows), batch):
                     chunk = rows[start : start + batch]
                     padded = chunk + [chunk[-1]] * (batch - len(chunk))
-                    cond = cond_all.index(torch.tensor([k for k, _ in padded], device=cond_all.present.device))
+                    cond = cond_all.index(torch.tensor([first[k] + j for k, j in padded], device=cond_all.present.device))
                     x1 = torch.stack([noise[k][j] for k, j in padded]).to(device)
                     g = self.model.sample_grids(cond, steps, guidance, noise=x1, guidance_terms=guidance_terms)
                     for (k, j), grid in zip(chunk, g[: len(chunk)]):
@@ -508,10 +539,10 @@ class CrystalGenerator(MSONable):
         Structures (None where a grid failed) and the reasons of the failures."""
         out = []
         for exact in (True, False):  # given cell contents / free compositions
-            todo = [k for k, r in enumerate(resolved) if (r.cell is not None) == exact]
+            todo = [k for k, r in enumerate(resolved) if (r.reduced is not None) == exact]
             if not todo:
                 continue
-            comps = [None if resolved[k].cell is None else dict(resolved[k].cell) for k in todo for _ in grids[k]]
+            comps = [resolved[k].cell(j) for k in todo for j in range(len(grids[k]))]
             flat = torch.cat([grids[k] for k in todo])
             structures, reasons = self.decoder.decode_many(flat, comps, return_errors=True, pbar=progress,
                                                            exact_counts=exact)
@@ -572,7 +603,10 @@ class CrystalGenerator(MSONable):
             "request": {
                 **r.request.to_dict(),
                 "index": r.index,
-                "conditions": asdict(r.conditions),
+                "conditions": asdict(r.candidate_conditions(sample)),
+                "cell": None if r.reduced is None else {
+                    "composition": formula_string(r.cell(sample)), "formula_units": r.formula_units[sample],
+                    **r.cell_choice},
                 "sample_index": sample,
                 "rank": rank,
                 "batch_size": self._batch_size(),

@@ -12,7 +12,7 @@ from gpsk_materials.pipelines.generator import GenerationResult
 
 #: columns of ``summary.csv`` (one row per written structure)
 SUMMARY_COLUMNS = (
-    "file", "request_index", "request", "formula", "nsites", "space_group_requested", "space_group",
+    "file", "request_index", "request", "formula", "nsites", "formula_units", "space_group_requested", "space_group",
     "space_group_match", "energy_per_atom", "e_above_hull", "valid", "strict_valid", "score",
     "decode_residual", "seed", "sample_index",
 )
@@ -42,6 +42,7 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "request": request.get("composition"),
         "formula": s.composition.reduced_formula,
         "nsites": len(s),
+        "formula_units": (request.get("cell") or {}).get("formula_units"),
         "space_group_requested": request.get("space_group"),
         "space_group": checks.get("space_group"),
         "space_group_match": checks.get("space_group_match"),

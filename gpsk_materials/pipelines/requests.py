@@ -1,10 +1,21 @@
 """Generation requests: what a user asks for, checked against what a model can deliver.
 
 A :class:`GenerationRequest` holds a :class:`~gpsk_materials.models.conditioning.Conditions` (one composition or
-none, and the other six conditions) and the sampling settings.
+none, and the other six conditions), the number of formula units (``formula_units``) and the sampling settings.
 :func:`resolve_request` validates it for a model (elements, site count, space group against the composition's
-Wyckoff-compatible cells, value ranges) and returns a :class:`ResolvedRequest` with the integer cell content the
-model is conditioned on; every problem is a :class:`~gpsk_materials.errors.ConditioningError` that names the request.
+Wyckoff-compatible cells, value ranges) and returns a :class:`ResolvedRequest` with the integer cell content each
+candidate is conditioned on; every problem is a :class:`~gpsk_materials.errors.ConditioningError` that names the
+request.
+
+Reduced formula or cell content (:mod:`gpsk_materials.pipelines.formula_units`):
+
+- a *reduced formula* (integer amounts without a common divisor, or fractional amounts: ``"TiO2"``,
+  ``{"Ti": 1, "O": 2}``, ``"Li0.5CoO2"`` = LiCo2O4) with ``formula_units=None`` lets the generator choose the
+  number of formula units Z of each candidate from the training prior, among the Z its space group allows;
+- a composition whose integer amounts share a divisor (``"Ti2O4"``, ``Composition("Na4Cl4")``) is the cell content,
+  as given;
+- ``formula_units=Z`` (an int) asks for Z formula units of the composition's reduced formula (``"Si"``,
+  ``formula_units=1`` is the one-atom cell); with an explicit cell content it must agree with it.
 """
 
 from __future__ import annotations
@@ -18,7 +29,8 @@ import numpy as np
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.models.conditioning import MODALITIES, Conditions
-from gpsk_materials.vocabulary import composition_amounts, formula_string, integer_cell, reduced_formula
+from gpsk_materials.pipelines.formula_units import FormulaUnitPrior, allowed_formula_units, draw_formula_units
+from gpsk_materials.vocabulary import composition_amounts, formula_string, integer_cell, integer_counts, reduced_formula
 
 __all__ = [
     "SAMPLING_FIELDS", "GenerationRequest", "ResolvedRequest", "composition_label", "integer_cell", "resolve_request",
@@ -26,7 +38,7 @@ __all__ = [
 
 
 #: what a request adds to its :class:`~gpsk_materials.models.conditioning.Conditions`
-SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed")
+SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed", "formula_units")
 
 
 @dataclass(frozen=True, init=False)
@@ -41,8 +53,9 @@ class GenerationRequest:
     ----------
     composition
         Formula string (``"Fe2O3"``), pymatgen ``Composition`` or mapping element -> amount; None lets the model
-        choose the composition (the decoder then infers it). The amounts are the cell content the model is
-        conditioned on; fractional amounts are scaled to the smallest integer multiple.
+        choose the composition (the decoder then infers it). A reduced formula (``"TiO2"``; fractional amounts are
+        scaled to the smallest integer multiple) leaves the number of formula units to the generator; amounts with
+        a common divisor (``"Ti2O4"``) are the cell content, as given.
     n
         Structures wanted.
     conditions
@@ -57,7 +70,12 @@ class GenerationRequest:
     best_of
         Candidates drawn per wanted structure; the best ``n`` of ``n * best_of`` are kept.
     seed
-        Seed of this request's noise; None takes the run's seed plus the request index.
+        Seed of this request's noise (and of its draw of formula units); None takes the run's seed plus the request
+        index.
+    formula_units
+        Formula units Z of the composition's reduced formula in the generated (primitive) cell; None: the cell
+        content as given when its amounts share a divisor, else Z drawn per candidate from the training prior
+        (:mod:`gpsk_materials.pipelines.formula_units`).
     """
 
     conditions: Conditions
@@ -66,6 +84,7 @@ class GenerationRequest:
     steps: int = SAMPLER_STEPS
     best_of: int = 1
     seed: int | None = None
+    formula_units: int | None = None
 
     def __init__(
         self,
@@ -77,6 +96,7 @@ class GenerationRequest:
         steps: int = SAMPLER_STEPS,
         best_of: int = 1,
         seed: int | None = None,
+        formula_units: int | None = None,
         **condition_fields: Any,
     ) -> None:
         base = Conditions() if conditions is None else conditions
@@ -88,7 +108,8 @@ class GenerationRequest:
         if composition is not None:
             condition_fields["composition"] = composition
         for name, value in (("conditions", replace(base, **condition_fields)), ("n", n), ("guidance", guidance),
-                            ("steps", steps), ("best_of", best_of), ("seed", seed)):
+                            ("steps", steps), ("best_of", best_of), ("seed", seed),
+                            ("formula_units", formula_units)):
             object.__setattr__(self, name, value)
 
     @property
@@ -150,15 +171,22 @@ def composition_label(comp: Any) -> str | None:
 
 @dataclass(frozen=True)
 class ResolvedRequest:
-    """A validated request: ``cell`` is the integer cell content conditioned on (None: free composition),
-    ``reduced`` its smallest integer formula, ``conditions`` the validated model conditions."""
+    """A validated request.
+
+    ``conditions`` are the validated model conditions with the composition as the request gives it (the reduced
+    formula when Z is drawn, the cell content otherwise); ``candidate_conditions(j)`` are those candidate ``j`` is
+    conditioned on (its cell content). ``reduced`` is the smallest integer formula (None: free composition),
+    ``formula_units`` the Z of each of the ``n * best_of`` candidates (None: free composition) and ``cell_choice``
+    how they were chosen (written into the provenance as ``request.cell``).
+    """
 
     index: int
     request: GenerationRequest
     conditions: Conditions
-    cell: dict[str, int] | None
     reduced: dict[str, int] | None
     seed: int
+    formula_units: tuple[int, ...] | None = None
+    cell_choice: dict[str, Any] | None = None
 
     @property
     def candidates(self) -> int:
@@ -169,6 +197,21 @@ class ResolvedRequest:
         """Reduced formula, or ``"free"`` for a request without composition."""
         return "free" if self.reduced is None else formula_string(self.reduced)
 
+    def cell(self, j: int) -> dict[str, int] | None:
+        """Integer cell content of candidate ``j`` (None: free composition)."""
+        if self.reduced is None or self.formula_units is None:
+            return None
+        z = self.formula_units[j]
+        return {el: v * z for el, v in self.reduced.items()}
+
+    def candidate_conditions(self, j: int) -> Conditions:
+        """The validated conditions of candidate ``j``: the request's, with its cell content."""
+        cell = self.cell(j)
+        if cell is None:
+            return self.conditions
+        # in the validated order (atomic number), as Conditions.validated gives it
+        return replace(self.conditions, composition={el: float(cell[el]) for el in self.conditions.composition})
+
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
@@ -177,17 +220,27 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def resolve_request(
-    request: GenerationRequest, index: int, base_seed: int, max_sites: int, max_elements: int
+    request: GenerationRequest, index: int, base_seed: int, max_sites: int, max_elements: int,
+    prior: FormulaUnitPrior | None = None,
 ) -> ResolvedRequest:
-    """Validate ``request`` for a model with ``max_sites`` and ``max_elements``; raise :class:`ConditioningError`
-    prefixed with the request's index and composition."""
+    """Validate ``request`` for a model with ``max_sites`` and ``max_elements`` and choose the formula units of its
+    candidates (``prior``: None uses the packaged :class:`~gpsk_materials.pipelines.formula_units.FormulaUnitPrior`).
+
+    Raises
+    ------
+    ConditioningError
+        Prefixed with the request's index and composition: a bad field, an unknown element, a cell beyond
+        ``max_sites``, a space group that no allowed number of formula units fits, ``formula_units`` contradicting
+        an explicit cell content.
+    """
     try:
-        return _resolve(request, index, base_seed, max_sites, max_elements)
+        return _resolve(request, index, base_seed, max_sites, max_elements, prior)
     except ConditioningError as exc:
         raise ConditioningError(f"request {index} ({composition_label(request.composition)}): {exc}") from exc
 
 
-def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: int, max_elements: int) -> ResolvedRequest:
+def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: int, max_elements: int,
+             prior: FormulaUnitPrior | None) -> ResolvedRequest:
     _check_int("n", request.n, 1)
     _check_int("best_of", request.best_of, 1)
     _check_int("steps", request.steps, 1)
@@ -195,39 +248,67 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
     if isinstance(g, bool) or not isinstance(g, (int, float, np.number)) or not math.isfinite(g):
         raise ConditioningError(f"guidance must be a finite number, got {g!r}")
     seed = base_seed + index if request.seed is None else _check_int("seed", request.seed, 0)
-    cell = reduced = None
-    if request.composition is not None:
-        amounts = composition_amounts(request.composition)
-        # element names, amounts and the element count are checked by Conditions before any arithmetic
-        Conditions(composition=amounts).validated(max_elements)
-        cell = integer_cell(amounts, max_sites)
-        reduced = reduced_formula(cell)
-        n_reduced, n_cell = sum(reduced.values()), sum(cell.values())
-        if n_reduced > max_sites:
-            raise ConditioningError(
-                f"its smallest formula unit has {n_reduced} atoms; the model generates cells of at most {max_sites} sites"
-            )
-        if n_cell > max_sites:
-            raise ConditioningError(
-                f"the requested cell holds {n_cell} atoms; the model generates cells of at most {max_sites} sites "
-                f"(ask for the formula unit {formula_string(reduced)} instead)"
-            )
-    conditions = (request.conditions if cell is None else replace(request.conditions, composition=cell)).validated(
-        max_elements)
-    if conditions.space_group is not None and reduced is not None:
-        _check_space_group_fits(conditions.space_group, reduced, max_sites)
-    return ResolvedRequest(index, replace(request, seed=seed), conditions, cell, reduced, seed)
-
-
-def _check_space_group_fits(space_group: int, reduced: Mapping[str, int], max_sites: int) -> None:
-    from gpsk_materials.checks.symmetry import site_count_compatible
-
+    asked_z = None if request.formula_units is None else _check_int("formula_units", request.formula_units, 1)
+    request = replace(request, seed=seed)
+    if request.composition is None:
+        if asked_z is not None:
+            raise ConditioningError("formula_units needs a composition")
+        conditions = request.conditions.validated(max_elements)
+        return ResolvedRequest(index, request, conditions, None, seed)
+    amounts = composition_amounts(request.composition)
+    # element names, amounts and the element count are checked by Conditions before any arithmetic
+    Conditions(composition=amounts).validated(max_elements)
+    given = integer_cell(amounts, max_sites)
+    reduced = reduced_formula(given)
+    given_z = integer_counts(given)[1]
     n_reduced = sum(reduced.values())
-    for k in range(1, max_sites // n_reduced + 1):
-        if site_count_compatible(space_group, {el: v * k for el, v in reduced.items()}):
-            return
     formula = formula_string(reduced)
-    raise ConditioningError(
-        f"space group {space_group} cannot hold {formula} in any cell of at most {max_sites} sites: the site counts "
-        f"of no multiple of the formula are sums of its Wyckoff multiplicities"
-    )
+    if n_reduced > max_sites:
+        raise ConditioningError(
+            f"its smallest formula unit has {n_reduced} atoms; the model generates cells of at most {max_sites} sites"
+        )
+    if given_z > 1 and asked_z is not None and asked_z != given_z:
+        raise ConditioningError(
+            f"the cell content {formula_string(given)} holds {given_z} formula units of {formula}, but formula_units="
+            f"{asked_z} was asked (give the reduced formula {formula} with formula_units, or the cell content alone)"
+        )
+    conditions = replace(request.conditions, composition=given).validated(max_elements)
+    sg = conditions.space_group
+    fixed_z = asked_z if asked_z is not None else given_z if given_z > 1 else None
+    if fixed_z is not None:
+        how = "formula_units" if asked_z is not None else "explicit cell content"
+        cell = {el: v * fixed_z for el, v in reduced.items()}
+        if sum(cell.values()) > max_sites:
+            raise ConditioningError(
+                f"the requested cell {formula_string(cell)} holds {sum(cell.values())} atoms; the model generates "
+                f"cells of at most {max_sites} sites (give the reduced formula {formula} to let the generator choose)"
+            )
+        if sg is not None:
+            allowed = allowed_formula_units(reduced, max_sites, sg)
+            if fixed_z not in allowed:
+                raise ConditioningError(
+                    f"space group {sg} cannot hold the cell content {formula_string(cell)}: in its primitive cell (the "
+                    f"cells the model generates) the site counts are not sums of Wyckoff multiplicities; "
+                    + (f"it holds {formula} with Z in {list(allowed)}" if allowed else
+                       f"no cell of {formula} of at most {max_sites} sites fits")
+                )
+        choice = {"chosen_by": how}
+        zs = (fixed_z,) * request.n * request.best_of
+        conditions = replace(
+            conditions, composition={el: v * fixed_z / given_z for el, v in conditions.composition.items()})
+    else:
+        allowed = allowed_formula_units(reduced, max_sites, sg)
+        if not allowed:
+            raise ConditioningError(
+                f"space group {sg} cannot hold {formula} in any cell of at most {max_sites} sites: for no number of "
+                "formula units are the site counts sums of its Wyckoff multiplicities in the primitive cell"
+            )
+        prior = FormulaUnitPrior.from_file() if prior is None else prior
+        dist = prior.probabilities(reduced, allowed, sg)
+        zs = tuple(draw_formula_units(dist, request.n * request.best_of, np.random.default_rng([seed, _Z_STREAM])))
+        choice = {"chosen_by": "prior", **dist.as_dict(), "prior": prior.source()}
+    return ResolvedRequest(index, request, conditions, reduced, seed, zs, choice)
+
+
+#: second word of the seed of the formula-unit draw (the noise uses ``torch.Generator().manual_seed(seed)``)
+_Z_STREAM = 0x5A
