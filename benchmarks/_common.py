@@ -25,6 +25,19 @@ def read_structures(relpath: str, limit: int | None = None, workers: int = 1):
     return structures, df
 
 
+def mp20_test_grids(n: int, device: str = "cpu", workers: int = 1):
+    """The first ``n`` rows of mp20/test.csv: (structures, table, canonical cells, grids (n, 3, 32, 32, 32) on
+    ``device``), featurized by the torch featurizer."""
+    import torch
+
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    structures, df = read_structures("mp20/test.csv", n, workers)
+    feat = ReciprocalGridFeaturizer(backend="torch", device=device)
+    cells = [feat.canonical_structure(s) for s in structures]
+    return structures, df, cells, torch.as_tensor(feat.featurize_many(structures), device=device)
+
+
 def _parse(cif: str):
     import warnings
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import generation_parser, read_structures, vae_digest, write_summary  # noqa: E402
+from _common import generation_parser, mp20_test_grids, vae_digest, write_summary  # noqa: E402
 from vae_reconstruction import shell_profile  # noqa: E402
 
 
@@ -70,7 +70,6 @@ def main(argv=None) -> int:
     from gpsk_materials.models.conditioning import Conditions
     from gpsk_materials.models.io import load_model_folder
     from gpsk_materials.representations.decoding import ReciprocalGridDecoder
-    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
 
     p = generation_parser(__doc__)
     p.add_argument("--n", type=int, default=40, help="first N rows of mp20/test.csv")
@@ -82,10 +81,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     model = load_model_folder(args.model, device=args.device)
-    structures, _ = read_structures("mp20/test.csv", args.n, args.workers)
-    feat = ReciprocalGridFeaturizer(backend="torch", device=args.device)
-    cells = [feat.canonical_structure(s) for s in structures]
-    grids = torch.as_tensor(feat.featurize_many(structures), device=args.device)
+    structures, _, cells, grids = mp20_test_grids(args.n, args.device, args.workers)
     with torch.no_grad():
         z_data = torch.cat([model.vae.encode(grids[i : i + 32]).mean for i in range(0, len(grids), 32)])
         data = model.normalize_latents(z_data).float().cpu()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import default_model, read_structures, vae_digest, write_summary  # noqa: E402
+from _common import default_model, mp20_test_grids, vae_digest, write_summary  # noqa: E402
 
 #: bins of the failure analysis: column -> (edges, labels); a bin holds edges[i] < x <= edges[i + 1]
 BINS = {
@@ -187,7 +187,6 @@ def main(argv=None) -> int:
 
     from gpsk_materials.models.io import load_model_folder
     from gpsk_materials.representations.decoding import ReciprocalGridDecoder
-    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=default_model(),
@@ -206,10 +205,7 @@ def main(argv=None) -> int:
     timings = {}
     t0 = time.perf_counter()
     model = load_model_folder(args.model, device=args.device)
-    structures, df = read_structures("mp20/test.csv", args.n, args.workers)
-    feat = ReciprocalGridFeaturizer(backend="torch", device=args.device)
-    cells = [feat.canonical_structure(s) for s in structures]
-    grids = torch.as_tensor(feat.featurize_many(structures), device=args.device)
+    structures, df, cells, grids = mp20_test_grids(args.n, args.device, args.workers)
     timings["load_featurize"] = time.perf_counter() - t0
 
     t = time.perf_counter()

@@ -248,15 +248,7 @@ class PatternRefiner(MSONable):
             torch.set_num_threads(threads)
 
     def _refine(self, structure: Any, pattern: Any) -> Refinement:
-        """Refine ``structure`` against ``pattern`` (anything :meth:`PowderPattern.coerce` takes).
-
-        Raises
-        ------
-        DiffractionError
-            The pattern is invalid, or no reflection of the structure falls in its 2theta range.
-        UnknownElementError
-            A species without X-ray form factor.
-        """
+        """:meth:`refine` in the caller's torch threading."""
         from pymatgen.core import Lattice, Structure
         from scipy.optimize import least_squares
 
