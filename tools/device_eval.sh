@@ -2,7 +2,8 @@
 # Short GPU comparison of two model folders on the lent device (issue 13/14 measurements, ~40 s each):
 # CSP (benchmarks/csp.py) and VAE reconstruction (benchmarks/vae_reconstruction.py) for C6 (the candidate, carried as
 # .carry/eval/c6) and C5 (the shipped folder). Carry .whl (wheels the image lacks, incl. smact, tabulate, ase) and
-# .carry/eval (mp20 test.csv + the candidate folder). Settings: NOREC=1 (CSP only), LIMIT, K, TAG, NREC, WAIT.
+# .carry/eval (mp20 test.csv + the candidate folder). Settings: CAND, BASE (the two folders), NOREC=1 (CSP only),
+# LIMIT, K, TAG, NREC, WAIT.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/sh/data/mp20 && cp .carry/eval/test.csv /tmp/sh/data/mp20/
