@@ -13,8 +13,13 @@
 # rates and warm-up steps), MODEL (config name, e.g. deep: the VAE grown from INIT's), EXTRA (more gpsk train flags). A carried .carry/pool/data.npz replaces the cache build.
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-R=/tmp/campaign
+# RUN names one of several runs that share the GPU (each its own /tmp/campaign_RUN and $OUT/RUN); the array cache
+# is built (or unpacked) once, in /tmp/campaign_cache, for all of them.
+R=/tmp/campaign${RUN:+_$RUN}
 OUT=${OUT:-/tmp/out}
+O=$OUT${RUN:+/$RUN}
+C=/tmp/campaign_cache
+mkdir -p $O
 mode=${1:-poll}
 
 report() {
@@ -22,51 +27,56 @@ report() {
   tail -n 3 $R/train.log 2>/dev/null
   grep '"split": "val"' $R/run/metrics.jsonl 2>/dev/null | tail -n 2
   tail -n 1 $R/run/metrics.jsonl 2>/dev/null
-  cp $R/run/metrics.jsonl $R/train.log $OUT/ 2>/dev/null
+  cp $R/run/metrics.jsonl $R/train.log $O/ 2>/dev/null
   if [ -d $R/run/export ]; then
-    tar -C $R/run -cf - export | split -b 15M - $OUT/export.tar.part-
+    tar -C $R/run -cf - export | split -b 15M - $O/export.tar.part-
     python3 -c "import json; print('export:', json.load(open('$R/run/export/config.json'))['export'])"
   fi
-  ls -la $OUT
+  ls -la $O
 }
 
 if [ "$mode" = start ]; then
   t0=$(date +%s)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  [ -d /tmp/site/pymatgen ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
   rm -rf $R; mkdir -p $R; cp -r gpsk_materials $R/code_pkg; mkdir -p $R/code; mv $R/code_pkg $R/code/gpsk_materials
   cp -r .carry/data $R/data
   # the training cache, built on the CPU cores while the GPU benchmark runs
   # (or the carried one, .carry/pool/data.npz, built by the same command on another machine)
-  if [ -f .carry/pool/data.npz ]; then
-    (mkdir -p $R/pool && cp .carry/pool/data.npz $R/pool/ && echo "cache carried" > $R/cache.log) &
+  if [ -f $C/data.npz ]; then
+    (mkdir -p $R/pool && cp $C/data.npz $R/pool/ && echo "cache of an earlier run" > $R/cache.log) &
+  elif [ -f .carry/pool/data.npz ]; then
+    (mkdir -p $R/pool $C && cp .carry/pool/data.npz $R/pool/ && cp .carry/pool/data.npz $C/ \
+      && echo "cache carried" > $R/cache.log) &
   else
   (cd $R && PYTHONPATH=$R/code:/tmp/site python3 -m gpsk_materials.training \
       --data data/pool.csv.gz data/mp_magnetic_orderings.csv.gz --exclude-csv data/test.csv --match-structures \
-      --out $R/pool --cache-only --workers 14 --no-progress > $R/cache.log 2>&1; echo "cache rc=$?" >> $R/cache.log) &
+      --out $R/pool --cache-only --workers 14 --no-progress > $R/cache.log 2>&1; echo "cache rc=$?" >> $R/cache.log
+   mkdir -p $C && cp $R/pool/data.npz $C/) &
   fi
   cache_pid=$!
   if [ "${SKIP_BENCH:-0}" = 1 ]; then
     # rates measured on 2026-12-01 (docs/benchmarks.md): compiled VAE at batch 256, compiled flow at batch 1,024
     printf '{"rows": [{"stage": "vae", "batch": 256, "variant": "bf16+channels_last+compile", "samples_per_s": %s},
       {"stage": "flow", "batch": 1024, "variant": "bf16+compile", "samples_per_s": %s}]}' \
-      "${VAE_RATE:-1402}" "${FLOW_RATE:-34200}" > $OUT/training_speed.json
-    echo '{"rows": []}' > $OUT/training_speed_compile.json
+      "${VAE_RATE:-1402}" "${FLOW_RATE:-34200}" > $O/training_speed.json
+    echo '{"rows": []}' > $O/training_speed_compile.json
   else
     PYTHONPATH=.carry/baseline:/tmp/site python3 .carry/baseline/benchmarks/training_speed.py --data .carry/bench/data.npz \
-        --device cuda --vae-batches 128 --flow-batches 1024 --steps 20 --out $OUT/training_speed_before.json 2>&1 | grep '^{'
+        --device cuda --vae-batches 128 --flow-batches 1024 --steps 20 --out $O/training_speed_before.json 2>&1 | grep '^{'
     PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
         --vae-batches 128 256 --flow-batches 1024 --steps 20 --variants bf16 bf16+channels_last \
-        --out $OUT/training_speed.json 2>&1 | grep -v Warn | tail -n 6
+        --out $O/training_speed.json 2>&1 | grep -v Warn | tail -n 6
     PYTHONPATH=$R/code:/tmp/site python3 benchmarks/training_speed.py --data .carry/bench/data.npz --device cuda \
         --vae-batches 256 --flow-batches 1024 --steps 20 --variants bf16+channels_last+compile bf16+compile \
-        --out $OUT/training_speed_compile.json 2>&1 | grep -v Warn | tail -n 3
+        --out $O/training_speed_compile.json 2>&1 | grep -v Warn | tail -n 3
   fi
-  wait $cache_pid; tail -n 4 $R/cache.log; [ -f .carry/pool/data.npz ] || cp $R/pool/data.npz $OUT/data.npz
+  wait $cache_pid; tail -n 4 $R/cache.log; [ -f .carry/pool/data.npz ] || cp $R/pool/data.npz $O/data.npz
   # speed options and step counts from what was just measured
-  read -r VAE_OPTS VAE_RATE FLOW_RATE <<<"$(python3 - <<'PY'
+  read -r VAE_OPTS VAE_RATE FLOW_RATE <<<"$(O=$O python3 - <<'PY'
 import json, os
 rows = [r for f in ("training_speed.json", "training_speed_compile.json")
-        for r in json.load(open(os.environ["OUT"] + "/" + f))["rows"]]
+        for r in json.load(open(os.environ["O"] + "/" + f))["rows"]]
 vae = [r for r in rows if r["stage"] == "vae" and r["batch"] == 256 and r.get("samples_per_s")]
 best = max(vae, key=lambda r: r["samples_per_s"])
 opts = {"bf16": "", "bf16+channels_last": "--channels-last", "bf16+channels_last+compile": "--channels-last,--compile"}

@@ -220,6 +220,14 @@ CONFIGS: dict[str, ModelConfig] = {
         vae=VAEConfig(residual_weight=1.0, blocks_per_level=2),
         mmdit=MMDiTConfig(hidden=160, heads=4, double_blocks=2, single_blocks=4),
     ),
+    # the default VAE under an MMDiT 4.5x the default's (17.8 M parameters, 36 MB in bf16): the flow is what keeps
+    # samples from decoding (docs/results/latent_statistics_c6_n40.json); ``gpsk train --model wide
+    # --init-weights <default folder>`` adopts that folder's VAE and trains this MMDiT from scratch
+    "wide": ModelConfig(
+        name="wide",
+        vae=VAEConfig(residual_weight=1.0),
+        mmdit=MMDiTConfig(hidden=288, heads=8, double_blocks=3, single_blocks=6),
+    ),
     "gpsk300": ModelConfig(
         name="gpsk300",
         mmdit=MMDiTConfig(hidden=1024, heads=16, double_blocks=4, single_blocks=9, patch=1),

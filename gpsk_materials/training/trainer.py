@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -107,6 +107,7 @@ class TrainConfig:
     export_minutes: float | None = None
     channels_last: bool = False
     vae_shell_weight: float = 0.0
+    anneal_to_deadline: bool = False
 
     def check(self) -> None:
         """Raise :class:`ConfigError` (a ``ValueError``) naming the first invalid field."""
@@ -134,13 +135,19 @@ def cache_fingerprint(cache: ArrayCache) -> str:
     return h.hexdigest()
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def lr_lambda(warmup: int, total: int, progress_floor: Callable[[], float] | None = None):
+    """Linear warm-up, then cosine decay to 10% of the peak.
+
+    ``progress_floor`` (optional) returns a fraction in [0, 1] that the decay's progress never falls below: the
+    fraction of a time budget already spent, so that a run stopped by its time limit ends annealed.
+    """
 
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if progress_floor is not None:
+            progress = max(progress, min(1.0, progress_floor()))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
@@ -201,6 +208,9 @@ class Trainer:
         self.info = info or D.DistInfo()
         self.model_config: ModelConfig = get_config(config.model)
         self.max_seconds = None if max_minutes is None else 60.0 * max_minutes
+        if config.anneal_to_deadline and self.max_seconds is None:
+            raise ConfigError("anneal_to_deadline needs a time limit (max_minutes)")
+        self._time_progress = 0.0  # fraction of the last stage's time budget spent (anneal_to_deadline)
         self.progress = progress and self.info.is_main
         self.device = self.info.device
         self.t0 = time.monotonic()
@@ -398,13 +408,19 @@ class Trainer:
     def _adopt_vae(self, folder: Path) -> None:
         """Start a fresh run at the latent stage with the VAE of a model folder (a trained VAE can come back from
         a time-limited GPU call as a 10 MB folder, while a whole training state cannot)."""
-        load_model_folder(folder, "cpu", expect=self.model_config)  # checks config, sizes and hashes
-        if self.info.is_main:
+        start = load_model_folder(folder, "cpu")  # checks sizes and hashes
+        if start.config.vae != self.model_config.vae:
+            raise CheckpointError(f"model folder {folder} holds config {start.config.name!r}, whose VAE differs from "
+                                  f"config {self.model_config.name!r}'s: it cannot be adopted")
+        if self.info.is_main and start.config == self.model_config:
             tmp = self.out / ".vae.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(folder, tmp)
             shutil.rmtree(self.out / "vae", ignore_errors=True)
             os.replace(tmp, self.out / "vae")
+        elif self.info.is_main:  # the same VAE under another MMDiT config: rewritten as this run's VAE folder
+            save_model_folder(self.out / "vae", self.model_config, start.vae, None, self.stats.to_dict(), None, None,
+                              extra={"vae_from": str(folder)})
         D.barrier(self.info)
         self._advance("latents")
 
@@ -442,8 +458,15 @@ class Trainer:
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
                                 fused=self.device.type == "cuda")
         total = cfg.vae_steps if stage == "vae" else cfg.flow_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
+        floor = (lambda: self._time_progress) if self._anneals_by_time(stage) else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total, floor))
         return model, opt, sched, EMA(model, cfg.ema_decay)
+
+    def _anneals_by_time(self, stage: str) -> bool:
+        """Whether ``stage`` decays its learning rate over the time left (``anneal_to_deadline``): only the last
+        stage with steps does, since the time limit cannot say how to split itself between two stages."""
+        last = "flow" if self.cfg.flow_steps > 0 else "vae"
+        return self.cfg.anneal_to_deadline and stage == last
 
     def _initial_weights(self, stage: str, model: nn.Module) -> None:
         """Load the stage's starting weights of a fresh run from ``init_weights`` / ``init_model``."""
@@ -469,6 +492,12 @@ class Trainer:
         mine, theirs = self.model_config, start.config
         if stage == "flow" and mine.mmdit == theirs.mmdit:
             return start.mmdit
+        if stage == "flow" and self.init_model is None:
+            # a wider or deeper MMDiT than the folder's: the VAE is adopted, the flow model starts from scratch
+            if self.info.is_main:
+                logger.info("the MMDiT of %s (config %r) differs from config %r's: the flow stage starts fresh",
+                            folder, theirs.name, mine.name)
+            return None
         if stage == "vae" and mine.vae == theirs.vae:
             return start.vae
         if stage == "vae" and can_deepen(theirs.vae, mine.vae):
@@ -494,6 +523,10 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc=stage, disable=not self.progress, dynamic_ncols=True)
         acc: dict[str, Tensor] = {}
         n_acc = 0
+        by_time = self._anneals_by_time(stage)
+        stage_t0 = time.monotonic()
+        # the budget of this stage: what the time limit leaves, less a margin for the final export and checkpoint
+        budget = max(1.0, 0.98 * (self.max_seconds - (stage_t0 - self.t0)) - 20.0) if by_time else 0.0
         while self.step < total:
             parts = self.train_step(stage, model, wrapped, opt, sched, ema, self.next_batch(), flow_ctx)
             self.step += 1
@@ -505,6 +538,9 @@ class Trainer:
                 keys = sorted(acc)
                 values = (torch.stack([acc[k].float() for k in keys]) / n_acc).tolist()
                 means = D.mean_scalars(dict(zip(keys, values)), self.info)
+                if by_time:  # averaged over ranks so that every rank applies the same learning rate
+                    spent = {"t": (time.monotonic() - stage_t0) / budget}
+                    self._time_progress = D.mean_scalars(spent, self.info)["t"]
                 self.log.write({"stage": stage, "split": "train", "step": self.step, "lr": sched.get_last_lr()[0],
                                 "time": round(time.monotonic() - self.t0, 2), **means})
                 bar.set_postfix(loss=f"{means['loss']:.4g}")
