@@ -227,7 +227,7 @@ def test_mmdit_trained_output_depends_on_inputs(mmdit):
 
 
 def test_named_configs_are_consistent_and_roundtrip():
-    assert set(CONFIGS) == {"tiny", "default", "deep", "gpsk300"}
+    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "gpsk300"}
     for cfg in CONFIGS.values():
         assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(KeyError, match="named configs"):

@@ -371,3 +371,58 @@ def test_a_deeper_vae_grows_from_a_trained_one_and_computes_the_same(cache, tmp_
     with pytest.raises(CheckpointError, match="cannot start from"):
         Trainer(cache, tmp_path / "third", _cfg(model="tiny-wide"), progress=False,
                 init_weights=first / "model").stage_objects("vae", initial=True)
+
+
+def test_a_wider_mmdit_adopts_the_folders_vae_and_trains_its_flow_from_scratch(cache, tmp_path, monkeypatch):
+    """--model with another MMDiT + --init-weights (no VAE steps): the folder's VAE is adopted unchanged, the flow
+    model starts fresh, and the result is a complete folder of the new config; --init-model still refuses."""
+    from dataclasses import replace
+
+    from gpsk_materials.models.configs import CONFIGS
+
+    first = tmp_path / "first"
+    Trainer(cache, first, _cfg(vae_steps=2, flow_steps=1), progress=False).run()
+    tiny = CONFIGS["tiny"]
+    wider = replace(tiny, name="tiny-widemmdit", mmdit=replace(tiny.mmdit, hidden=96))
+    monkeypatch.setitem(CONFIGS, "tiny-widemmdit", wider)
+    second = tmp_path / "second"
+    assert Trainer(cache, second, _cfg(model="tiny-widemmdit", vae_steps=0, flow_steps=2), progress=False,
+                   init_weights=first / "model").run() == "done"
+    old, new = load_model_folder(first / "model"), load_model_folder(second / "model")
+    assert new.config.mmdit.hidden == 96
+    for (k, a), (_, b) in zip(old.vae.state_dict().items(), new.vae.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(CheckpointError, match="cannot start from"):
+        Trainer(cache, tmp_path / "third", _cfg(model="tiny-widemmdit", vae_steps=0), progress=False,
+                init_model=first / "model").run()
+
+
+def test_anneal_to_deadline_decays_over_the_time_left(cache, tmp_path, monkeypatch):
+    """With anneal_to_deadline the last stage's cosine follows the fraction of the time budget spent, so a run that
+    its time limit stops ends at the floor learning rate although its step count was far from done."""
+    from gpsk_materials.errors import ConfigError
+    from gpsk_materials.training.trainer import lr_lambda
+
+    f = lr_lambda(0, 1000, lambda: 1.0)
+    assert f(1) == pytest.approx(0.1)
+    assert lr_lambda(0, 1000, lambda: 0.0)(1) == pytest.approx(lr_lambda(0, 1000)(1))
+    assert lr_lambda(0, 1000, lambda: 0.0)(1000) == pytest.approx(0.1)  # the step count still caps it
+    with pytest.raises(ConfigError, match="time limit"):
+        Trainer(cache, tmp_path / "x", _cfg(anneal_to_deadline=True), progress=False)
+
+    clock = [0.0]
+    monkeypatch.setattr("gpsk_materials.training.trainer.time.monotonic", lambda: clock[0])
+    orig = Trainer.train_step
+
+    def step(self, *a, **k):  # every optimizer step takes 3 s of the run's 60 s
+        clock[0] += 3.0
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = Trainer(cache, tmp_path / "run", _cfg(vae_steps=0, flow_steps=10_000, anneal_to_deadline=True,
+                                               ckpt_every=10_000, eval_every=10_000), progress=False, max_minutes=1.0)
+    assert run.run() == "time_limit"
+    lrs = [r["lr"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()
+           if r["stage"] == "flow" and r["split"] == "train"]
+    assert 10 < len(lrs) < 25
+    assert lrs[-1] < 0.2 * 1e-3 < lrs[2]  # flow_lr 1e-3: from the peak to near the 10 % floor within the budget

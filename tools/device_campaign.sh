@@ -38,7 +38,7 @@ report() {
 if [ "$mode" = start ]; then
   t0=$(date +%s)
   [ -d /tmp/site/pymatgen ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl || exit 1
+      --target /tmp/site ${WHL:-.whl}/*.whl || exit 1
   rm -rf $R; mkdir -p $R; cp -r gpsk_materials $R/code_pkg; mkdir -p $R/code; mv $R/code_pkg $R/code/gpsk_materials
   cp -r .carry/data $R/data
   # the training cache, built on the CPU cores while the GPU benchmark runs
