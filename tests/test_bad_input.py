@@ -580,6 +580,38 @@ def test_gpsk_check_table_flags_a_boundary_scan(matgl_model_dir, tmp_path, capsy
     assert rec["volume_scale_factor"] == 1.0
 
 
+def test_an_atom_without_neighbours_is_flagged_in_every_output(matgl_model_dir, tmp_path, capsys):
+    """A Ne atom alone in a 10 A cube: the potential's energy is its free-atom term. gpsk check names the site in
+    its table and JSON, the scorer penalises it and writes it to properties["gpsk"], the summary row flags it."""
+    import json
+
+    from gpsk_materials import provenance
+    from gpsk_materials.checks.potentials import load_potential
+    from gpsk_materials.checks.scoring import CandidateScorer
+    from gpsk_materials.cli import main
+    from gpsk_materials.pipelines.output import result_flags
+
+    potential = load_potential(str(matgl_model_dir))
+    lone = Structure(Lattice.cubic(10.0), ["Ne"], [[0, 0, 0]])
+    assert potential.cutoff == pytest.approx(5.0)
+    assert potential.isolated_sites([lone, _nacl()]) == [[0], []]
+    lone.to(filename=str(tmp_path / "ne.cif"))
+    _nacl().to(filename=str(tmp_path / "nacl.cif"))
+    assert main(["check", str(tmp_path / "ne.cif"), str(tmp_path / "nacl.cif"), "--potential", str(matgl_model_dir),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "isolated" in lines[0] and "[0]" in lines[1] and "[0]" not in lines[2]
+    recs = json.loads((tmp_path / "r.json").read_text())
+    assert recs[0]["isolated_sites"] == [0] and recs[1]["isolated_sites"] == []
+    scorer = CandidateScorer(potential)
+    lone_rec, = scorer.breakdowns([lone], energies=[-1.0])
+    unweighted, = CandidateScorer(potential, weights={"isolated": 0.0}).breakdowns([lone], energies=[-1.0])
+    assert unweighted["total"] - lone_rec["total"] == pytest.approx(scorer.weights["isolated"]) == 5.0
+    scorer.evaluate([lone])
+    assert provenance.read(lone, "scores")["isolated_sites"] == [0]
+    assert "isolated atoms [0]" in result_flags({"isolated_sites": [0]}) and result_flags({}) is None
+
+
 # --- case 9: physically broken candidates do not pass as the best -------------------------------------------------
 
 def test_best_of_prefers_a_strictly_valid_candidate_and_the_score_separates_them():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +14,8 @@ from pymatgen.core import Structure
 from gpsk_materials.cli_options import add, alias
 from gpsk_materials.errors import DataError, GPSKError
 from gpsk_materials.provenance import plain
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     if potential is not None:
         for k, e in _per_item(args, records, structures, potential.energies).items():
             records[k].update(potential=potential.name, energy_per_atom=float(e))
+        for k, isolated in _per_item(args, records, structures, potential.isolated_sites).items():
+            records[k]["isolated_sites"] = isolated
+            if isolated:
+                logger.warning("%s: sites %s have no neighbour within the %.1f A cutoff of %s: its energy is the "
+                               "model's free-atom term", records[k]["file"], isolated, potential.cutoff, potential.name)
     if args.hull:
         from gpsk_materials.checks.hull import ReferenceHull
 
@@ -190,6 +198,8 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("energy_per_atom", "E (eV/atom)"))
     if any("e_above_hull" in r for r in records):
         cols.append(("e_above_hull", "E_hull"))
+    if any(r.get("isolated_sites") for r in records):
+        cols.append(("isolated_sites", "isolated"))
     if any("volume_scale_factor" in r for r in records):
         cols.append(("volume_scale_factor", "a_new/a_old"))
         cols.append(("volume_scan_at_boundary", "scan@edge"))

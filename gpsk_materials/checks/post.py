@@ -151,8 +151,10 @@ def _check_record(scores: dict[str, Any], flags: frozenset[str]) -> dict[str, An
     rec = {k: scores.get(k) for k in _BASIC_KEYS}
     if "energy" in flags:
         rec["energy_per_atom"] = scores.get("energy_per_atom")
+        rec["isolated_sites"] = scores.get("isolated_sites")
     if "volume_scan" in flags:
         rec["volume_scale_factor"] = scores.get("volume_scale_factor")
+        rec["volume_scan_at_boundary"] = scores.get("volume_scan_at_boundary")
     return rec
 
 

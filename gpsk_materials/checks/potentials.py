@@ -125,6 +125,11 @@ class Potential(MSONable):
         """An ASE calculator (energies in eV, stresses in eV/A^3) for this potential."""
         raise NotImplementedError
 
+    @property
+    def cutoff(self) -> float:
+        """Radius (Angstrom) of the potential's neighbour graph: atoms farther apart do not interact."""
+        raise NotImplementedError
+
     # -- common --------------------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -134,6 +139,20 @@ class Potential(MSONable):
         """Move the model to ``device`` (in place) and return self."""
         self.model.to(device)
         return self
+
+    def isolated_sites(self, structures: Structure | list[Structure]) -> list[list[int]]:
+        """Per structure, the indices of the sites with no other atom (periodic images included) within
+        :attr:`cutoff`.
+
+        The potential sees such an atom alone: its energy is the model's free-atom term, which says nothing about
+        the crystal, so energies, volume scans and relaxations of the structure are answers from outside the
+        potential's reach (issue 16, case 8). A Ne atom alone in a 10 A cubic cell is one.
+        """
+        out = []
+        for s in as_structures(structures, ordered=True):
+            centers = s.get_neighbor_list(self.cutoff)[0]
+            out.append(sorted(set(range(len(s))) - {int(c) for c in centers}))
+        return out
 
     def _unsupported(self, structure: Structure) -> list[str]:
         return sorted({el.symbol for el in structure.composition.elements} - self.element_types)
@@ -261,6 +280,10 @@ class MatGLPotential(Potential):
     def element_types(self) -> frozenset[str]:
         return frozenset(self.model.model.element_types)
 
+    @property
+    def cutoff(self) -> float:
+        return float(self.model.model.cutoff)
+
     def _energies_batch(self, structures: list[Structure]) -> np.ndarray:
         from matgl.ext.pymatgen import Structure2Graph
         from torch_geometric.data import Batch
@@ -302,6 +325,10 @@ class CHGNetPotential(Potential):
 
         # CHGNet embeds atomic numbers 1..94
         return frozenset(Element.from_Z(z).symbol for z in range(1, 95))
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.model.graph_converter.atom_graph_cutoff)
 
     def _energies_batch(self, structures: list[Structure]) -> np.ndarray:
         with warnings.catch_warnings():

@@ -10,7 +10,10 @@ Score (higher is better), a weighted sum of
   a plausible volume per atom), -1 otherwise. CDVAE's 0.5 A rule is the benchmarks' definition of validity, not a
   physical one: an SrTiO3 with atoms 0.55 A apart passes it, so best-of selection would keep it over a sound
   candidate; the weight (5) puts any strictly valid candidate ahead of a strictly invalid one whatever their
-  symmetry and connectivity terms (at most 1.75 + 1), and the score column separates them.
+  symmetry and connectivity terms (at most 1.75 + 1), and the score column separates them;
+* ``isolated``: -1 for a structure with an atom that has no neighbour within the potential's cutoff
+  (:meth:`~gpsk_materials.checks.potentials.Potential.isolated_sites`): its energy is the model's free-atom term, not
+  an answer about a crystal (with a potential only; same weight as ``strict``).
 
 Candidates of one request share a composition, so energies per atom compare directly. :meth:`CandidateScorer.breakdowns`
 and :meth:`~CandidateScorer.score_records` return the breakdowns; :meth:`~CandidateScorer.evaluate` also writes them to
@@ -34,7 +37,8 @@ from gpsk_materials.checks.validity import ValidityCheck, connectivity
 from gpsk_materials.checks.volume_scan import VolumeScan
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
 
-DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0, "strict": 5.0}
+DEFAULT_WEIGHTS = {"energy": 1.0, "symmetry": 0.5, "connectivity": 1.0, "validity": 10.0, "strict": 5.0,
+                   "isolated": 5.0}
 #: the section of ``structure.properties["gpsk"]`` that :meth:`CandidateScorer.evaluate` fills
 SCORE_SECTION = "scores"
 
@@ -58,7 +62,7 @@ class CandidateScorer(MSONable):
         Rescale each candidate with a :class:`VolumeScan` before its energy is taken (True for the default scan
         with ``potential``, or a configured VolumeScan).
     weights
-        Overrides of :data:`DEFAULT_WEIGHTS` (keys energy, symmetry, connectivity, validity, strict).
+        Overrides of :data:`DEFAULT_WEIGHTS` (keys energy, symmetry, connectivity, validity, strict, isolated).
     connectivity_factor
         Neighbour cutoff as a multiple of the sum of covalent radii.
     """
@@ -139,6 +143,7 @@ class CandidateScorer(MSONable):
             e = float(energies[k])
             # an energy that could not be computed ranks below any computed one
             e_term = -e if np.isfinite(e) else -1e3
+            isolated = [] if self.potential is None else self.potential.isolated_sites(s)[0]
             w = self.weights
             total = (
                 (w["energy"] * e_term if self.potential is not None else 0.0)
@@ -146,6 +151,7 @@ class CandidateScorer(MSONable):
                 + w["connectivity"] * conn
                 - w["validity"] * float(not val.valid)
                 - w.get("strict", 0.0) * float(not val.strict_valid)
+                - w.get("isolated", 0.0) * float(bool(isolated))
             )
             out.append({
                 "total": float(total),
@@ -157,6 +163,7 @@ class CandidateScorer(MSONable):
                 "crystal_system_match": cs_match,
                 "connectivity": conn,
                 "volume_scale_factor": float(scale[k]),
+                "isolated_sites": isolated if self.potential is not None else None,
             })
         return out
 

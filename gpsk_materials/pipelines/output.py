@@ -14,7 +14,7 @@ from gpsk_materials.pipelines.generator import GenerationResult
 SUMMARY_COLUMNS = (
     "file", "request_index", "request", "formula", "nsites", "formula_units", "space_group_requested", "space_group",
     "space_group_match", "energy_per_atom", "e_above_hull", "valid", "strict_valid", "score",
-    "decode_residual", "seed", "sample_index",
+    "decode_residual", "flags", "seed", "sample_index",
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -28,6 +28,17 @@ def _structure(obj: Any):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     return AseAtomsAdaptor.get_structure(obj)
+
+
+def result_flags(checks: dict[str, Any]) -> str | None:
+    """What the checks could not vouch for, in words (None when nothing): atoms without a neighbour within the
+    potential's cutoff, a volume scan whose minimum lay at an end of its range (issue 16, case 8)."""
+    flags = []
+    if checks.get("isolated_sites"):
+        flags.append(f"isolated atoms {checks['isolated_sites']}")
+    if checks.get("volume_scan_at_boundary"):
+        flags.append("volume scan minimum at its range's edge (not applied)")
+    return "; ".join(flags) or None
 
 
 def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
@@ -51,6 +62,7 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "valid": checks.get("valid"),
         "strict_valid": checks.get("strict_valid"),
         "score": scores.get("total"),
+        "flags": result_flags(checks),
         "decode_residual": (provenance.read(s, "decode") or {}).get("relative_residual"),
         "seed": request.get("seed"),
         "sample_index": request.get("sample_index"),
@@ -110,6 +122,8 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     if any(r.get("energy_per_atom") is not None for r in records):
         cols.append(("energy_per_atom", "E (eV/atom)"))
     cols += [("e_above_hull", "E_hull"), ("valid", "valid"), ("strict_valid", "strict"), ("score", "score")]
+    if any(r.get("flags") for r in records):
+        cols.append(("flags", "flags"))
 
     from gpsk_materials.cli import format_table as _format
 
