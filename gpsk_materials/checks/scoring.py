@@ -143,7 +143,7 @@ class CandidateScorer(MSONable):
             e = float(energies[k])
             # an energy that could not be computed ranks below any computed one
             e_term = -e if np.isfinite(e) else -1e3
-            isolated = [] if self.potential is None else self.potential.isolated_sites(s)[0]
+            isolated = None if self.potential is None else self.potential.isolated_sites(s)[0]
             w = self.weights
             total = (
                 (w["energy"] * e_term if self.potential is not None else 0.0)
@@ -163,7 +163,7 @@ class CandidateScorer(MSONable):
                 "crystal_system_match": cs_match,
                 "connectivity": conn,
                 "volume_scale_factor": float(scale[k]),
-                "isolated_sites": isolated if self.potential is not None else None,
+                "isolated_sites": isolated,
             })
         return out
 
