@@ -98,9 +98,11 @@ def test_gpsk_solve_rejects_bad_input(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_pattern_guidance_lowers_the_pattern_distance():
-    """Shipped model, four fixed seeds, 8 steps: guided (scale 1) samples have a lower pattern distance than the
-    unguided samples from the same noise, on average and seed by seed (measured 2026-12-01: mean 0.952 against
-    0.973 at the final 0.5-degree width; every seed lower)."""
+    """Shipped model (c6), four fixed seeds, 8 steps: guided (scale 0.3) samples have a lower pattern distance than
+    the unguided samples from the same noise, on average and seed by seed (measured 2026-12-02: 0.956, 0.930, 0.724,
+    0.854 against 0.989, 0.941, 0.901, 0.930 at the final 0.5-degree width; every seed lower). The scale that helps
+    depends on the weights: with c6, scale 1 raised the distance (docs/diffraction.md), so a new release re-measures
+    it."""
     import torch
 
     from gpsk_materials.diffraction.guidance import PatternGuidance
@@ -115,12 +117,12 @@ def test_pattern_guidance_lowers_the_pattern_distance():
     noise = torch.randn((4, cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size),
                         generator=torch.Generator().manual_seed(1))
     conds = [Conditions("Na4Cl4")] * 4
-    term = PatternGuidance(m, simulate_measurement(_nacl(), "CuKa", seed=0)[0], scale=1.0)
+    term = PatternGuidance(m, simulate_measurement(_nacl(), "CuKa", seed=0)[0], scale=0.3)
     plain = m.sample_grids(conds, 8, 1.0, noise=noise)
     guided = m.sample_grids(conds, 8, 1.0, noise=noise, guidance_terms=[term])
     with torch.no_grad():
         d0, d1 = term.distance(plain), term.distance(guided)
-    assert float(d1.mean()) < float(d0.mean()) - 0.01, (d0, d1)
+    assert float(d1.mean()) < float(d0.mean()) - 0.03, (d0, d1)
     assert int((d1 < d0).sum()) >= 3, (d0, d1)
 
 

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--space-group", type=int, default=None, help="space-group number 1-230, if known")
     p.add_argument("--crystal-system", default=None, help="triclinic ... cubic, if known")
     p.add_argument("--pattern-guidance", type=float, default=0.0,
-                   help="strength of sampler guidance toward the pattern (0 = off; 0.1-1 typical; slow on a CPU)")
+                   help="strength of sampler guidance toward the pattern (0 = off; 0.3 measured best for the shipped model, docs/diffraction.md; slow on a CPU)")
     p.add_argument("--guidance", type=float, default=GUIDANCE, help=f"classifier-free guidance (default {GUIDANCE:g})")
     p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"sampler steps (default {SAMPLER_STEPS})")
     p.add_argument("--seed", type=int, default=None, help="base seed")
