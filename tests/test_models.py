@@ -481,3 +481,35 @@ def test_shard_files_respect_the_size_limit_header_included(tmp_path):
     assert len(files) > 3 and all(f.stat().st_size <= limit for f in files)
     loaded, _ = load_tensors(tmp_path, "set")
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_sampling_from_an_intermediate_time_follows_the_straight_path():
+    """Started at t_start from x_t = (1 - t) a + t eps, the exact velocity (x - a) / t of a single data point a
+    carries Euler steps to a exactly, whatever t_start and the step count; the model sees t_start first."""
+    from gpsk_materials.errors import ConfigError
+
+    a = torch.full((2, 3, 2, 2, 2), 0.7)
+    eps = torch.randn(a.shape, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def exact(x, t, cond):
+        seen.append(float(t[0]))
+        return (x - a) / t.view(-1, 1, 1, 1, 1)
+
+    class Cond:
+        present = torch.ones(2, 1)
+
+        def to(self, device):
+            return self
+
+        def __len__(self):
+            return 2
+
+    for t0, steps in ((0.3, 3), (0.7, 5)):
+        seen.clear()
+        x = rf.sample(exact, Cond(), steps=steps, noise=rf.interpolate(a, eps, torch.full((2,), t0)), t_start=t0)
+        assert torch.allclose(x, a, atol=1e-5)
+        assert seen[0] == pytest.approx(t0) and len(seen) == steps
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="t_start"):
+            rf.sample(exact, Cond(), steps=2, noise=eps, t_start=bad)

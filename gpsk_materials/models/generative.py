@@ -70,10 +70,11 @@ class GPSKModel:
     def sample_latents(
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
-        noise: Tensor | None = None, guidance_terms: Sequence | None = None,
+        noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
     ) -> Tensor:
         """Latents (B, 64, 8, 8, 8) in VAE space (denormalised); ``noise`` (B, 64, 8, 8, 8) replaces the draw from
-        ``generator`` (the pipeline draws each request's noise from its own generator); ``guidance_terms`` see
+        ``generator`` (the pipeline draws each request's noise from its own generator); ``guidance_terms`` and
+        ``t_start`` (``noise`` is then the normalised state at that time) see
         :func:`~gpsk_materials.models.rectified_flow.sample`."""
         if self.mmdit is None:
             raise CheckpointError("this model folder holds no MMDiT weights (a VAE-only checkpoint)")
@@ -81,15 +82,15 @@ class GPSKModel:
         cfg = self.config.mmdit
         shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
         z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, noise=noise, device=self.device,
-                                  progress=progress, guidance_terms=guidance_terms)
+                                  progress=progress, guidance_terms=guidance_terms, t_start=t_start)
         return self.denormalize_latents(z)
 
     @torch.no_grad()
     def sample_grids(
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
-        noise: Tensor | None = None, guidance_terms: Sequence | None = None,
+        noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
     ) -> Tensor:
         """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`)."""
         return self.vae.decode(self.sample_latents(conditions, steps, guidance, generator, progress, noise,
-                                                   guidance_terms)).float()
+                                                   guidance_terms, t_start)).float()

@@ -110,20 +110,24 @@ def sample(
     device=None,
     progress: bool = False,
     guidance_terms: Sequence | None = None,
+    t_start: float = 1.0,
 ) -> Tensor:
     """Integrate the flow from noise (t = 1) to data (t = 0) with ``steps`` Euler steps and CFG scale ``guidance``.
 
     Returns latents (B, *shape) in the model's (normalised) latent space. ``noise`` overrides the initial draw.
     ``guidance_terms`` (e.g. :class:`~gpsk_materials.diffraction.guidance.PatternGuidance`) add their gradient to
-    the velocity (:func:`apply_guidance_terms`).
+    the velocity (:func:`apply_guidance_terms`). ``t_start`` < 1 starts from ``noise`` taken as the state x_t at that
+    time (a partly noised latent, :func:`interpolate`) and integrates from there to t = 0 in ``steps`` steps.
     """
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < t_start <= 1.0:
+        raise ConfigError(f"t_start must lie in (0, 1], got {t_start}")
     if device is None:
         device = cond.present.device
     cond = cond.to(device)
     x = noise.to(device) if noise is not None else torch.randn((len(cond), *shape), generator=generator, device=device)
-    times = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    times = torch.linspace(float(t_start), 0.0, steps + 1, device=device)
     for i in tqdm(range(steps), disable=not progress, desc="sampling"):
         t = times[i].expand(x.shape[0])
         v = guided_velocity(model, x, t, cond, guidance)
