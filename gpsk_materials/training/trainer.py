@@ -41,7 +41,7 @@ from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
 from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
-from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
+from gpsk_materials.models.conditioning import ConditionBatch, ConditionStats, drop_modalities
 from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
 from gpsk_materials.models.growth import can_deepen, deepen_vae
 from gpsk_materials.models.io import (
@@ -67,6 +67,7 @@ from gpsk_materials.training.checkpoint import (
 )
 from gpsk_materials.training.ema import EMA
 from gpsk_materials.training.metrics import MetricsLog, plot_curves
+from gpsk_materials.vocabulary import SCALARS
 
 logger = logging.getLogger(__name__)
 
