@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from functools import lru_cache
@@ -40,6 +39,7 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element, Lattice, Structure
 from tqdm.auto import tqdm
 
+from gpsk_materials.atomic_files import write_json_atomic
 from gpsk_materials.checks._common import as_structure
 from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.defaults import FMAX, REFERENCE_RELAX_STEPS, RELAX_BATCH
@@ -230,11 +230,7 @@ class ReferenceHull(MSONable):
             return
         allk = self._read_cache()  # merge: another process may have added entries meanwhile
         allk.setdefault(self.cache_key, {}).update(self._cache())
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".reference_energies.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": 1, "energies": allk}, fh)
-        os.replace(tmp, self.cache_path)
+        write_json_atomic(self.cache_path, {"version": 1, "energies": allk}, indent=None)
 
     def _evaluate(self, ids: list[str], structures: list[Structure]) -> None:
         """Energies per atom of structures not in the cache yet (batched single points or relaxations).

@@ -136,7 +136,7 @@ class ArrayCache:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache as a compressed ``.npz`` atomically (no pickled objects; padded rows compress well)."""
-        from gpsk_materials.models.io import write_bytes_atomic
+        from gpsk_materials.atomic_files import write_bytes_atomic
 
         path = Path(path)
         buf = io.BytesIO()

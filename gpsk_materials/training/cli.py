@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_sync_report(trainer, info) -> None:
     """Each rank's checksums of its in-memory weights at the end of every stage it trained -> OUT/sync.json."""
-    from gpsk_materials.models.io import write_json_atomic
+    from gpsk_materials.atomic_files import write_json_atomic
 
     if info.is_main:
         sums = trainer.rank_checksums

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from gpsk_materials.atomic_files import write_json_atomic
 from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
 from gpsk_materials.errors import CheckpointError, ConfigError, DataError
@@ -52,7 +53,6 @@ from gpsk_materials.models.io import (
     read_json,
     save_model_folder,
     save_tensors,
-    write_json_atomic,
 )
 from gpsk_materials.models.mmdit import MMDiT
 from gpsk_materials.models.vae import GridVAE
