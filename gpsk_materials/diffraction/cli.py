@@ -91,7 +91,7 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     """Solve, write the files, print the table; exit 1 when no candidate could be refined."""
-    from gpsk_materials.cli import format_table
+    from gpsk_materials.text_table import format_table
     from gpsk_materials.diffraction.pattern import PowderPattern
     from gpsk_materials.diffraction.solve import solve_pattern
     from gpsk_materials.pipelines.generator import CrystalGenerator
