@@ -33,8 +33,10 @@ def test_sub_packages_do_not_import_the_top_level_cli():
 
 def test_moved_names_keep_their_old_import_paths():
     from gpsk_materials import cli, text_table, vocabulary
-    from gpsk_materials.models import conditioning
+    from gpsk_materials.models import conditioning, io
+    from gpsk_materials.pipelines import generator
 
+    assert generator.folder_hash is io.folder_hash
     assert cli.format_table is text_table.format_table
     assert conditioning.SCALARS is vocabulary.SCALARS and conditioning.MODALITIES is vocabulary.MODALITIES
     assert text_table.format_table([{"a": True, "b": 0.5}, {"a": None, "b": "x"}], [("a", "A"), ("b", "B")]) == (

@@ -8,6 +8,8 @@ hashes, so a truncated or mixed-up file raises :class:`~gpsk_materials.errors.Ch
 
 A *model folder* holds ``config.json`` (model config, condition statistics, latent scaling) and the tensor sets
 ``vae`` and ``mmdit``; :func:`load_model_folder` returns a :class:`~gpsk_materials.models.generative.GPSKModel`.
+Its identity is :func:`folder_hash` (SHA-256 of the JSON indices, which hold every shard's SHA-256); a model held
+only in memory is identified by :func:`tensor_hash` of its weights.
 """
 
 from __future__ import annotations
@@ -272,6 +274,27 @@ def load_model_folder(
         latent_mean=t(meta["latent_mean"]),
         latent_std=t(meta["latent_std"]),
     )
+
+
+def folder_hash(folder: str | os.PathLike) -> str:
+    """SHA-256 of a model folder's JSON indices (which hold the SHA-256 of every weight shard)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "vae.json", "mmdit.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def tensor_hash(model: nn.Module) -> str:
+    """SHA-256 of the weights of a model held in memory (its ``vae`` and ``mmdit``, keys sorted, raw bytes)."""
+    h = hashlib.sha256()
+    for module in (model.vae, model.mmdit):
+        for key, t in sorted(module.state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def torch_device(device: str | torch.device) -> torch.device:
