@@ -53,7 +53,7 @@ def main() -> None:
         merge(args.merge, args.out)
         return
 
-    from gpsk_materials.checks.hull import ReferenceHull, _pool_table
+    from gpsk_materials.checks.hull import ReferenceHull
     from gpsk_materials.checks.potentials import load_potential, resolve_potential
     from gpsk_materials.paths import shared_data
 
@@ -63,7 +63,7 @@ def main() -> None:
     pool = shared_data("pool.csv.gz")
     hull = ReferenceHull(pot, pool_path=pool, cache_path=args.out, mode=args.mode, max_sites=args.max_sites,
                          relax_batch=args.relax_batch)
-    table = _pool_table(str(pool))
+    table = hull.pool_table()
     if args.max_sites is not None:
         table = table[table["nsites"] <= args.max_sites]
     i, n = (int(x) for x in args.shard.split("/"))

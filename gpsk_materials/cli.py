@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from gpsk_materials.errors import GPSKError
+from gpsk_materials.text_table import format_table  # noqa: F401 -- public here before it moved
 
 #: modules that contribute subcommands, in the order ``gpsk --help`` lists them
 _SUBCOMMANDS = [
@@ -22,23 +23,6 @@ _SUBCOMMANDS = [
     "gpsk_materials.training.cli",
     "gpsk_materials.models.cli",
 ]
-
-
-def format_table(records, cols) -> str:
-    """Left-aligned text table of ``records`` (dicts) for ``cols``, a list of (key, header) pairs."""
-
-    def fmt(v) -> str:
-        if isinstance(v, bool) or type(v).__name__ == "bool_":
-            return "yes" if v else "no"
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return "-" if v is None else str(v)
-
-    rows = [[fmt(r.get(k)) for k, _ in cols] for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
-    lines = ["  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""The vocabulary of crystals shared by every sub-package: elements, space groups and crystal systems, magnetic
-orderings, chemical formulas and integer cell contents.
+"""The vocabulary of crystals shared by every sub-package: the names of the conditions (modalities, scalar labels
+and their units), elements, space groups and crystal systems, magnetic orderings, chemical formulas and integer cell
+contents.
 
 Pure Python and NumPy (no pymatgen, no torch), so the model, the decoder, the checks and the datasets all read one
 table. A pymatgen ``Composition`` is accepted wherever a composition is (it is a mapping of elements with a
@@ -32,6 +33,20 @@ CRYSTAL_SYSTEMS = ("triclinic", "monoclinic", "orthorhombic", "tetragonal", "tri
 SYSTEM_STARTS = np.array([1, 3, 16, 75, 143, 168, 195, 231])
 #: labels of magnetic ordering; index 4 ("unknown") is stored as -1 (missing) everywhere
 MAGNETIC_ORDERINGS = ("NM", "FM", "FiM", "AFM", "unknown")
+
+#: the conditions a request may give (each optional), in the model's token order
+MODALITIES = (
+    "composition",
+    "crystal_system",
+    "space_group",
+    "band_gap",
+    "formation_energy",
+    "e_above_hull",
+    "magnetic_ordering",
+)
+#: the continuous conditions (dataset label columns, normalised with stored statistics in the model)
+SCALARS = ("band_gap", "formation_energy", "e_above_hull")
+UNITS = {"band_gap": "eV", "formation_energy": "eV/atom", "e_above_hull": "eV/atom"}
 
 
 # ---------------------------------------------------------------------------------------------- space groups
@@ -189,7 +204,10 @@ __all__ = [
     "ELEMENTS",
     "MAGNETIC_ORDERINGS",
     "MAX_Z",
+    "MODALITIES",
+    "SCALARS",
     "SYSTEM_STARTS",
+    "UNITS",
     "check_composition",
     "check_crystal_system",
     "check_magnetic_ordering",

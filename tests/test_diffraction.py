@@ -122,6 +122,34 @@ def test_pattern_coercion_and_file_round_trip(tmp_path):
         PowderPattern.from_file(tmp_path / "bad.xy")
 
 
+def test_refinement_threads_are_scoped_to_the_fit(monkeypatch):
+    """The fit runs with ``threads`` torch threads; the caller's setting is back after it, also when it raises, and
+    ``threads=None`` leaves it alone (a library does not change the process's torch setting)."""
+    seen = []
+
+    def fake(self, structure, pattern):
+        seen.append(torch.get_num_threads())
+        if structure == "fail":
+            raise DiffractionError("no reflection")
+        return "fit"
+
+    monkeypatch.setattr(PatternRefiner, "_refine", fake)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert PatternRefiner().refine("s", None) == "fit"
+        with pytest.raises(DiffractionError):
+            PatternRefiner().refine("fail", None)
+        assert torch.get_num_threads() == 2
+        PatternRefiner(threads=None).refine("s", None)
+        assert seen == [1, 1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert PatternRefiner.from_dict(PatternRefiner(threads=None).as_dict()).threads is None
+    with pytest.raises(DiffractionError, match="threads"):
+        PatternRefiner(threads=0)
+
+
 def test_refinement_recovers_lattice_and_zero_shift():
     s = _crystals()["TiO2"]
     pattern, truth = simulate_measurement(s, "CuKa", seed=3)

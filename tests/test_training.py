@@ -426,3 +426,38 @@ def test_anneal_to_deadline_decays_over_the_time_left(cache, tmp_path, monkeypat
            if r["stage"] == "flow" and r["split"] == "train"]
     assert 10 < len(lrs) < 25
     assert lrs[-1] < 0.2 * 1e-3 < lrs[2]  # flow_lr 1e-3: from the peak to near the 10 % floor within the budget
+
+
+def test_anneal_to_deadline_resumes_where_its_budget_stood(cache, tmp_path, monkeypatch):
+    """A run stopped early (a lost machine) and resumed with the time its first run had left continues the anneal
+    from the fraction of the budget its checkpoint had spent: no jump back to the peak, annealed at the deadline."""
+    clock = [0.0]
+    monkeypatch.setattr("gpsk_materials.training.trainer.time.monotonic", lambda: clock[0])
+    orig = Trainer.train_step
+
+    class Lost(Exception):
+        pass
+
+    def step(self, *a, **k):  # 3 s a step; the first run's machine is lost at 24 s
+        clock[0] += 3.0
+        if lost[0] and clock[0] > 24.0:
+            raise Lost
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    cfg = _cfg(vae_steps=0, flow_steps=10_000, anneal_to_deadline=True, ckpt_every=5, eval_every=10_000)
+    lost = [True]
+    with pytest.raises(Lost):
+        Trainer(cache, tmp_path / "run", cfg, progress=False, max_minutes=1.0).run()
+    first = {r["step"]: r["lr"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()
+             if r["stage"] == "flow" and r["split"] == "train"}
+    lost[0], clock[0] = False, 1000.0  # resumed later, with what the first run's limit had left after step 5
+    resumed = Trainer(cache, tmp_path / "run", cfg, progress=False, max_minutes=(60.0 - 15.0) / 60)
+    assert resumed.run(resume=True) == "time_limit"
+    lrs = {r["step"]: r["lr"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()
+           if r["stage"] == "flow" and r["split"] == "train"}
+    assert [lrs[s] for s in range(1, 6)] == [first[s] for s in range(1, 6)]  # the log is cut at the checkpoint
+    # the resumed steps follow the lost run's rates (a restarted budget would give ~1e-3 again)
+    assert lrs[6] == pytest.approx(first[6]) and lrs[7] == pytest.approx(first[7], rel=0.02) and lrs[6] < 0.75e-3
+    assert max(lrs[s] for s in lrs if s > 5) <= lrs[5] + 1e-9
+    assert lrs[max(lrs)] < 0.2 * 1e-3 and 10 < max(lrs) < 25  # annealed at the original deadline

@@ -209,6 +209,6 @@ def _print_table(records: list[dict]) -> None:
     if any("error" in r for r in records):
         cols.append(("error", "error"))
 
-    from gpsk_materials.cli import format_table
+    from gpsk_materials.text_table import format_table
 
     print(format_table(records, cols))

@@ -27,10 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +38,12 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Element, Lattice, Structure
 from tqdm.auto import tqdm
 
+from gpsk_materials.atomic_files import write_json_atomic
 from gpsk_materials.checks._common import as_structure
 from gpsk_materials.checks.potentials import Potential, resolve_potential
+from gpsk_materials.datasets.pool import default_pool_path, read_pool
 from gpsk_materials.defaults import FMAX, REFERENCE_RELAX_STEPS, RELAX_BATCH
 from gpsk_materials.errors import DataError, InvalidStructureError
-from gpsk_materials.paths import shared_data
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +55,6 @@ def default_cache_path() -> Path:
     """``$GPSK_CACHE_DIR/reference_energies.json`` (default ``~/.cache/gpsk_materials``)."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gpsk_materials"
     return Path(root).expanduser() / "reference_energies.json"
-
-
-@lru_cache(maxsize=2)
-def _pool_table(path: str) -> pd.DataFrame:
-    """The pool with an ``elements`` column (frozenset of element symbols)."""
-    try:
-        df = pd.read_csv(path, usecols=["material_id", "nsites", "reduced_formula", "cif"])
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the reference pool {path}: {exc}") from exc
-    elements = {f: frozenset(el.symbol for el in Composition(f).elements) for f in df["reduced_formula"].unique()}
-    df["elements"] = df["reduced_formula"].map(elements)
-    return df
 
 
 def _prototypes(element: str) -> dict[str, Structure]:
@@ -152,7 +139,7 @@ class ReferenceHull(MSONable):
             raise DataError(f"mode must be one of {MODES}, got {mode!r}")
         self._potential_arg = potential
         self._potential: Potential | None = potential if isinstance(potential, Potential) else None
-        self.pool_path = Path(pool_path) if pool_path is not None else shared_data("pool.csv.gz")
+        self.pool_path = Path(pool_path) if pool_path is not None else default_pool_path()
         self.cache_path = None if cache_path is False else Path(cache_path) if cache_path not in (None, True) else default_cache_path()
         self.mode = mode
         self.max_sites = max_sites
@@ -230,11 +217,7 @@ class ReferenceHull(MSONable):
             return
         allk = self._read_cache()  # merge: another process may have added entries meanwhile
         allk.setdefault(self.cache_key, {}).update(self._cache())
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".reference_energies.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": 1, "energies": allk}, fh)
-        os.replace(tmp, self.cache_path)
+        write_json_atomic(self.cache_path, {"version": 1, "energies": allk}, indent=None)
 
     def _evaluate(self, ids: list[str], structures: list[Structure]) -> None:
         """Energies per atom of structures not in the cache yet (batched single points or relaxations).
@@ -277,10 +260,15 @@ class ReferenceHull(MSONable):
             self._write_cache()
         return [self._entry(element, cache[i], i) for i in ids if np.isfinite(cache[i])]
 
-    def _rows(self, systems: list[frozenset[str]]):
+    def pool_table(self) -> pd.DataFrame:
+        """The reference pool (``material_id``, ``nsites``, ``reduced_formula``, ``cif``, ``elements``), read once
+        per process (:func:`~gpsk_materials.datasets.pool.read_pool`); not to be modified."""
         if not self.pool_path.is_file():
             raise DataError(f"reference pool not found at {self.pool_path}: set $GPSK_SHARED_DIR or pass pool_path")
-        table = _pool_table(str(self.pool_path))
+        return read_pool(str(self.pool_path), ("nsites", "reduced_formula", "cif"), elements=True)
+
+    def _rows(self, systems: list[frozenset[str]]):
+        table = self.pool_table()
         rows = table[table["elements"].map(lambda els: any(els <= system for system in systems))]
         if self.max_sites is not None:
             rows = rows[rows["nsites"] <= self.max_sites]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from gpsk_materials.errors import DataError
-from gpsk_materials.models.conditioning import SCALARS, crystal_system_index
+from gpsk_materials.vocabulary import SCALARS, crystal_system_index
 
 FORMAT = "gpsk-array-cache/1"
 _ARRAYS = {
@@ -106,7 +106,7 @@ class ArrayCache:
             raise DataError("material_id values in the cache are not unique")
 
     def labels(self) -> dict[str, np.ndarray]:
-        """The continuous labels keyed by :data:`~gpsk_materials.models.conditioning.SCALARS`."""
+        """The continuous labels keyed by :data:`~gpsk_materials.vocabulary.SCALARS`."""
         return {name: getattr(self, name) for name in SCALARS}
 
     def subset(self, index: np.ndarray | slice) -> ArrayCache:
@@ -136,7 +136,7 @@ class ArrayCache:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache as a compressed ``.npz`` atomically (no pickled objects; padded rows compress well)."""
-        from gpsk_materials.models.io import write_bytes_atomic
+        from gpsk_materials.atomic_files import write_bytes_atomic
 
         path = Path(path)
         buf = io.BytesIO()

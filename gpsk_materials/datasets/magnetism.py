@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpsk_materials.models.conditioning import MAGNETIC_ORDERINGS
+from gpsk_materials.vocabulary import MAGNETIC_ORDERINGS
 
 NM = MAGNETIC_ORDERINGS.index("NM")
 UNKNOWN = -1

@@ -18,7 +18,7 @@ Label columns (first non-empty column wins):
   is given it is computed with pymatgen's SpacegroupAnalyzer (symprec 0.1), like ``spacegroup_number_pmg``.
 - magnetic ordering: ``magnetic_ordering``, then ``ordering`` (``shared/data/magnetic/mp_magnetic_orderings.csv.gz``
   has one). Values are ``NM``, ``FM``, ``FiM``, ``AFM`` (any case) or their indices 0-3 in
-  :data:`~gpsk_materials.models.conditioning.MAGNETIC_ORDERINGS`; an empty cell, ``unknown`` or ``nan`` means
+  :data:`~gpsk_materials.vocabulary.MAGNETIC_ORDERINGS`; an empty cell, ``unknown`` or ``nan`` means
   unknown (-1). Any other value is an error (:class:`~gpsk_materials.errors.DataError` naming the file, the 1-based
   data row and the material id), not a silent unknown: a typo in a labelled file would otherwise drop every label
   of that class without notice. Rows with no given label get the derived one where honest (only NM; see
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from gpsk_materials.datasets.cache import FORMAT, ArrayCache, cache_from_arrays
 from gpsk_materials.datasets.magnetism import derive_magnetic_ordering
 from gpsk_materials.errors import DataError
-from gpsk_materials.models.conditioning import MAGNETIC_ORDERINGS
+from gpsk_materials.vocabulary import MAGNETIC_ORDERINGS
 
 log = logging.getLogger(__name__)
 

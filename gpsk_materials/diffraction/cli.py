@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from gpsk_materials.atomic_files import write_atomic
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 
 #: columns of ``solve_summary.csv``
@@ -54,17 +53,6 @@ def _wavelength(text: str):
         return text
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_solution(solution, folder: Path, label: str) -> list[dict]:
     """Write the CIFs, overlay plots and ``solve_summary.csv`` of a :class:`PowderSolution`; returns the rows."""
     from pymatgen.io.cif import CifWriter
@@ -77,9 +65,9 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
     rows = []
     for rank, (s, fit) in enumerate(zip(solution.structures, solution.refinements)):
         cif, png = f"{name}_{rank}.cif", f"{name}_{rank}.png"
-        _atomic_write(folder / cif, lambda p, s=s: CifWriter(s, symprec=0.1).write_file(p))
+        write_atomic(folder / cif, lambda p, s=s: CifWriter(s, symprec=0.1).write_file(p), ".cif")
         fig = fit.plot(title=f"{s.composition.reduced_formula} #{rank}: Rwp = {100 * fit.rwp:.1f} %")
-        _atomic_write(folder / png, lambda p, fig=fig: fig.savefig(p, dpi=120, format="png"))
+        write_atomic(folder / png, lambda p, fig=fig: fig.savefig(p, dpi=120, format="png"), ".png")
         checks = (provenance.read(s, "checks") or {}).get("results") or {}
         req = provenance.read(s, "request") or {}
         a, b, c, al, be, ga = fit.lattice_refined
@@ -97,13 +85,13 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
             for r in rows:
                 w.writerow({k: "" if r.get(k) is None else r[k] for k in SOLVE_COLUMNS})
 
-    _atomic_write(folder / "solve_summary.csv", write_csv)
+    write_atomic(folder / "solve_summary.csv", write_csv, ".csv")
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     """Solve, write the files, print the table; exit 1 when no candidate could be refined."""
-    from gpsk_materials.cli import format_table
+    from gpsk_materials.text_table import format_table
     from gpsk_materials.diffraction.pattern import PowderPattern
     from gpsk_materials.diffraction.solve import solve_pattern
     from gpsk_materials.pipelines.generator import CrystalGenerator

@@ -214,11 +214,11 @@ class PowderPattern:
 
     def write(self, path: str | Path) -> None:
         """Write a two-column ``.xy`` file (atomically: a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        np.savetxt(tmp, np.column_stack([self.two_theta, self.intensity]), fmt="%.5f",
-                   header=f"2theta(deg) intensity; wavelength {self.wavelength:.5f} A")
-        tmp.replace(path)
+        from gpsk_materials.atomic_files import write_atomic
+
+        write_atomic(path, lambda tmp: np.savetxt(
+            tmp, np.column_stack([self.two_theta, self.intensity]), fmt="%.5f",
+            header=f"2theta(deg) intensity; wavelength {self.wavelength:.5f} A"))
 
 
 # ---------------------------------------------------------------------------------------------- torch kernels

@@ -34,21 +34,12 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Composition
 
+from gpsk_materials.datasets.pool import default_pool_path, read_pool
 from gpsk_materials.defaults import NEAR_HULL
 from gpsk_materials.errors import DataError, GPSKError
 from gpsk_materials.paths import shared_data
 
 logger = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=2)
-def _pool(path: str) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path, usecols=["material_id", "nsites", "reduced_formula", "e_above_hull"])
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the reference pool {path}: {exc}") from exc
-    df["material_id"] = df["material_id"].astype(str)
-    return df
 
 
 @lru_cache(maxsize=2)
@@ -90,14 +81,14 @@ class ThinHullCheck:
                  max_sites: int | None = None, window: float = NEAR_HULL) -> None:
         from gpsk_materials.evaluation.mp_hull import DFT_TABLE
 
-        self.pool_path = Path(pool_path) if pool_path is not None else shared_data("pool.csv.gz")
+        self.pool_path = Path(pool_path) if pool_path is not None else default_pool_path()
         self.near_hull_table = Path(near_hull_table) if near_hull_table is not None else shared_data(DFT_TABLE)
         self.max_sites = max_sites
         self.window = float(window)
         self._memo: dict[str, str | None] = {}
 
     def _pool_rows(self, formula: str) -> pd.DataFrame:
-        pool = _pool(str(self.pool_path))
+        pool = read_pool(str(self.pool_path), ("nsites", "reduced_formula", "e_above_hull"))
         rows = pool[pool["reduced_formula"] == formula]
         return rows if self.max_sites is None else rows[rows["nsites"] <= self.max_sites]
 

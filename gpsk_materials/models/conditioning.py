@@ -38,7 +38,10 @@ from gpsk_materials.vocabulary import (  # noqa: F401 -- the vocabulary, re-expo
     ELEMENTS,
     MAGNETIC_ORDERINGS,
     MAX_Z,
+    MODALITIES,
+    SCALARS,
     SYSTEM_STARTS,
+    UNITS,
     check_composition,
     check_crystal_system,
     check_magnetic_ordering,
@@ -47,17 +50,6 @@ from gpsk_materials.vocabulary import (  # noqa: F401 -- the vocabulary, re-expo
     parse_formula,
 )
 
-MODALITIES = (
-    "composition",
-    "crystal_system",
-    "space_group",
-    "band_gap",
-    "formation_energy",
-    "e_above_hull",
-    "magnetic_ordering",
-)
-SCALARS = ("band_gap", "formation_energy", "e_above_hull")
-UNITS = {"band_gap": "eV", "formation_energy": "eV/atom", "e_above_hull": "eV/atom"}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ hashes, so a truncated or mixed-up file raises :class:`~gpsk_materials.errors.Ch
 
 A *model folder* holds ``config.json`` (model config, condition statistics, latent scaling) and the tensor sets
 ``vae`` and ``mmdit``; :func:`load_model_folder` returns a :class:`~gpsk_materials.models.generative.GPSKModel`.
+Its identity is :func:`folder_hash` (SHA-256 of the JSON indices, which hold every shard's SHA-256); a model held
+only in memory is identified by :func:`tensor_hash` of its weights.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gpsk_materials.atomic_files import umask, write_bytes_atomic, write_json_atomic  # noqa: F401 -- public names of models.io
 from gpsk_materials.errors import CheckpointError
 from gpsk_materials.models.configs import ModelConfig
 
@@ -34,34 +37,6 @@ MAX_SHARD_BYTES = 15 * 2**20
 _HEADER_BASE = 1024
 _HEADER_PER_TENSOR = 160
 _PART = "@@part"
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -225,7 +200,7 @@ def save_model_folder(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     try:
         cfg = config.to_dict()
         save_tensors(tmp, "vae", module_tensors(vae, dtype), config=cfg["vae"])
@@ -299,6 +274,27 @@ def load_model_folder(
         latent_mean=t(meta["latent_mean"]),
         latent_std=t(meta["latent_std"]),
     )
+
+
+def folder_hash(folder: str | os.PathLike) -> str:
+    """SHA-256 of a model folder's JSON indices (which hold the SHA-256 of every weight shard)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "vae.json", "mmdit.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def tensor_hash(model: nn.Module) -> str:
+    """SHA-256 of the weights of a model held in memory (its ``vae`` and ``mmdit``, keys sorted, raw bytes)."""
+    h = hashlib.sha256()
+    for module in (model.vae, model.mmdit):
+        for key, t in sorted(module.state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def torch_device(device: str | torch.device) -> torch.device:

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print the table; exit code 1 if any request was invalid."""
     from gpsk_materials.pipelines.generator import CrystalGenerator
     from gpsk_materials.pipelines.output import format_table, write_results
-    from gpsk_materials.models.conditioning import MODALITIES, Conditions
+    from gpsk_materials.models.conditioning import Conditions
     from gpsk_materials.pipelines.requests import GenerationRequest
+    from gpsk_materials.vocabulary import MODALITIES
 
     gen = CrystalGenerator.from_pretrained(
         args.model, device=args.device, batch_size=args.batch_size, potential=args.potential

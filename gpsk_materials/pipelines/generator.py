@@ -22,7 +22,6 @@ Decoding and checks run per request. Hence on the CPU a batched run equals the r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
 from gpsk_materials.models.generative import GPSKModel
+from gpsk_materials.models.io import folder_hash, tensor_hash
 from gpsk_materials.pipelines.formula_units import FormulaUnitPrior
 from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
 from gpsk_materials.vocabulary import formula_string
@@ -178,7 +178,7 @@ class CrystalGenerator(MSONable):
         self.symprec = float(symprec)
         self.relax_steps = int(relax_steps)
         self.fmax = float(fmax)
-        self.model_hash = model_hash if model_hash is not None else _tensor_hash(model)
+        self.model_hash = model_hash if model_hash is not None else tensor_hash(model)
         self._in_memory = model_hash is None
         self._scorers: dict[frozenset[str], Any] = {}
         self._hull = reference_hull
@@ -623,22 +623,3 @@ class CrystalGenerator(MSONable):
             "checks": {"run": sorted(flags), "results": rec.checks},
         })
 
-
-def folder_hash(folder: str | Path) -> str:
-    """SHA-256 of a model folder's JSON indices (which hold the SHA-256 of every weight shard)."""
-    h = hashlib.sha256()
-    for name in ("config.json", "vae.json", "mmdit.json"):
-        path = Path(folder) / name
-        if path.is_file():
-            h.update(name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _tensor_hash(model: GPSKModel) -> str:
-    h = hashlib.sha256()
-    for module in (model.vae, model.mmdit):
-        for key, t in sorted(module.state_dict().items()):
-            h.update(key.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -125,6 +125,6 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     if any(r.get("flags") for r in records):
         cols.append(("flags", "flags"))
 
-    from gpsk_materials.cli import format_table as _format
+    from gpsk_materials.text_table import format_table as _format
 
     return _format(records, cols)

@@ -28,9 +28,16 @@ import numpy as np
 
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.errors import ConditioningError
-from gpsk_materials.models.conditioning import MODALITIES, Conditions
+from gpsk_materials.models.conditioning import Conditions
 from gpsk_materials.pipelines.formula_units import FormulaUnitPrior, allowed_formula_units, draw_formula_units
-from gpsk_materials.vocabulary import composition_amounts, formula_string, integer_cell, integer_counts, reduced_formula
+from gpsk_materials.vocabulary import (
+    MODALITIES,
+    composition_amounts,
+    formula_string,
+    integer_cell,
+    integer_counts,
+    reduced_formula,
+)
 
 __all__ = [
     "SAMPLING_FIELDS", "GenerationRequest", "ResolvedRequest", "composition_label", "integer_cell", "resolve_request",

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from gpsk_materials.atomic_files import write_json_atomic
 from gpsk_materials.errors import CheckpointError
-from gpsk_materials.models.io import load_tensors, read_json, save_tensors, write_json_atomic
+from gpsk_materials.models.io import load_tensors, read_json, save_tensors
 
 STATE_FORMAT = "gpsk-train-state/1"
 

@@ -37,7 +37,8 @@ _HELP = {
     "channels_last": "channels_last_3d memory layout for the VAE (faster cuDNN 3D convolutions on GPUs)",
     "warmup_steps": "linear learning-rate warm-up steps (also after --init-weights)",
     "anneal_to_deadline": "decay the learning rate of the last stage over the time --max-minutes leaves, so that a run "
-                          "stopped by its time limit ends annealed (--flow-steps / --vae-steps then only cap it)",
+                          "stopped by its time limit ends annealed (--flow-steps / --vae-steps then only cap it); "
+                          "--resume continues from the share of the budget the checkpoint had spent",
     "vae_shell_weight": "weight of the VAE's per-shell log-power term (GridVAE.shell_log_power_error), which keeps "
                         "the form-factor fall-off that tells elements apart",
 }
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_sync_report(trainer, info) -> None:
     """Each rank's checksums of its in-memory weights at the end of every stage it trained -> OUT/sync.json."""
-    from gpsk_materials.models.io import write_json_atomic
+    from gpsk_materials.atomic_files import write_json_atomic
 
     if info.is_main:
         sums = trainer.rank_checksums

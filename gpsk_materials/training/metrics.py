@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from gpsk_materials.atomic_files import write_atomic, write_text_atomic
 
 
 class MetricsLog:
@@ -24,9 +25,7 @@ class MetricsLog:
             return
         rank = {s: i for i, s in enumerate(stage_order)}
         keep = [r for r in self.read() if (rank.get(r["stage"], -1), r["step"]) <= (rank[stage], step)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -72,7 +71,5 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), ".png")
     return path

@@ -37,11 +37,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from gpsk_materials.atomic_files import write_json_atomic
 from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
 from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
-from gpsk_materials.models.conditioning import SCALARS, ConditionBatch, ConditionStats, drop_modalities
+from gpsk_materials.models.conditioning import ConditionBatch, ConditionStats, drop_modalities
 from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
 from gpsk_materials.models.growth import can_deepen, deepen_vae
 from gpsk_materials.models.io import (
@@ -52,7 +53,6 @@ from gpsk_materials.models.io import (
     read_json,
     save_model_folder,
     save_tensors,
-    write_json_atomic,
 )
 from gpsk_materials.models.mmdit import MMDiT
 from gpsk_materials.models.vae import GridVAE
@@ -67,6 +67,7 @@ from gpsk_materials.training.checkpoint import (
 )
 from gpsk_materials.training.ema import EMA
 from gpsk_materials.training.metrics import MetricsLog, plot_curves
+from gpsk_materials.vocabulary import SCALARS
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ class Trainer:
             "data_fingerprint": self.fingerprint,
             "condition_stats": self.stats.to_dict(),
             "world_size": self.info.world_size,
+            "time_progress": self._time_progress,
             **extra,
         }
 
@@ -527,6 +529,16 @@ class Trainer:
         stage_t0 = time.monotonic()
         # the budget of this stage: what the time limit leaves, less a margin for the final export and checkpoint
         budget = max(1.0, 0.98 * (self.max_seconds - (stage_t0 - self.t0)) - 20.0) if by_time else 0.0
+        # a resumed stage continues its anneal from the fraction of the budget its checkpoint had spent, over the
+        # time this run's limit leaves: the learning rate does not jump back to the peak, and a run resumed with
+        # the time its first run had left ends where that run would have (one stopped at its limit stays annealed)
+        spent_before = min(1.0, max(0.0, float((state or {}).get("time_progress", 0.0)))) if by_time else 0.0
+        self._time_progress = spent_before
+
+        def time_progress() -> float:  # a collective in DDP: every rank applies the same learning rate
+            spent = {"t": spent_before + (1.0 - spent_before) * (time.monotonic() - stage_t0) / budget}
+            return D.mean_scalars(spent, self.info)["t"]
+
         while self.step < total:
             parts = self.train_step(stage, model, wrapped, opt, sched, ema, self.next_batch(), flow_ctx)
             self.step += 1
@@ -538,9 +550,8 @@ class Trainer:
                 keys = sorted(acc)
                 values = (torch.stack([acc[k].float() for k in keys]) / n_acc).tolist()
                 means = D.mean_scalars(dict(zip(keys, values)), self.info)
-                if by_time:  # averaged over ranks so that every rank applies the same learning rate
-                    spent = {"t": (time.monotonic() - stage_t0) / budget}
-                    self._time_progress = D.mean_scalars(spent, self.info)["t"]
+                if by_time:
+                    self._time_progress = time_progress()
                 self.log.write({"stage": stage, "split": "train", "step": self.step, "lr": sched.get_last_lr()[0],
                                 "time": round(time.monotonic() - self.t0, 2), **means})
                 bar.set_postfix(loss=f"{means['loss']:.4g}")
@@ -552,6 +563,8 @@ class Trainer:
                 self.export(stage, ema, flow_ctx)
             last = self.step == total
             if last or self.step % cfg.ckpt_every == 0 or self.time_is_up():
+                if by_time:  # the checkpoint records how much of the budget is spent (see spent_before)
+                    self._time_progress = time_progress()
                 if last:
                     # every rank's own in-memory weights, for the DDP sync report
                     self.rank_checksums[stage] = D.gather_objects(D.parameter_checksum(model), self.info)
