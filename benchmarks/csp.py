@@ -8,6 +8,9 @@ structural + SMACT). A candidate that does not decode counts as an invalid predi
 
     python benchmarks/csp.py --device cuda --limit 1000 --k 20 --out results/csp.json
 
+``--projection T`` re-enters every sample into the flow at time T after the decoder has projected it onto the
+target's atoms (``GenerationRequest.projection``, issue 14 item 3); the same seeds with and without compare it.
+
 ``--rank`` measures what a user gets for one composition (issue 14, item 4): ``--k`` candidates are drawn per target
 as ``best_of`` of a request for one structure, the post-checks rank them (``basic``: validity, strict distances,
 connectivity; ``volume_scan``: also the potential's energy after the volume scan, as the known-crystals benchmark
@@ -46,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes parsing the CIFs")
     p.add_argument("--rank", choices=("none", "basic", "volume_scan"), default="none",
                    help="none: every candidate is a prediction (best of k); otherwise the post-checks pick one of k")
+    p.add_argument("--projection", type=float, default=0.0,
+                   help="re-enter each sample into the flow at this time after the decoder's projection (0 = off)")
     args = p.parse_args(argv)
     print(f"NOTE: {TEST_CSV} is a partial MP-20 test split (shared/data/SOURCES.md); "
           "results are not comparable with published MP-20 numbers.")
@@ -54,6 +59,7 @@ def main(argv=None) -> int:
     gen = load_generator(args)
     ranked = args.rank != "none"
     per_request = {"n": 1, "best_of": args.k} if ranked else {"n": args.k}
+    per_request["projection"] = args.projection
     # the target's cell content, as given (formula_units set, so the generator does not choose Z)
     requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request,
                  "formula_units": integer_counts(t.composition.get_el_amt_dict())[1]} for t in targets]
@@ -77,6 +83,7 @@ def main(argv=None) -> int:
     summary = result.summary()
     n_dec = sum(r.decoded for r in results)
     extra = {"split": f"{TEST_CSV} (partial)", "rank": args.rank, "candidates_per_target": args.k,
+             "projection": args.projection, "projected": sum(len(r.projected) for r in results),
              "generated": len(targets) * args.k, "decoded": n_dec,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
              "request_errors": errors, "seconds_generation": seconds, "device": str(gen.device)}

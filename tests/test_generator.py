@@ -143,6 +143,8 @@ def test_untrained_model_failures_are_recorded_cleanly(gen):
         ({"composition": "NaCl", "best_of": 1.5}, "best_of must be an integer"),
         ({"composition": "NaCl", "guidance": float("nan")}, "guidance must be a finite number"),
         ({"composition": "fe2o3"}, "cannot parse formula"),
+        ({"composition": "NaCl", "projection": 1.0}, "projection must be a flow time in \\[0, 1\\)"),
+        ({"composition": "NaCl", "projection": -0.2}, "projection must be a flow time"),
     ],
 )
 def test_bad_requests_raise_clear_errors(gen, kwargs, match):
@@ -343,3 +345,29 @@ def test_post_checks_plain_interface(rock_salt_decode):  # noqa: F811
     assert "gpsk" not in good.properties and "gpsk" not in recs[0].structure.properties  # records, not properties
     none = post_checks([broken, good], None, "none", keep=None)
     assert [r.index for r in none] == [0, 1] and all(r.scores is None and r.checks == {} for r in none)
+
+
+def test_projection_re_enters_projected_samples_into_the_flow(gen, rock_salt_decode, monkeypatch):  # noqa: F811
+    """request.projection = t: every candidate the decoder can place is re-encoded and integrated again from time t
+    in round(steps * t) steps, reproducibly; projection 0 leaves the pipeline as it was."""
+    req = {"composition": "NaCl", "n": 4, "steps": 10, "formula_units": 1}
+    plain = gen.run([req], seed=2, checks="none")[0]
+    assert plain.projected == [] and plain.structures
+    assert all(s.properties["gpsk"]["request"]["projected"] is False for s in plain.structures)
+    calls = []
+    original = type(gen.model).sample_grids
+
+    def spy(self, cond, steps, guidance, *args, t_start=1.0, **kwargs):
+        calls.append((steps, t_start))
+        return original(self, cond, steps, guidance, *args, t_start=t_start, **kwargs)
+
+    monkeypatch.setattr(type(gen.model), "sample_grids", spy)
+    res = gen.run([{**req, "projection": 0.3}], seed=2, checks="none")[0]
+    assert calls[0] == (10, 1.0) and calls[1:] and all(c == (3, 0.3) for c in calls[1:])
+    assert sorted(res.projected) == res.projected and 0 < len(res.projected) <= 4
+    p = res.structures[0].properties["gpsk"]["request"]
+    assert p["projection"] == 0.3 and p["candidates"]["projected"] == len(res.projected)
+    assert p["projected"] == (p["sample_index"] in res.projected)
+    again = gen.run([{**req, "projection": 0.3}], seed=2, checks="none")[0]
+    assert again.projected == res.projected
+    assert [s.lattice.abc for s in again.structures] == [s.lattice.abc for s in res.structures]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gpsk_materials.checks.post import DEFAULT_CHECKS
 from gpsk_materials.cli_options import add
+from gpsk_materials.defaults import PROJECTION_TIME
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` subcommand."""
@@ -31,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--magnetic-ordering", default=None, help="NM, FM, FiM or AFM")
     add(p, "guidance", "steps", "seed", seed=dict(help="base seed (request i uses seed + i)"))
     p.add_argument("--best-of", type=int, default=1, help="candidates per wanted structure; the best are kept")
+    p.add_argument("--projection", type=float, default=PROJECTION_TIME, metavar="T",
+                   help="re-enter each sample into the flow at time T (0 < T < 1) after the decoder has projected it "
+                   "onto the requested atoms (default 0: off; docs/generator.md)")
     p.add_argument("--checks", default=DEFAULT_CHECKS,
                    help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, connectivity; "
                    "the default; 'basic' is its old name), energy, volume_scan, relax, hull")
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     shared = Conditions(**{m: getattr(args, m) for m in MODALITIES[1:]})
     requests = [
         GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of,
-                          formula_units=args.formula_units)
+                          formula_units=args.formula_units, projection=args.projection)
         for f in args.formulas
     ]
     checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])

@@ -71,7 +71,8 @@ class GenerationResult:
 
     ``structures`` (pymatgen Structures or ASE Atoms) are the kept candidates, best first when ``best_of > 1``;
     ``error`` is the request's validation error (then nothing was generated); ``candidates`` / ``decoded`` count
-    the grids sampled and those that decoded; ``failures`` holds the decoder's reasons for the others.
+    the grids sampled and those that decoded; ``failures`` holds the decoder's reasons for the others;
+    ``projected`` the candidates that re-entered the flow after the decoder's projection (``request.projection``).
     """
 
     index: int
@@ -82,6 +83,7 @@ class GenerationResult:
     candidates: int = 0
     decoded: int = 0
     failures: list[str] = field(default_factory=list)
+    projected: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -473,6 +475,8 @@ class CrystalGenerator(MSONable):
         if progress is None:
             progress = sum(r.candidates for r in resolved) > self._batch_size()
         grids = self._sample_grids(resolved, progress, guidance_terms)
+        if any(r.request.projection > 0 for r in resolved):
+            grids = self._project(resolved, grids, results, progress)
         decoded = self._decode(resolved, grids, progress)
         for r, g, d in tqdm(list(zip(resolved, grids, decoded)), desc="checks", unit="request",
                             disable=not progress or len(resolved) < 2 or flags == frozenset()):
@@ -534,9 +538,60 @@ class CrystalGenerator(MSONable):
                     bar.update(len(chunk))
         return out
 
-    def _decode(self, resolved: Sequence[ResolvedRequest], grids: Sequence[Tensor], progress: bool) -> list:
+    @torch.no_grad()
+    def _project(self, resolved: list[ResolvedRequest], grids: list[Tensor], results: list[GenerationResult],
+                 progress: bool) -> list[Tensor]:
+        """Stage 2b, for requests with ``projection`` t > 0 (issue 14 item 3): each sampled grid is decoded with
+        no residual bound (the nearest arrangement of the requested atoms the decoder finds: a projection onto
+        crystals), featurized, encoded (posterior mean), noised back to time t with the candidate's own initial
+        noise (x_t = (1 - t) z + t eps) and integrated to t = 0 again in ``round(steps * t)`` steps. A candidate
+        the projection cannot place keeps its first grid. Returns the grids; records the projected candidates in
+        ``results[i].projected``."""
+        import copy
+
+        from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+        todo = [k for k, r in enumerate(resolved) if r.request.projection > 0]
+        projector = copy.copy(self.decoder)
+        projector.max_residual = float("inf")
+        placed = self._decode([resolved[k] for k in todo], [grids[k] for k in todo], progress, projector)
+        rows = [(k, j, s) for k, (structures, _) in zip(todo, placed) for j, s in enumerate(structures) if s is not None]
+        if not rows:
+            return grids
+        feat = ReciprocalGridFeaturizer(backend="torch", device=str(self.device))
+        new, reasons = feat.featurize_many([s for _, _, s in rows], return_errors=True, pbar=progress)
+        rows = [(k, j, g) for (k, j, _), g, e in zip(rows, torch.as_tensor(new), reasons) if e is None]
+        cfg = self.model.config.mmdit
+        shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
+        out = [g.clone() for g in grids]
+        groups: dict[tuple[float, int, float], list[tuple[int, int, Tensor]]] = {}
+        for k, j, g in rows:
+            req = resolved[k].request
+            groups.setdefault((float(req.guidance), int(req.steps), float(req.projection)), []).append((k, j, g))
+        batch = self._batch_size()
+        for (guidance, steps, t), group in groups.items():
+            for start in range(0, len(group), batch):
+                chunk = group[start : start + batch]
+                z = self.model.normalize_latents(
+                    self.model.vae.encode(torch.stack([g for _, _, g in chunk]).to(self.device)).mean)
+                # the same initial noise the candidate was drawn from (_sample_grids), so re-entry is reproducible
+                eps = torch.stack([torch.randn((resolved[k].candidates, *shape),
+                                               generator=torch.Generator().manual_seed(resolved[k].seed))[j]
+                                   for k, j, _ in chunk]).to(self.device)
+                cond = self.model.condition_batch([resolved[k].candidate_conditions(j) for k, j, _ in chunk])
+                g = self.model.sample_grids(cond, max(1, round(steps * t)), guidance, noise=(1 - t) * z + t * eps,
+                                            t_start=t)
+                for (k, j, _), grid in zip(chunk, g):
+                    out[k][j] = grid
+                    results[resolved[k].index].projected.append(j)
+        return out
+
+    def _decode(self, resolved: Sequence[ResolvedRequest], grids: Sequence[Tensor], progress: bool,
+                decoder: Any = None) -> list:
         """Stage 3 for all requests at once (the decoder batches across requests): per request, the decoded
-        Structures (None where a grid failed) and the reasons of the failures."""
+        Structures (None where a grid failed) and the reasons of the failures. ``decoder`` replaces the
+        generator's own."""
+        decoder = self.decoder if decoder is None else decoder
         out = []
         for exact in (True, False):  # given cell contents / free compositions
             todo = [k for k, r in enumerate(resolved) if (r.reduced is not None) == exact]
@@ -544,8 +599,8 @@ class CrystalGenerator(MSONable):
                 continue
             comps = [resolved[k].cell(j) for k in todo for j in range(len(grids[k]))]
             flat = torch.cat([grids[k] for k in todo])
-            structures, reasons = self.decoder.decode_many(flat, comps, return_errors=True, pbar=progress,
-                                                           exact_counts=exact)
+            structures, reasons = decoder.decode_many(flat, comps, return_errors=True, pbar=progress,
+                                                      exact_counts=exact)
             start = 0
             for k in todo:
                 n = len(grids[k])
@@ -610,7 +665,9 @@ class CrystalGenerator(MSONable):
                 "sample_index": sample,
                 "rank": rank,
                 "batch_size": self._batch_size(),
-                "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed},
+                "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed,
+                               "projected": len(res.projected)},
+                "projected": sample in res.projected,
             },
             "model": {
                 "name": self.model.config.name,

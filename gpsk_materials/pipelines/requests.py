@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
+from gpsk_materials.defaults import GUIDANCE, PROJECTION_TIME, SAMPLER_STEPS
 from gpsk_materials.errors import ConditioningError
 from gpsk_materials.models.conditioning import Conditions
 from gpsk_materials.pipelines.formula_units import FormulaUnitPrior, allowed_formula_units, draw_formula_units
@@ -45,7 +45,7 @@ __all__ = [
 
 
 #: what a request adds to its :class:`~gpsk_materials.models.conditioning.Conditions`
-SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed", "formula_units")
+SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed", "formula_units", "projection")
 
 
 @dataclass(frozen=True, init=False)
@@ -83,6 +83,10 @@ class GenerationRequest:
         Formula units Z of the composition's reduced formula in the generated (primitive) cell; None: the cell
         content as given when its amounts share a divisor, else Z drawn per candidate from the training prior
         (:mod:`gpsk_materials.pipelines.formula_units`).
+    projection
+        Flow time t (0 < t < 1) at which each sample, projected onto the nearest arrangement of the requested atoms
+        by the decoder and re-encoded, re-enters the flow for ``round(steps * t)`` more steps; 0 (the default,
+        :data:`gpsk_materials.defaults.PROJECTION_TIME`) samples once (docs/generator.md, "Projection").
     """
 
     conditions: Conditions
@@ -92,6 +96,7 @@ class GenerationRequest:
     best_of: int = 1
     seed: int | None = None
     formula_units: int | None = None
+    projection: float = PROJECTION_TIME
 
     def __init__(
         self,
@@ -104,6 +109,7 @@ class GenerationRequest:
         best_of: int = 1,
         seed: int | None = None,
         formula_units: int | None = None,
+        projection: float = PROJECTION_TIME,
         **condition_fields: Any,
     ) -> None:
         base = Conditions() if conditions is None else conditions
@@ -116,7 +122,7 @@ class GenerationRequest:
             condition_fields["composition"] = composition
         for name, value in (("conditions", replace(base, **condition_fields)), ("n", n), ("guidance", guidance),
                             ("steps", steps), ("best_of", best_of), ("seed", seed),
-                            ("formula_units", formula_units)):
+                            ("formula_units", formula_units), ("projection", projection)):
             object.__setattr__(self, name, value)
 
     @property
@@ -254,6 +260,9 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
     g = request.guidance
     if isinstance(g, bool) or not isinstance(g, (int, float, np.number)) or not math.isfinite(g):
         raise ConditioningError(f"guidance must be a finite number, got {g!r}")
+    p = request.projection
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not 0.0 <= p < 1.0:
+        raise ConditioningError(f"projection must be a flow time in [0, 1) (0 = off), got {p!r}")
     seed = base_seed + index if request.seed is None else _check_int("seed", request.seed, 0)
     asked_z = None if request.formula_units is None else _check_int("formula_units", request.formula_units, 1)
     request = replace(request, seed=seed)
