@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from gpsk_materials.checks._common import as_structures
 from gpsk_materials.checks.batch_relax import fire_relax
+from gpsk_materials.checks.validity import nearest_neighbours
 from gpsk_materials.defaults import FMAX, RELAX_BATCH, RELAX_STEPS
 from gpsk_materials.errors import InvalidStructureError, PotentialError
 from gpsk_materials.paths import SHARED_ENV, shared_model
@@ -148,11 +149,14 @@ class Potential(MSONable):
         the crystal, so energies, volume scans and relaxations of the structure are answers from outside the
         potential's reach (issue 16, case 8). A Ne atom alone in a 10 A cubic cell is one.
         """
-        out = []
-        for s in as_structures(structures, ordered=True):
-            centers = s.get_neighbor_list(self.cutoff)[0]
-            out.append(sorted(set(range(len(s))) - {int(c) for c in centers}))
-        return out
+        return [self.isolated_in(nearest_neighbours(s, cutoff=self.cutoff)[1])
+                for s in as_structures(structures, ordered=True)]
+
+    def isolated_in(self, nearest: np.ndarray) -> list[int]:
+        """The sites whose nearest neighbour lies beyond :attr:`cutoff`, from the per-site nearest-neighbour
+        distances of :func:`~gpsk_materials.checks.validity.nearest_neighbours` (built with a ``cutoff`` of at least
+        this potential's): a caller that holds that neighbour list needs no second one."""
+        return [int(i) for i in np.flatnonzero(~(np.asarray(nearest) <= self.cutoff))]
 
     def _unsupported(self, structure: Structure) -> list[str]:
         return sorted({el.symbol for el in structure.composition.elements} - self.element_types)

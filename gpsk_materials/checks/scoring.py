@@ -33,7 +33,7 @@ from gpsk_materials import provenance
 from gpsk_materials.checks._common import as_structures
 from gpsk_materials.checks.potentials import Potential, resolve_potential
 from gpsk_materials.checks.symmetry import SymmetryCheck
-from gpsk_materials.checks.validity import ValidityCheck, connectivity
+from gpsk_materials.checks.validity import ValidityCheck, connectivity, nearest_neighbours
 from gpsk_materials.checks.volume_scan import VolumeScan
 from gpsk_materials.errors import ConditioningError, InvalidStructureError
 
@@ -132,18 +132,21 @@ class CandidateScorer(MSONable):
         scale = np.ones(len(structures)) if scale is None else np.asarray(scale, dtype=float)
         out = []
         for k, s in enumerate(structures):
-            val = self.validity.check(s)
+            # one neighbour list per structure: the radii checks, connectivity and (with a potential) isolated atoms
+            ratios, nearest = nearest_neighbours(s, max(1.5, self.connectivity_factor),
+                                                 cutoff=0.0 if self.potential is None else self.potential.cutoff)
+            val = self.validity.check(s, ratios=ratios)
             try:
                 sym = self.symmetry.check(s, space_group=sg, crystal_system=cs)
                 sg_found, sg_match, cs_match = sym.space_group_number, sym.space_group_match, sym.crystal_system_match
             except InvalidStructureError:
                 sg_found, sg_match, cs_match = None, (None if sg is None else False), (None if cs is None and sg is None else False)
-            conn = connectivity(s, self.connectivity_factor)
+            conn = connectivity(s, self.connectivity_factor, ratios=ratios)
             sym_term = float(bool(sg_match)) + 0.5 * float(bool(cs_match))
             e = float(energies[k])
             # an energy that could not be computed ranks below any computed one
             e_term = -e if np.isfinite(e) else -1e3
-            isolated = None if self.potential is None else self.potential.isolated_sites(s)[0]
+            isolated = None if self.potential is None else self.potential.isolated_in(nearest)
             w = self.weights
             total = (
                 (w["energy"] * e_term if self.potential is not None else 0.0)
