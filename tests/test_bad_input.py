@@ -17,6 +17,7 @@ from gpsk_materials.representations.reciprocal import (
     check_overlap,
     structures_to_arrays,
 )
+from test_generator_helpers import tiny_model_dir  # noqa: F401
 
 
 # --- case 1: overlapping atoms are refused with the two sites and their distance -------------------------------
@@ -614,19 +615,103 @@ def test_an_atom_without_neighbours_is_flagged_in_every_output(matgl_model_dir, 
 
 # --- case 9: physically broken candidates do not pass as the best -------------------------------------------------
 
+def _squashed_nacl() -> Structure:
+    """Rock salt at a = 1.1 A: Na and Cl 0.55 A apart, CDVAE-valid (>= 0.5 A), strictly invalid."""
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(1.1), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+
+
 def test_best_of_prefers_a_strictly_valid_candidate_and_the_score_separates_them():
     from gpsk_materials import provenance
     from gpsk_materials.checks.scoring import CandidateScorer
 
     good = _nacl()
-    squashed = Structure.from_spacegroup("Fm-3m", Lattice.cubic(1.1), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    squashed = _squashed_nacl()
     assert min(squashed.distance_matrix[0][1:]) == pytest.approx(0.55)  # passes the CDVAE 0.5 A rule
     scorer = CandidateScorer(potential=False)
     bad_rec, good_rec = scorer.breakdowns([squashed, good])
     assert bad_rec["valid"] and not bad_rec["strict_valid"] and good_rec["strict_valid"]
+    assert good_rec["sound"] and not bad_rec["sound"]
     assert good_rec["total"] - bad_rec["total"] >= 5.0
     best = scorer.select_best([[squashed, good]])[0]
     assert provenance.read(best, "scores")["strict_valid"] is True
+
+
+def test_best_of_takes_the_sound_candidate_first_whatever_the_weights_say():
+    """With the strict weight off the two totals tie and the tie-break favours the squashed candidate: the gate
+    (sound first, then the score) still keeps the strictly valid one first."""
+    from gpsk_materials.checks.post import post_checks
+    from gpsk_materials.checks.scoring import CandidateScorer
+
+    scorer = CandidateScorer(potential=False, weights={"strict": 0.0})
+    recs = post_checks([_squashed_nacl(), _nacl()], keep=2, tie_break=[0.0, 1.0], scorer=scorer)
+    assert recs[0].scores["total"] == recs[1].scores["total"]
+    assert [r.index for r in recs] == [1, 0]
+    assert recs[0].checks["sound"] is True and recs[1].checks["sound"] is False
+    assert recs[1].checks["min_distance"] == pytest.approx(0.55)
+    best = scorer.select_best([[_squashed_nacl(), _nacl()]])[0]
+    assert best.lattice.a == pytest.approx(5.64)
+
+
+def test_an_energy_above_the_free_atoms_is_not_sane(matgl_model_dir):
+    """The potential's own free atoms are the reference: rock-salt NaCl is bound (cohesive energy 2.5 eV/atom with
+    TensorNet-MatPES, 3.28 measured), the same cell at an energy above its free atoms is not, and loses."""
+    from gpsk_materials.checks.post import result_flags
+    from gpsk_materials.checks.potentials import load_potential
+    from gpsk_materials.checks.scoring import CandidateScorer
+
+    potential = load_potential(str(matgl_model_dir))
+    free = potential.free_atom_energies(["Na", "Cl"])
+    nacl = _nacl()
+    e = float(potential.energies(nacl)[0])
+    cohesive = float(potential.cohesive_energies(nacl, [e])[0])
+    assert cohesive == pytest.approx((free["Na"] + free["Cl"]) / 2 - e)
+    assert 1.5 < cohesive < 4.0
+    scorer = CandidateScorer(potential)
+    sane, unbound = scorer.breakdowns([nacl, nacl], energies=[e, (free["Na"] + free["Cl"]) / 2 + 1.0])
+    assert sane["energy_sane"] is True and sane["sound"] is True
+    assert unbound["energy_sane"] is False and unbound["sound"] is False
+    assert unbound["cohesive_energy"] == pytest.approx(-1.0)
+    assert unbound["strict_valid"] is True  # the strict check alone would not have caught it
+    no_penalty, = CandidateScorer(potential, weights={"energy_sanity": 0.0}).breakdowns(
+        [nacl], energies=[unbound["energy_per_atom"]])
+    assert no_penalty["total"] - unbound["total"] == pytest.approx(5.0)
+    assert "energy not sane: cohesive energy -1.00 eV/atom" in result_flags(unbound)
+    # without a potential there is no energy to judge: soundness is the strict check alone
+    plain, = CandidateScorer(potential=False).breakdowns([nacl])
+    assert plain["energy_sane"] is None and plain["cohesive_energy"] is None and plain["sound"] is True
+
+
+def test_a_returned_strictly_invalid_structure_is_flagged_in_table_properties_and_log(tiny_model_dir, tmp_path,
+                                                                                      caplog, monkeypatch):
+    """Four candidates decode, one of them sound; two are wanted: the sound one comes first, the second kept is
+    strictly invalid and says so in properties["gpsk"], the table's flags column and a logged warning."""
+    import logging
+
+    from gpsk_materials.pipelines import CrystalGenerator, GenerationRequest
+    from gpsk_materials.pipelines.output import format_table, write_results
+
+    gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+
+    def decode_many(grids, compositions=None, return_errors=False, **kw):  # the candidates, not the model's luck
+        out = [_squashed_nacl() for _ in range(len(grids))]
+        out[-1] = _nacl()
+        return out, [None] * len(grids)
+
+    monkeypatch.setattr(gen.decoder, "decode_many", decode_many)
+    with caplog.at_level(logging.WARNING, logger="gpsk_materials.pipelines.generator"):
+        res, = gen.run([GenerationRequest("NaCl", 2, best_of=2, steps=2, formula_units=4)], seed=0, progress=False)
+    first, second = res.structures
+    assert first.lattice.a == pytest.approx(5.64)
+    assert first.properties["gpsk"]["checks"]["flags"] is None
+    assert first.properties["gpsk"]["scores"]["total"] - second.properties["gpsk"]["scores"]["total"] >= 5.0
+    flags = second.properties["gpsk"]["checks"]["flags"]
+    assert flags.startswith("fails the strict check: closest atoms 0.55 A")
+    assert second.properties["gpsk"]["checks"]["results"]["sound"] is False
+    header, row0, row1 = format_table(write_results([res], tmp_path)).splitlines()
+    assert header.split()[-1] == "flags" and "strict check" not in row0 and "fails the strict check" in row1
+    warned = [r.getMessage() for r in caplog.records if "returned structure 1" in r.getMessage()]
+    assert len(warned) == 1 and "fails the strict check" in warned[0] and "4 decoded candidates" in warned[0]
+    assert not [r for r in caplog.records if "returned structure 0" in r.getMessage()]
 
 
 # --- case 10: a stated numerical tolerance on the hull ------------------------------------------------------------

@@ -110,6 +110,17 @@ def run(args: argparse.Namespace) -> int:
     if potential is not None:
         for k, e in _per_item(args, records, structures, potential.energies).items():
             records[k].update(potential=potential.name, energy_per_atom=float(e))
+        import numpy as np
+
+        from gpsk_materials.checks.scoring import COHESIVE_ENERGY_RANGE, energy_sane
+
+        lo, hi = COHESIVE_ENERGY_RANGE
+        for k in [k for k in structures if np.isfinite(records[k].get("energy_per_atom", np.nan))]:
+            c = float(potential.cohesive_energies(structures[k], [records[k]["energy_per_atom"]])[0])
+            records[k].update(cohesive_energy=c, energy_sane=energy_sane(c))
+            if records[k]["energy_sane"] is False:
+                logger.warning("%s: cohesive energy %.2f eV/atom outside the sane range [%g, %g] (the potential's "
+                               "free atoms minus its energy)", records[k]["file"], c, lo, hi)
         for k, isolated in _per_item(args, records, structures, potential.isolated_sites).items():
             records[k]["isolated_sites"] = isolated
             if isolated:
@@ -198,6 +209,8 @@ def _print_table(records: list[dict]) -> None:
         cols.append(("energy_per_atom", "E (eV/atom)"))
     if any("e_above_hull" in r for r in records):
         cols.append(("e_above_hull", "E_hull"))
+    if any("energy_sane" in r for r in records):
+        cols.append(("energy_sane", "E_sane"))
     if any(r.get("isolated_sites") for r in records):
         cols.append(("isolated_sites", "isolated"))
     if any("volume_scale_factor" in r for r in records):

@@ -30,7 +30,9 @@ CHECKS = ("none", DEFAULT_CHECKS, "energy", "volume_scan", "relax", "hull")
 #: old names of checks, still accepted
 CHECK_ALIASES = {"basic": DEFAULT_CHECKS}
 #: the keys of a check record taken from the scorer's breakdown, and those added by the energy-based checks
-_BASIC_KEYS = ("valid", "strict_valid", "space_group", "space_group_match", "crystal_system_match", "connectivity")
+_BASIC_KEYS = ("sound", "valid", "strict_valid", "strict_reasons", "min_distance", "min_distance_ratio", "space_group",
+               "space_group_match", "crystal_system_match", "connectivity")
+_ENERGY_KEYS = ("energy_per_atom", "cohesive_energy", "energy_sane", "isolated_sites")
 
 
 def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
@@ -64,8 +66,10 @@ def parse_checks(checks: str | Iterable[str] | None) -> frozenset[str]:
 class CheckRecord:
     """One kept structure: ``index`` into the structures given, the ``structure`` as checked (volume-scanned or
     relaxed where those checks ran), the scorer's ``scores`` (None without checks) and the ``checks`` record
-    (``valid``, ``strict_valid``, ``space_group``, ``space_group_match``, ``crystal_system_match``,
-    ``connectivity``, and ``energy_per_atom``, ``volume_scale_factor``, ``relaxed``, ``e_above_hull`` where run)."""
+    (``sound``, ``valid``, ``strict_valid``, ``strict_reasons``, ``min_distance``, ``min_distance_ratio``,
+    ``space_group``, ``space_group_match``, ``crystal_system_match``, ``connectivity``, and ``energy_per_atom``,
+    ``cohesive_energy``, ``energy_sane``, ``isolated_sites``, ``volume_scale_factor``, ``relaxed``, ``e_above_hull``
+    where run)."""
 
     index: int
     structure: Any
@@ -109,8 +113,9 @@ def post_checks(
     flags
         The checks (see :func:`parse_checks`).
     keep
-        Best-of-N: keep the best ``keep`` by the checks' total score, best first (among equal totals, and
-        without checks, the lowest ``tie_break`` first). None keeps every structure in the order given.
+        Best-of-N: keep the best ``keep``, best first: sound candidates before the others, then by the checks'
+        total score (:func:`~gpsk_materials.checks.scoring.rank_key`); among equal keys, and without checks, the
+        lowest ``tie_break`` first. None keeps every structure in the order given.
     scorer
         A configured CandidateScorer (default: :func:`make_scorer` of ``flags``, ``potential``, ``symprec``).
     potential
@@ -132,8 +137,10 @@ def post_checks(
         for rec, s, sc in zip(records, scored, scores):
             rec.structure, rec.scores, rec.checks = s, sc, _check_record(sc, flags)
     if keep is not None:
+        from gpsk_materials.checks.scoring import rank_key
+
         ties = [0.0] * len(records) if tie_break is None else list(tie_break)
-        order = sorted(range(len(records)), key=lambda i: (-(records[i].scores or {}).get("total", 0.0), ties[i]))
+        order = sorted(range(len(records)), key=lambda i: (*(-x for x in rank_key(records[i].scores)), ties[i]))
         records = [records[i] for i in order][:keep]
     if "relax" in flags and records:
         _relax(records, conditions, scorer, potential, relax_steps, fmax)
@@ -150,12 +157,29 @@ def post_checks(
 def _check_record(scores: dict[str, Any], flags: frozenset[str]) -> dict[str, Any]:
     rec = {k: scores.get(k) for k in _BASIC_KEYS}
     if "energy" in flags:
-        rec["energy_per_atom"] = scores.get("energy_per_atom")
-        rec["isolated_sites"] = scores.get("isolated_sites")
+        rec.update({k: scores.get(k) for k in _ENERGY_KEYS})
     if "volume_scan" in flags:
         rec["volume_scale_factor"] = scores.get("volume_scale_factor")
         rec["volume_scan_at_boundary"] = scores.get("volume_scan_at_boundary")
     return rec
+
+
+def result_flags(checks: dict[str, Any]) -> str | None:
+    """What the checks could not vouch for, in words (None when nothing): a failed strict check with its reasons
+    and an insane energy (issue 16, case 9), atoms without a neighbour within the potential's cutoff, a volume scan
+    whose minimum lay at an end of its range (case 8). ``checks`` is a :class:`CheckRecord`'s ``checks``."""
+    flags = []
+    if checks.get("strict_valid") is False:
+        closest = checks.get("min_distance")
+        why = ([] if closest is None else [f"closest atoms {closest:.2f} A"]) + list(checks.get("strict_reasons") or [])
+        flags.append(f"fails the strict check: {', '.join(why)}")
+    if checks.get("energy_sane") is False:
+        flags.append(f"energy not sane: cohesive energy {checks['cohesive_energy']:.2f} eV/atom")
+    if checks.get("isolated_sites"):
+        flags.append(f"isolated atoms {checks['isolated_sites']}")
+    if checks.get("volume_scan_at_boundary"):
+        flags.append("volume scan minimum at its range's edge (not applied)")
+    return "; ".join(flags) or None
 
 
 def _relax(records: list[CheckRecord], conditions: Any, scorer: Any, potential: Any, steps: int, fmax: float) -> None:
@@ -171,7 +195,8 @@ def _relax(records: list[CheckRecord], conditions: Any, scorer: Any, potential: 
     for rec, res, sc in zip(records, relaxed, again):
         rec.structure = res.structure
         rec.checks.update(relaxed=True, relax_converged=res.converged, relax_steps=res.steps,
-                          energy_per_atom=res.energy_per_atom, **{k: sc[k] for k in _BASIC_KEYS})
+                          **{k: sc[k] for k in _BASIC_KEYS + _ENERGY_KEYS})
 
 
-__all__ = ["CHECKS", "CHECK_ALIASES", "DEFAULT_CHECKS", "CheckRecord", "make_scorer", "parse_checks", "post_checks"]
+__all__ = ["CHECKS", "CHECK_ALIASES", "DEFAULT_CHECKS", "CheckRecord", "make_scorer", "parse_checks", "post_checks",
+           "result_flags"]

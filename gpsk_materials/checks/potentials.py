@@ -21,19 +21,20 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from monty.json import MSONable
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from tqdm.auto import tqdm
 
 from gpsk_materials.checks._common import as_structures
 from gpsk_materials.checks.batch_relax import fire_relax
+from gpsk_materials.checks.validity import nearest_neighbours
 from gpsk_materials.defaults import FMAX, RELAX_BATCH, RELAX_STEPS
 from gpsk_materials.errors import InvalidStructureError, PotentialError
 from gpsk_materials.paths import SHARED_ENV, shared_model
@@ -148,11 +149,40 @@ class Potential(MSONable):
         the crystal, so energies, volume scans and relaxations of the structure are answers from outside the
         potential's reach (issue 16, case 8). A Ne atom alone in a 10 A cubic cell is one.
         """
+        return [self.isolated_in(nearest_neighbours(s, cutoff=self.cutoff)[1])
+                for s in as_structures(structures, ordered=True)]
+
+    def isolated_in(self, nearest: np.ndarray) -> list[int]:
+        """The sites whose nearest neighbour lies beyond :attr:`cutoff`, from the per-site nearest-neighbour
+        distances of :func:`~gpsk_materials.checks.validity.nearest_neighbours` (built with a ``cutoff`` of at least
+        this potential's): a caller that holds that neighbour list needs no second one."""
+        return [int(i) for i in np.flatnonzero(~(np.asarray(nearest) <= self.cutoff))]
+
+    def free_atom_energies(self, elements: Iterable[str]) -> dict[str, float]:
+        """The potential's energy (eV) of one atom of each element alone: the atom in a cube whose edge exceeds
+        :attr:`cutoff` by 1 A, so that nothing, not even its own image, lies within reach (the model's free-atom
+        term, see :meth:`isolated_sites`). NaN for an element the potential cannot evaluate alone (CHGNet refuses
+        atoms without neighbours) or lacks. Cached on the potential."""
+        elements = [str(el) for el in elements]
+        cache = self.__dict__.setdefault("_free_atoms", {})
+        todo = sorted(set(elements) - set(cache))
+        if todo:
+            edge = self.cutoff + 1.0
+            lone = [Structure(Lattice.cubic(edge), [el], [[0.0, 0.0, 0.0]]) for el in todo]
+            cache.update(zip(todo, (float(e) for e in self.energies(lone, on_error="nan"))))
+        return {el: cache[el] for el in elements}
+
+    def cohesive_energies(self, structures: Structure | list[Structure], energies: Iterable[float]) -> np.ndarray:
+        """Cohesive energy per atom (eV/atom) of each structure at the given energies per atom: the
+        composition-weighted :meth:`free_atom_energies` minus the energy. Positive for a solid bound with respect to
+        its separated atoms; NaN where an energy or a free-atom energy is missing."""
+        structures = as_structures(structures)
         out = []
-        for s in as_structures(structures, ordered=True):
-            centers = s.get_neighbor_list(self.cutoff)[0]
-            out.append(sorted(set(range(len(s))) - {int(c) for c in centers}))
-        return out
+        for s, e in zip(structures, energies):
+            amounts = s.composition.fractional_composition.get_el_amt_dict()
+            free = self.free_atom_energies(amounts)
+            out.append(sum(free[el] * x for el, x in amounts.items()) - float(e))
+        return np.array(out, dtype=float)
 
     def _unsupported(self, structure: Structure) -> list[str]:
         return sorted({el.symbol for el in structure.composition.elements} - self.element_types)

@@ -150,25 +150,53 @@ def _site_radius(species: Composition) -> float:
     return sum(occ * _covalent_radius(getattr(sp, "element", sp).symbol) for sp, occ in species.items()) / total
 
 
-def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndarray:
-    """For each site, the smallest d_ij / (r_i + r_j) over its neighbours (covalent radii, periodic images of the
-    site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum. A
-    disordered site has the occupancy-weighted mean radius of its species."""
+def nearest_neighbours(structure: Structure, cutoff_factor: float = 1.5, cutoff: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each site's closest neighbours from one neighbour list (periodic images of the site itself included).
+
+    Parameters
+    ----------
+    structure
+        The structure (a disordered site has the occupancy-weighted mean covalent radius of its species).
+    cutoff_factor
+        The list reaches ``cutoff_factor`` times the largest sum of two covalent radii ...
+    cutoff
+        ... or ``cutoff`` (A), whichever is larger (e.g. a potential's :attr:`~gpsk_materials.checks.potentials.
+        Potential.cutoff`, so that one list serves the radii checks and the isolated-atom check).
+
+    Returns
+    -------
+    ratios, distances
+        Per site, the smallest d_ij / (r_i + r_j) and the smallest d_ij (A) over its neighbours; ``inf`` where no
+        neighbour lies within the list's reach.
+    """
     structure = as_structure(structure)
     radii = np.array([_site_radius(site.species) for site in structure])
-    cutoff = cutoff_factor * 2.0 * radii.max()
-    centers, points, _, dists = structure.get_neighbor_list(cutoff)
+    reach = max(cutoff_factor * 2.0 * radii.max(), cutoff)
+    centers, points, _, dists = structure.get_neighbor_list(reach)
     ratios = np.full(len(structure), np.inf)
+    nearest = np.full(len(structure), np.inf)
     if len(centers):
-        r = dists / (radii[centers] + radii[points])
-        np.minimum.at(ratios, centers, r)
-    return ratios
+        np.minimum.at(ratios, centers, dists / (radii[centers] + radii[points]))
+        np.minimum.at(nearest, centers, dists)
+    return ratios, nearest
 
 
-def connectivity(structure: Structure, factor: float = 1.3) -> float:
-    """Fraction of atoms with at least one neighbour within ``factor`` times the sum of covalent radii."""
-    ratios = distance_ratios(structure, cutoff_factor=max(factor, 1.0))
-    return float(np.mean(ratios <= factor))
+def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndarray:
+    """For each site, the smallest d_ij / (r_i + r_j) over its neighbours (covalent radii, periodic images of the
+    site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum (the
+    ratios of :func:`nearest_neighbours`)."""
+    return nearest_neighbours(structure, cutoff_factor)[0]
+
+
+def connectivity(structure: Structure, factor: float = 1.3, ratios: np.ndarray | None = None) -> float:
+    """Fraction of atoms with at least one neighbour within ``factor`` times the sum of covalent radii.
+
+    ``ratios`` are the structure's :func:`distance_ratios` when already computed with a ``cutoff_factor`` of at
+    least ``factor`` (None: computed here)."""
+    if ratios is None:
+        ratios = distance_ratios(structure, cutoff_factor=max(factor, 1.0))
+    return float(np.mean(np.asarray(ratios) <= factor))
 
 
 @dataclass
@@ -253,8 +281,9 @@ class ValidityCheck(MSONable):
         self.volume_per_atom_range = (float(lo), float(hi))
         self.min_distance_ratio = float(min_distance_ratio)
 
-    def check(self, structure: Structure) -> ValidityResult:
-        """Run every validity check on ``structure``."""
+    def check(self, structure: Structure, ratios: np.ndarray | None = None) -> ValidityResult:
+        """Run every validity check on ``structure``; ``ratios`` are its :func:`distance_ratios` when already
+        computed (None: computed here)."""
         structure = as_structure(structure)
         reasons = []
         struct_ok = structural_validity(structure, self.min_distance, self.min_volume)
@@ -270,7 +299,7 @@ class ValidityCheck(MSONable):
         vpa_ok = lo <= vpa <= hi
         if not vpa_ok:
             reasons.append(f"volume per atom {vpa:.2f} A^3 outside [{lo}, {hi}]")
-        ratio = float(distance_ratios(structure).min())
+        ratio = float(np.min(distance_ratios(structure) if ratios is None else ratios))
         ratio_ok = ratio >= self.min_distance_ratio
         if not ratio_ok:
             reasons.append(f"distance / covalent-radii sum {ratio:.2f} < {self.min_distance_ratio}")

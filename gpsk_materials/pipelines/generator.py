@@ -12,7 +12,10 @@ Stages of :meth:`CrystalGenerator.run` (a pipeline in the diffusers / TRELLIS se
    candidate was conditioned on, or an inferred composition when the request left the composition free); a grid
    that does not decode is a failed candidate, never returned;
 4. the post-checks (``checks=``, :func:`gpsk_materials.checks.post.post_checks`) score the candidates and the best
-   ``n`` of ``n * best_of`` are kept.
+   ``n`` of ``n * best_of`` are kept: sound candidates first (strict check passed, sane energy, no isolated atom;
+   :func:`gpsk_materials.checks.scoring.rank_key`), then by score. A kept structure the checks cannot vouch for
+   (e.g. failing the strict check because no candidate passed it) is named in ``properties["gpsk"]["checks"]
+   ["flags"]``, in the table's flags column and in a logged warning.
 
 Reproducibility: the noise of request ``i`` comes from its own ``torch.Generator`` seeded with ``seed + i`` (or the
 request's own seed), and the sampler always runs batches of exactly ``batch_size`` latents (padded), because CPU
@@ -36,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gpsk_materials import provenance
-from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks, post_checks
+from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks, post_checks, result_flags
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
 from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
 from gpsk_materials.models.generative import GPSKModel
@@ -640,11 +643,12 @@ class CrystalGenerator(MSONable):
             s = rec.structure
             for section, value in self._provenance(r, decoded_s, j, rank, rec, flags, res).items():
                 provenance.write(s, section, value)
-            if rec.scores and rec.scores.get("strict_valid") is False:
+            if flagged := result_flags(rec.checks):
                 logger.warning(
-                    "request %d (%s): returned structure %d fails the strict check (interatomic distances against "
-                    "the elements' covalent radii, volume per atom); no better candidate was found: see "
-                    "properties['gpsk']['scores']", r.index, r.formula, rank,
+                    "request %d (%s): returned structure %d: %s%s; see properties['gpsk']['checks']", r.index,
+                    r.formula, rank, flagged,
+                    "" if rec.checks.get("sound", True)
+                    else f"; the {res.decoded} decoded candidates held no sound one to take its place",
                 )
             res.structures.append(s)
 
@@ -677,6 +681,6 @@ class CrystalGenerator(MSONable):
             },
             "decode": {**provenance.read(decoded, "decode", {}), "formula_units": units},
             "scores": rec.scores,
-            "checks": {"run": sorted(flags), "results": rec.checks},
+            "checks": {"run": sorted(flags), "results": rec.checks, "flags": result_flags(rec.checks)},
         })
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from gpsk_materials import provenance
+from gpsk_materials.checks.post import result_flags
 from gpsk_materials.pipelines.generator import GenerationResult
 
 #: columns of ``summary.csv`` (one row per written structure)
@@ -28,17 +29,6 @@ def _structure(obj: Any):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     return AseAtomsAdaptor.get_structure(obj)
-
-
-def result_flags(checks: dict[str, Any]) -> str | None:
-    """What the checks could not vouch for, in words (None when nothing): atoms without a neighbour within the
-    potential's cutoff, a volume scan whose minimum lay at an end of its range (issue 16, case 8)."""
-    flags = []
-    if checks.get("isolated_sites"):
-        flags.append(f"isolated atoms {checks['isolated_sites']}")
-    if checks.get("volume_scan_at_boundary"):
-        flags.append("volume scan minimum at its range's edge (not applied)")
-    return "; ".join(flags) or None
 
 
 def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
