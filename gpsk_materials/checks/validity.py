@@ -150,19 +150,37 @@ def _site_radius(species: Composition) -> float:
     return sum(occ * _covalent_radius(getattr(sp, "element", sp).symbol) for sp, occ in species.items()) / total
 
 
+def _contacts(structure: Structure, cutoff_factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour pairs within ``cutoff_factor`` times the largest sum of covalent radii (periodic images of a site
+    included): ``(centers, points, distances in A, distance / (r_i + r_j))``."""
+    radii = np.array([_site_radius(site.species) for site in structure])
+    cutoff = cutoff_factor * 2.0 * radii.max()
+    centers, points, _, dists = structure.get_neighbor_list(cutoff)
+    return centers, points, dists, dists / (radii[centers] + radii[points]) if len(centers) else dists
+
+
 def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndarray:
     """For each site, the smallest d_ij / (r_i + r_j) over its neighbours (covalent radii, periodic images of the
     site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum. A
     disordered site has the occupancy-weighted mean radius of its species."""
     structure = as_structure(structure)
-    radii = np.array([_site_radius(site.species) for site in structure])
-    cutoff = cutoff_factor * 2.0 * radii.max()
-    centers, points, _, dists = structure.get_neighbor_list(cutoff)
+    centers, _, _, r = _contacts(structure, cutoff_factor)
     ratios = np.full(len(structure), np.inf)
     if len(centers):
-        r = dists / (radii[centers] + radii[points])
         np.minimum.at(ratios, centers, r)
     return ratios
+
+
+def closest_contact(structure: Structure) -> tuple[int, int, float, float] | None:
+    """The pair of sites closest relative to their covalent radii, the quantity :func:`distance_ratios` reports per
+    site: ``(i, j, distance in A, distance / (r_i + r_j))``, ``j`` possibly ``i`` (a site and its own periodic
+    image); None when no pair lies within 1.5 times the largest sum of radii."""
+    structure = as_structure(structure)
+    centers, points, dists, r = _contacts(structure, 1.5)
+    if not len(centers):
+        return None
+    k = int(np.argmin(r))
+    return int(centers[k]), int(points[k]), float(dists[k]), float(r[k])
 
 
 def connectivity(structure: Structure, factor: float = 1.3) -> float:

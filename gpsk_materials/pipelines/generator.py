@@ -169,8 +169,11 @@ class CrystalGenerator(MSONable):
         self.model_path = None if model_path is None else Path(model_path)
         self.max_sites = int(max_sites)
         self.batch_size = batch_size
+        # a generated grid is judged by the checks after decoding: a decode the decoder cannot vouch for (low
+        # confidence of an inferred composition, implausibly close atoms) is kept, marked low_confidence, and named
+        # in the results table's flags column
         self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(
-            max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL,
+            max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL, keep_low_confidence=True,
             batch_size=GPU_BATCH_SIZE if self.device.type == "cuda" else 16)
         self.decoder.to(str(self.device))
         self._potential = potential if isinstance(potential, Potential) else None

@@ -30,10 +30,17 @@ def _structure(obj: Any):
     return AseAtomsAdaptor.get_structure(obj)
 
 
-def result_flags(checks: dict[str, Any]) -> str | None:
-    """What the checks could not vouch for, in words (None when nothing): atoms without a neighbour within the
-    potential's cutoff, a volume scan whose minimum lay at an end of its range (issue 16, case 8)."""
+def result_flags(checks: dict[str, Any], decode: dict[str, Any] | None = None) -> str | None:
+    """What the checks or the decoder could not vouch for, in words (None when nothing): a decode kept below the
+    decoder's acceptance (``decode["low_confidence"]``: confidence of an inferred composition, implausibly close
+    atoms; issue 16, case 3), atoms without a neighbour within the potential's cutoff, a volume scan whose minimum
+    lay at an end of its range (issue 16, case 8)."""
     flags = []
+    doubts = (decode or {}).get("low_confidence_reasons") or []
+    if any(d.startswith("decode confidence") for d in doubts):
+        flags.append(f"low decode confidence {decode['confidence']:.2f} (composition inferred)")
+    if any("covalent radii" in d for d in doubts):
+        flags.append("decoded atoms closer than their radii allow")
     if checks.get("isolated_sites"):
         flags.append(f"isolated atoms {checks['isolated_sites']}")
     if checks.get("volume_scan_at_boundary"):
@@ -62,7 +69,7 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "valid": checks.get("valid"),
         "strict_valid": checks.get("strict_valid"),
         "score": scores.get("total"),
-        "flags": result_flags(checks),
+        "flags": result_flags(checks, provenance.read(s, "decode")),
         "decode_residual": (provenance.read(s, "decode") or {}).get("relative_residual"),
         "seed": request.get("seed"),
         "sample_index": request.get("sample_index"),

@@ -1,0 +1,115 @@
+"""False-accept and false-reject rates of the decoder's acceptance on MP-20 test grids, clean and noisy.
+
+Issue 16, case 3. Each of the first ``--n`` MP-20 test structures is featurized; each grid is decoded clean and with
+Gaussian noise of ``level`` times each channel's standard deviation added to every voxel (``--noise``, default
+0.1 %, 0.3 % and 1 %):
+
+* without a composition, with every acceptance switched off except ``max_residual`` and ``min_distance``
+  (``min_confidence=0``, ``min_distance_ratio=0``), recording the decode confidence and whether the decoded
+  structure is right (pymatgen ``StructureMatcher``, default tolerances, against the canonical cell: same
+  formula and structure). For each threshold t of ``--thresholds``, a decode is accepted when its confidence is
+  >= t; the **false-accept rate** is the share of wrong decodes that are accepted and the **false-reject rate**
+  the share of right decodes that are rejected;
+* with the composition (``--given``), with ``min_distance_ratio=0`` and with the default: the round-trip match rate
+  before and after the physical-plausibility check, and how many right decodes the check rejects.
+
+    python benchmarks/decode_confidence.py --n 24 --out docs/results/decode_confidence.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import generation_parser, mp20_test_grids, write_summary  # noqa: E402
+
+THRESHOLDS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def noisy(grids: np.ndarray, level: float, seed: int) -> np.ndarray:
+    """``grids`` (B, 3, n, n, n) plus N(0, (level * std of the channel)^2) noise on every voxel."""
+    if level == 0:
+        return grids
+    rng = np.random.default_rng(seed)
+    std = grids.std(axis=(2, 3, 4), keepdims=True)
+    return (grids + level * std * rng.normal(size=grids.shape)).astype(grids.dtype)
+
+
+def decode_records(decoder, grids, comps, cells) -> list[dict]:
+    """Per grid: formula decoded, confidence, right (StructureMatcher against the canonical cell), reason of a
+    failure."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    out, reasons = decoder.decode_many(grids, comps, return_errors=True, pbar=False)
+    matcher = StructureMatcher()
+    rows = []
+    for cell, s, why in zip(cells, out, reasons):
+        d = {} if s is None else s.properties["gpsk"]["decode"]
+        rows.append({"formula": cell.composition.reduced_formula,
+                     "decoded": None if s is None else s.composition.reduced_formula,
+                     "confidence": d.get("confidence"), "low_confidence_reasons": d.get("low_confidence_reasons"),
+                     "right": bool(s is not None and matcher.fit(cell, s)), "error": why})
+    return rows
+
+
+def rates(rows: list[dict], threshold: float) -> dict:
+    """False-accept / false-reject counts and rates of accepting a decode with confidence >= ``threshold``."""
+    done = [r for r in rows if r["decoded"] is not None]
+    right = [r for r in done if r["right"]]
+    wrong = [r for r in done if not r["right"]]
+    fa = sum(r["confidence"] >= threshold for r in wrong)
+    fr = sum(r["confidence"] < threshold for r in right)
+    return {"threshold": threshold, "decoded": len(done), "right": len(right), "wrong": len(wrong),
+            "false_accepts": fa, "false_rejects": fr,
+            "false_accept_rate": fa / len(wrong) if wrong else None,
+            "false_reject_rate": fr / len(right) if right else None}
+
+
+def main(argv=None) -> int:
+    p = generation_parser(__doc__)
+    p.add_argument("--n", type=int, default=24, help="first N structures of mp20/test.csv")
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.001, 0.003, 0.01],
+                   help="noise levels (fraction of each channel's standard deviation)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    p.add_argument("--given", type=float, nargs="*", default=[0.0, 0.01],
+                   help="noise levels decoded with the composition (plausibility check before / after)")
+    args = p.parse_args(argv)
+    from gpsk_materials.representations.decoding import MIN_CONFIDENCE, ReciprocalGridDecoder
+
+    _, _, cells, grids = mp20_test_grids(args.n, "cpu")
+    grids = grids.numpy()
+    permissive = ReciprocalGridDecoder(min_confidence=0.0, min_distance_ratio=0.0, device=args.device)
+    default = ReciprocalGridDecoder(device=args.device)
+    inferred, given = [], []
+    for k, level in enumerate(args.noise):
+        t0 = time.perf_counter()
+        rows = decode_records(permissive, noisy(grids, level, args.seed + k), [None] * len(cells), cells)
+        table = [rates(rows, t) for t in args.thresholds]
+        inferred.append({"noise": level, "seconds": time.perf_counter() - t0, "rates": table, "grids": rows})
+        print(f"noise {level:.3%} inferred: {sum(r['right'] for r in rows)}/{len(rows)} right "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        for r in table:
+            print(f"  t={r['threshold']:<6} false accepts {r['false_accepts']}/{r['wrong']}  "
+                  f"false rejects {r['false_rejects']}/{r['right']}", flush=True)
+    comps = [c.composition for c in cells]
+    for k, level in enumerate(args.given):
+        g = noisy(grids, level, args.seed + 100 + k)
+        before = decode_records(ReciprocalGridDecoder(min_distance_ratio=0.0, device=args.device), g, comps, cells)
+        after = decode_records(default, g, comps, cells)
+        row = {"noise": level, "matched_before": sum(r["right"] for r in before),
+               "matched_after": sum(r["right"] for r in after), "n": len(cells),
+               "rejected_by_plausibility": [r["error"] for r in after if r["error"] and "plausible" in r["error"]]}
+        given.append(row)
+        print(f"noise {level:.3%} given: matched {row['matched_before']} -> {row['matched_after']} of {len(cells)}; "
+              f"plausibility rejects {len(row['rejected_by_plausibility'])}", flush=True)
+    write_summary(args.out, {"n": len(cells), "seed": args.seed, "default_min_confidence": MIN_CONFIDENCE,
+                             "inferred": inferred, "given": given})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
