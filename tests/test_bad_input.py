@@ -733,3 +733,29 @@ def test_acceptance_options_are_checked(kwargs, words):
     with pytest.raises(ConfigError) as info:
         ReciprocalGridDecoder(**kwargs)
     assert words in str(info.value)
+
+
+def _ni110_missing_row() -> Structure:
+    """The 38-site Ni(110) (1x2) missing-row slab of issue 16 (c = 49.6 A): pymatgen's ReconstructionGenerator on
+    fcc Ni with a = 3.507 A, 20 A of slab and 20 A of vacuum."""
+    from pymatgen.core.surface import ReconstructionGenerator
+
+    ni = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.507), ["Ni"], [[0, 0, 0]])
+    slab = ReconstructionGenerator(ni, 20, 20, "fcc_110_missing_row_1x2").build_slabs()[0]
+    return Structure.from_sites(slab)
+
+
+@pytest.mark.slow
+def test_ni_slab_decoding_to_implausible_distances_is_a_decoding_error():
+    from gpsk_materials.errors import DecodingError
+    from gpsk_materials.representations.decoding import MIN_DISTANCE_RATIO, ReciprocalGridDecoder
+
+    slab = _ni110_missing_row()
+    assert len(slab) == 38 and slab.lattice.c == pytest.approx(49.6, abs=0.01)
+    grid = ReciprocalGridFeaturizer().featurize(slab)
+    # right composition, residual under max_residual, yet two Ni atoms far closer than Ni-Ni bonds (2.48 A)
+    with pytest.raises(DecodingError) as info:
+        ReciprocalGridDecoder().decode(grid, slab.composition)
+    for words in ("Ni-Ni distance", "of the sum of covalent radii", f"below min_distance_ratio={MIN_DISTANCE_RATIO}",
+                  "not physically plausible", "keep_low_confidence=True"):
+        assert words in str(info.value), str(info.value)

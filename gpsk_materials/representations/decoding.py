@@ -784,7 +784,8 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
         contact = closest_contact(s) if self.min_distance_ratio > 0 else None
         if contact is not None and contact[3] < self.min_distance_ratio:
             i, j, d, ratio = contact
-            doubts.append(f"{s[i].species_string}-{s[j].species_string} distance {d:.2f} A (sites {i}, {j}) is "
+            where = f"site {i} and its periodic image" if i == j else f"sites {i}, {j}"
+            doubts.append(f"{s[i].species_string}-{s[j].species_string} distance {d:.2f} A ({where}) is "
                           f"{ratio:.2f} of the sum of covalent radii, below min_distance_ratio="
                           f"{self.min_distance_ratio}: not physically plausible")
         return doubts
