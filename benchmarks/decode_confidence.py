@@ -11,9 +11,15 @@ Gaussian noise of ``level`` times each channel's standard deviation added to eve
   >= t; the **false-accept rate** is the share of wrong decodes that are accepted and the **false-reject rate**
   the share of right decodes that are rejected;
 * with the composition (``--given``), with ``min_distance_ratio=0`` and with the default: the round-trip match rate
-  before and after the physical-plausibility check, and how many right decodes the check rejects.
+  before and after the physical-plausibility check, and how many right decodes the check rejects;
+* with ``--radii-all``, the smallest distance / covalent-radii sum of every structure of mp20/test.csv: a structure
+  below ``min_distance_ratio`` would be refused even when decoded exactly (the check's false rejects on the whole
+  test set, without decoding it).
 
-    python benchmarks/decode_confidence.py --n 24 --out docs/results/decode_confidence.json
+The JSON is written after each part, so that a run stopped early keeps what it measured.
+
+    python benchmarks/decode_confidence.py --n 16 --noise 0 0.001 0.01 --given 0 --radii-all \
+        --out docs/results/decode_confidence.json
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import generation_parser, mp20_test_grids, write_summary  # noqa: E402
 
-THRESHOLDS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+THRESHOLDS = (0.0, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 0.001, 0.01, 0.05, 0.1)
 
 
 def noisy(grids: np.ndarray, level: float, seed: int) -> np.ndarray:
@@ -69,22 +75,62 @@ def rates(rows: list[dict], threshold: float) -> dict:
             "false_reject_rate": fr / len(right) if right else None}
 
 
+def radii_all(threshold: float) -> dict:
+    """Smallest distance / covalent-radii sum (:func:`gpsk_materials.checks.validity.distance_ratios`) of each
+    mp20/test.csv structure: how many lie below ``threshold`` and the lowest ones."""
+    from _common import read_structures
+
+    from gpsk_materials.checks.validity import distance_ratios
+
+    structures, _ = read_structures("mp20/test.csv")
+    ratios = np.array([float(distance_ratios(s).min()) for s in structures])
+    order = np.argsort(ratios)[:10]
+    out = {"structures": len(ratios), "threshold": threshold, "below": int((ratios < threshold).sum()),
+           "below_0.7": int((ratios < 0.7).sum()),
+           "lowest": [(structures[i].composition.reduced_formula, round(float(ratios[i]), 3)) for i in order]}
+    print(f"mp20/test.csv: {out['below']} of {out['structures']} structures below distance / radii {threshold}; "
+          f"lowest {out['lowest'][:3]}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = generation_parser(__doc__)
     p.add_argument("--n", type=int, default=24, help="first N structures of mp20/test.csv")
-    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.001, 0.003, 0.01],
+    p.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.001, 0.003, 0.01],
                    help="noise levels (fraction of each channel's standard deviation)")
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     p.add_argument("--given", type=float, nargs="*", default=[0.0, 0.01],
                    help="noise levels decoded with the composition (plausibility check before / after)")
+    p.add_argument("--radii-all", action="store_true", help="distance / radii of every mp20/test.csv structure")
+    p.add_argument("--rates-of", type=Path, default=None,
+                   help="recompute the rate tables of this result file for --thresholds (no decoding)")
     args = p.parse_args(argv)
-    from gpsk_materials.representations.decoding import MIN_CONFIDENCE, ReciprocalGridDecoder
+    if args.rates_of:
+        import json
 
+        result = json.loads(args.rates_of.read_text())
+        for part in result["inferred"]:
+            part["rates"] = [rates(part["grids"], t) for t in args.thresholds]
+        args.rates_of.write_text(json.dumps(result, indent=1))
+        for part in result["inferred"]:
+            print(f"noise {part['noise']:.3%}: " + ", ".join(
+                f"t={r['threshold']:g} FA {r['false_accepts']}/{r['wrong']} FR {r['false_rejects']}/{r['right']}"
+                for r in part["rates"]))
+        return 0
+    from gpsk_materials.representations.decoding import MIN_CONFIDENCE, MIN_DISTANCE_RATIO, ReciprocalGridDecoder
+
+    summary = {"n": args.n, "seed": args.seed, "default_min_confidence": MIN_CONFIDENCE,
+               "default_min_distance_ratio": MIN_DISTANCE_RATIO}
+    if args.radii_all:
+        summary["radii_all"] = radii_all(MIN_DISTANCE_RATIO)
+        write_summary(args.out, summary)
+    if not args.noise and not args.given:
+        return 0
     _, _, cells, grids = mp20_test_grids(args.n, "cpu")
     grids = grids.numpy()
     permissive = ReciprocalGridDecoder(min_confidence=0.0, min_distance_ratio=0.0, device=args.device)
     default = ReciprocalGridDecoder(device=args.device)
-    inferred, given = [], []
+    inferred, given = summary.setdefault("inferred", []), summary.setdefault("given", [])
     for k, level in enumerate(args.noise):
         t0 = time.perf_counter()
         rows = decode_records(permissive, noisy(grids, level, args.seed + k), [None] * len(cells), cells)
@@ -95,6 +141,7 @@ def main(argv=None) -> int:
         for r in table:
             print(f"  t={r['threshold']:<6} false accepts {r['false_accepts']}/{r['wrong']}  "
                   f"false rejects {r['false_rejects']}/{r['right']}", flush=True)
+        write_summary(args.out, summary)
     comps = [c.composition for c in cells]
     for k, level in enumerate(args.given):
         g = noisy(grids, level, args.seed + 100 + k)
@@ -106,8 +153,7 @@ def main(argv=None) -> int:
         given.append(row)
         print(f"noise {level:.3%} given: matched {row['matched_before']} -> {row['matched_after']} of {len(cells)}; "
               f"plausibility rejects {len(row['rejected_by_plausibility'])}", flush=True)
-    write_summary(args.out, {"n": len(cells), "seed": args.seed, "default_min_confidence": MIN_CONFIDENCE,
-                             "inferred": inferred, "given": given})
+        write_summary(args.out, summary)
     return 0
 
 

@@ -675,7 +675,11 @@ def inferred_decodes(shared_data_dir):
     return [feat.canonical_structure(s) for s in structures], out, reasons
 
 
-@pytest.mark.parametrize("index,name", [(0, "CuAu disordered"), (1, "MoS2 monolayer, c = 45 A")])
+@pytest.mark.parametrize("index,name", [
+    pytest.param(0, "CuAu disordered", marks=pytest.mark.xfail(
+        strict=True, reason="known limit: the disordered Cu/Au site decodes as one Ba atom with confidence 3.0e-4, "
+                            "within the range of right decodes (>= 2.7e-4 on MP-20), so min_confidence=1e-4 keeps it")),
+    (1, "MoS2 monolayer, c = 45 A")])
 def test_inferred_decode_below_min_confidence_is_a_decoding_error(inferred_decodes, index, name):
     from gpsk_materials.representations.decoding import MIN_CONFIDENCE
 
@@ -702,7 +706,7 @@ def test_keep_low_confidence_marks_the_result_and_logs_a_warning(caplog):
 
     from gpsk_materials.representations.decoding import ReciprocalGridDecoder
 
-    grid = ReciprocalGridFeaturizer().featurize(_cuau())
+    grid = ReciprocalGridFeaturizer().featurize(_mos2_monolayer())
     with caplog.at_level(logging.WARNING, logger="gpsk_materials.representations.decoding"):
         s = ReciprocalGridDecoder(keep_low_confidence=True).decode(grid)
     d = s.properties["gpsk"]["decode"]
@@ -716,7 +720,7 @@ def test_low_confidence_is_named_in_the_flags_column():
     from gpsk_materials.pipelines.output import result_flags
 
     decode = {"confidence": 0.0, "composition": "inferred", "low_confidence": True,
-              "low_confidence_reasons": ["decode confidence 0.000 below min_confidence=0.05 ...",
+              "low_confidence_reasons": ["decode confidence 0 below min_confidence=0.0001 ...",
                                          "Ni-Ni distance 1.72 A (sites 3, 4) is 0.69 of the sum of covalent radii"]}
     assert result_flags({}, decode) == ("low decode confidence 0.00 (composition inferred); decoded atoms closer "
                                         "than their radii allow")
