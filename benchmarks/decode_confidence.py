@@ -18,8 +18,10 @@ Gaussian noise of ``level`` times each channel's standard deviation added to eve
 
 The JSON is written after each part, so that a run stopped early keeps what it measured.
 
-    python benchmarks/decode_confidence.py --n 16 --noise 0 0.001 0.01 --given 0 --radii-all \
+    python benchmarks/decode_confidence.py --n 16 --noise 0 0.001 0.01 --given 0 \
         --out docs/results/decode_confidence.json
+    python benchmarks/decode_confidence.py --rates-of docs/results/decode_confidence.json
+    python benchmarks/decode_confidence.py --noise --given --radii-all --out docs/results/decode_confidence_radii.json
 """
 
 from __future__ import annotations
