@@ -94,8 +94,9 @@ def main(argv=None) -> int:
     grids = grids.cpu()
     f000, k = amplitude_scale(grids, recon)
     f000_mean, k_mean = amplitude_scale(grids, recon_mean)
-    decoded = ReciprocalGridDecoder(device=args.device).decode_many(splice(recon, grids, args.split_s), None,
-                                                                    ignore_errors=True)
+    # the decoder's guess of the formula is what is measured: keep it below min_confidence (marked)
+    decoded = ReciprocalGridDecoder(device=args.device, keep_low_confidence=True).decode_many(
+        splice(recon, grids, args.split_s), None, ignore_errors=True)
     formulas = [None if d is None else d.composition.reduced_formula for d in decoded]
     truth = [s.composition.reduced_formula for s in structures]
     row = {

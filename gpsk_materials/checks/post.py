@@ -164,11 +164,18 @@ def _check_record(scores: dict[str, Any], flags: frozenset[str]) -> dict[str, An
     return rec
 
 
-def result_flags(checks: dict[str, Any]) -> str | None:
-    """What the checks could not vouch for, in words (None when nothing): a failed strict check with its reasons
-    and an insane energy (issue 16, case 9), atoms without a neighbour within the potential's cutoff, a volume scan
-    whose minimum lay at an end of its range (case 8). ``checks`` is a :class:`CheckRecord`'s ``checks``."""
+def result_flags(checks: dict[str, Any], decode: dict[str, Any] | None = None) -> str | None:
+    """What the checks or the decoder could not vouch for, in words (None when nothing): a decode kept below the
+    decoder's acceptance (``decode["low_confidence"]``: confidence of an inferred composition, implausibly close
+    atoms; issue 16, case 3), a failed strict check with its reasons and an insane energy (case 9), atoms without
+    a neighbour within the potential's cutoff, a volume scan whose minimum lay at an end of its range (case 8).
+    ``checks`` is a :class:`CheckRecord`'s ``checks``, ``decode`` the structure's ``decode`` provenance."""
     flags = []
+    doubts = (decode or {}).get("low_confidence_reasons") or []
+    if any(d.startswith("decode confidence") for d in doubts):
+        flags.append(f"low decode confidence {decode['confidence']:.2f} (composition inferred)")
+    if any("covalent radii" in d for d in doubts):
+        flags.append("decoded atoms closer than their radii allow")
     if checks.get("strict_valid") is False:
         closest = checks.get("min_distance")
         why = ([] if closest is None else [f"closest atoms {closest:.2f} A"]) + list(checks.get("strict_reasons") or [])

@@ -150,6 +150,17 @@ def _site_radius(species: Composition) -> float:
     return sum(occ * _covalent_radius(getattr(sp, "element", sp).symbol) for sp, occ in species.items()) / total
 
 
+def _contacts(structure: Structure, cutoff_factor: float, cutoff: float = 0.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour pairs within ``cutoff_factor`` times the largest sum of covalent radii, or ``cutoff`` (A) if larger
+    (periodic images of a site included): ``(centers, points, distances in A, distance / (r_i + r_j))``. A
+    disordered site has the occupancy-weighted mean radius of its species."""
+    radii = np.array([_site_radius(site.species) for site in structure])
+    reach = max(cutoff_factor * 2.0 * radii.max(), cutoff)
+    centers, points, _, dists = structure.get_neighbor_list(reach)
+    return centers, points, dists, dists / (radii[centers] + radii[points]) if len(centers) else dists
+
+
 def nearest_neighbours(structure: Structure, cutoff_factor: float = 1.5, cutoff: float = 0.0
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Each site's closest neighbours from one neighbour list (periodic images of the site itself included).
@@ -171,13 +182,11 @@ def nearest_neighbours(structure: Structure, cutoff_factor: float = 1.5, cutoff:
         neighbour lies within the list's reach.
     """
     structure = as_structure(structure)
-    radii = np.array([_site_radius(site.species) for site in structure])
-    reach = max(cutoff_factor * 2.0 * radii.max(), cutoff)
-    centers, points, _, dists = structure.get_neighbor_list(reach)
+    centers, _, dists, r = _contacts(structure, cutoff_factor, cutoff)
     ratios = np.full(len(structure), np.inf)
     nearest = np.full(len(structure), np.inf)
     if len(centers):
-        np.minimum.at(ratios, centers, dists / (radii[centers] + radii[points]))
+        np.minimum.at(ratios, centers, r)
         np.minimum.at(nearest, centers, dists)
     return ratios, nearest
 
@@ -187,6 +196,18 @@ def distance_ratios(structure: Structure, cutoff_factor: float = 1.5) -> np.ndar
     site itself included); ``inf`` where no neighbour lies within ``cutoff_factor`` times the largest sum (the
     ratios of :func:`nearest_neighbours`)."""
     return nearest_neighbours(structure, cutoff_factor)[0]
+
+
+def closest_contact(structure: Structure) -> tuple[int, int, float, float] | None:
+    """The pair of sites closest relative to their covalent radii, the quantity :func:`distance_ratios` reports per
+    site: ``(i, j, distance in A, distance / (r_i + r_j))``, ``j`` possibly ``i`` (a site and its own periodic
+    image); None when no pair lies within 1.5 times the largest sum of radii."""
+    structure = as_structure(structure)
+    centers, points, dists, r = _contacts(structure, 1.5)
+    if not len(centers):
+        return None
+    k = int(np.argmin(r))
+    return int(centers[k]), int(points[k]), float(dists[k]), float(r[k])
 
 
 def connectivity(structure: Structure, factor: float = 1.3, ratios: np.ndarray | None = None) -> float:

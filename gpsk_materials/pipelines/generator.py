@@ -174,8 +174,11 @@ class CrystalGenerator(MSONable):
         self.model_path = None if model_path is None else Path(model_path)
         self.max_sites = int(max_sites)
         self.batch_size = batch_size
+        # a generated grid is judged by the checks after decoding: a decode the decoder cannot vouch for (low
+        # confidence of an inferred composition, implausibly close atoms) is kept, marked low_confidence, and named
+        # in the results table's flags column
         self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(
-            max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL,
+            max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL, keep_low_confidence=True,
             batch_size=GPU_BATCH_SIZE if self.device.type == "cuda" else 16)
         self.decoder.to(str(self.device))
         self._potential = potential if isinstance(potential, Potential) else None
@@ -556,7 +559,7 @@ class CrystalGenerator(MSONable):
 
         todo = [k for k, r in enumerate(resolved) if r.request.projection > 0]
         projector = copy.copy(self.decoder)
-        projector.max_residual = float("inf")
+        projector.max_residual, projector.min_confidence, projector.min_distance_ratio = float("inf"), 0.0, 0.0
         placed = self._decode([resolved[k] for k in todo], [grids[k] for k in todo], progress, projector)
         rows = [(k, j, s) for k, (structures, _) in zip(todo, placed) for j, s in enumerate(structures) if s is not None]
         if not rows:
@@ -643,7 +646,7 @@ class CrystalGenerator(MSONable):
             s = rec.structure
             for section, value in self._provenance(r, decoded_s, j, rank, rec, flags, res).items():
                 provenance.write(s, section, value)
-            if flagged := result_flags(rec.checks):
+            if flagged := result_flags(rec.checks, provenance.read(decoded_s, "decode", {})):
                 logger.warning(
                     "request %d (%s): returned structure %d: %s%s; see properties['gpsk']['checks']", r.index,
                     r.formula, rank, flagged,
@@ -681,6 +684,7 @@ class CrystalGenerator(MSONable):
             },
             "decode": {**provenance.read(decoded, "decode", {}), "formula_units": units},
             "scores": rec.scores,
-            "checks": {"run": sorted(flags), "results": rec.checks, "flags": result_flags(rec.checks)},
+            "checks": {"run": sorted(flags), "results": rec.checks,
+                       "flags": result_flags(rec.checks, provenance.read(decoded, "decode", {}))},
         })
 

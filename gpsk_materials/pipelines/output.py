@@ -52,7 +52,7 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "valid": checks.get("valid"),
         "strict_valid": checks.get("strict_valid"),
         "score": scores.get("total"),
-        "flags": result_flags(checks),
+        "flags": result_flags(checks, provenance.read(s, "decode")),
         "decode_residual": (provenance.read(s, "decode") or {}).get("relative_residual"),
         "seed": request.get("seed"),
         "sample_index": request.get("sample_index"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -27,6 +28,15 @@ from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts,
 METHODS = ("reciprocal", "peaks")
 #: largest factor by which the refinement rescales F of a grid with a given cell content (``exact_counts``)
 MAX_SCALE = 3.0
+#: default ``min_confidence`` of a decode with an inferred composition, from ``benchmarks/decode_confidence.py``
+#: (docs/results/decode_confidence.json, 2026-12-02): on 16 MP-20 test grids, clean and with 0.1 % and 1 % noise,
+#: every wrong decode had confidence 0 and every right one >= 2.7e-4 (false accepts 0/23, false rejects 0/24)
+MIN_CONFIDENCE = 1e-4
+#: default ``min_distance_ratio``: smallest interatomic distance of a decoded structure over the sum of the two
+#: atoms' covalent radii (the strict check of :func:`gpsk_materials.checks.validity.distance_ratios`)
+MIN_DISTANCE_RATIO = 0.6
+
+log = logging.getLogger(__name__)
 
 
 def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
@@ -132,6 +142,23 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
         Largest accepted relative residual ||F - F_model|| / ||F||; above it decoding raises ``DecodingError``.
     min_distance : float
         Smallest accepted interatomic distance (Angstrom) of a decoded structure.
+    min_confidence : float
+        Smallest accepted decode confidence (``properties["gpsk"]["decode"]["confidence"]``, the least per-site
+        ``decode_confidence`` = clip(element margin, 0, 1) * clip(1 - |occupancy - 1| / 0.5, 0, 1)) of a grid decoded
+        without a composition; below it the result is a ``DecodingError``, or kept and marked with
+        ``keep_low_confidence``. The default ``MIN_CONFIDENCE`` and its measured false-accept / false-reject rates:
+        docs/errors.md. Not applied with a given composition (the elements are then not guessed).
+    min_distance_ratio : float
+        Physical plausibility of every decoded structure: the smallest interatomic distance over the sum of the two
+        atoms' covalent radii (Cordero et al., Dalton Trans. 2008, 2832; the strict check of
+        :func:`gpsk_materials.checks.validity.distance_ratios`, periodic images included) must reach it, else a
+        ``DecodingError`` naming the pair and its distance (or kept and marked with ``keep_low_confidence``).
+        0 switches the check off.
+    keep_low_confidence : bool
+        Return a structure that fails ``min_confidence`` or ``min_distance_ratio`` instead of raising: it carries
+        ``properties["gpsk"]["decode"]["low_confidence"] = True`` and ``"low_confidence_reasons"``, and
+        ``decode_many`` logs a warning naming the grids. A residual above ``max_residual`` or sites closer than
+        ``min_distance`` stay errors.
     max_sites : int
         Most sites extracted when the composition is unknown; with a composition, an F(000) asking for more
         formula units than fit in ``max_sites`` is a ``DecodingError``.
@@ -155,6 +182,9 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
         method: str = "reciprocal",
         max_residual: float = 0.3,
         min_distance: float = 0.5,
+        min_confidence: float = MIN_CONFIDENCE,
+        min_distance_ratio: float = MIN_DISTANCE_RATIO,
+        keep_low_confidence: bool = False,
         max_sites: int = 64,
         newton_steps: int = 4,
         polish_steps: int = 12,
@@ -169,9 +199,17 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        for name, value in (("min_confidence", min_confidence), ("min_distance_ratio", min_distance_ratio)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= (
+                    1 if name == "min_confidence" else 2):
+                raise ConfigError(f"{name} must be a number in [0, {1 if name == 'min_confidence' else 2}], "
+                                  f"got {value!r}")
         self.method = method
         self.max_residual = max_residual
         self.min_distance = min_distance
+        self.min_confidence = float(min_confidence)
+        self.min_distance_ratio = float(min_distance_ratio)
+        self.keep_low_confidence = bool(keep_low_confidence)
         self.max_sites = max_sites
         self.newton_steps = newton_steps
         self.polish_steps = polish_steps
@@ -250,7 +288,9 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
             Grids of the wrong shape or dtype, or as many compositions as grids not given (whatever the policy).
         DecodingError, UnknownElementError
             Without ``ignore_errors`` / ``return_errors``, the first grid that does not decode, or whose
-            composition cannot be read.
+            composition cannot be read. A decode below ``min_confidence`` (composition inferred) or with atoms
+            closer than ``min_distance_ratio`` of their radii is a ``DecodingError`` unless ``keep_low_confidence``;
+            kept, it is marked (``properties["gpsk"]["decode"]["low_confidence"]``) and a warning is logged.
         """
         from tqdm.auto import tqdm
 
@@ -280,6 +320,12 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
                     results.append(_given_species(item, compositions[start + j]))
                     reasons.append(None)
         self._last_errors = reasons
+        low = [f"grid {i}: " + "; ".join(s.properties["gpsk"]["decode"]["low_confidence_reasons"])
+               for i, s in enumerate(results) if s is not None and s.properties["gpsk"]["decode"]["low_confidence"]]
+        if low:
+            log.warning("%d of %d decoded structures kept below the decoder's acceptance (keep_low_confidence; "
+                        "marked low_confidence in properties['gpsk']['decode']): %s%s", len(low), B,
+                        " | ".join(low[:5]), " | ..." if len(low) > 5 else "")
         return (results, reasons) if return_errors else results
 
     def _safe_chunk(self, grids, compositions, exact_counts: bool) -> list:
@@ -698,12 +744,15 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
                     "decode_confidence": confidence.round(6).tolist(),
                 },
             )
+            doubts = self._doubts(s, float(confidence.min()), bool(known[b]))
             provenance.write(s, "decode", {
                 "method": self.method,
                 "relative_residual": float(rel[b]),
                 "composition": "given" if known[b] else "inferred",
                 "scale": 1.0 if scale is None else float(scale[b]),
                 "confidence": float(confidence.min()),
+                "low_confidence": bool(doubts),
+                "low_confidence_reasons": doubts,
             })
             if rel[b] > self.max_residual:
                 out.append(DecodingError(
@@ -716,5 +765,28 @@ class ReciprocalGridDecoder(DeprecatedLastErrors, MSONable):
                     out.append(DecodingError(
                         f"grid {b}: decoded sites {dmin:.3f} A apart, below min_distance={self.min_distance}"))
                     continue
+            if doubts and not self.keep_low_confidence:
+                out.append(DecodingError(f"grid {b}: " + "; ".join(doubts) + " (keep_low_confidence=True keeps such "
+                                         "a result, marked low_confidence)"))
+                continue
             out.append(s)
         return out
+
+    def _doubts(self, s, confidence: float, known: bool) -> list[str]:
+        """Why the decoder cannot vouch for ``s`` (empty when it can): a decode confidence below ``min_confidence``
+        with an inferred composition; atoms closer than ``min_distance_ratio`` of the sum of their covalent radii."""
+        from gpsk_materials.checks.validity import closest_contact
+
+        doubts = []
+        if not known and confidence < self.min_confidence:
+            doubts.append(f"decode confidence {confidence:.2g} below min_confidence={self.min_confidence} with an "
+                          f"inferred composition (best guess {s.composition.reduced_formula}: give the composition, "
+                          "or lower min_confidence)")
+        contact = closest_contact(s) if self.min_distance_ratio > 0 else None
+        if contact is not None and contact[3] < self.min_distance_ratio:
+            i, j, d, ratio = contact
+            where = f"site {i} and its periodic image" if i == j else f"sites {i}, {j}"
+            doubts.append(f"{s[i].species_string}-{s[j].species_string} distance {d:.2f} A ({where}) is "
+                          f"{ratio:.2f} of the sum of covalent radii, below min_distance_ratio="
+                          f"{self.min_distance_ratio}: not physically plausible")
+        return doubts
