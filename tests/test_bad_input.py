@@ -848,3 +848,20 @@ def test_ni_slab_decoding_to_implausible_distances_is_a_decoding_error():
     for words in ("Ni-Ni distance", "of the sum of covalent radii", f"below min_distance_ratio={MIN_DISTANCE_RATIO}",
                   "not physically plausible", "keep_low_confidence=True"):
         assert words in str(info.value), str(info.value)
+
+
+def test_a_pymatgen_slab_is_featurized_and_checked_as_a_plain_structure():
+    """pymatgen's Slab cannot be Niggli-reduced by pymatgen itself (its __init__ refuses ``labels``): the featurizer
+    and the checks take its sites as a plain Structure instead of ending in a TypeError."""
+    from pymatgen.core.surface import SlabGenerator
+
+    from gpsk_materials.checks.validity import ValidityCheck
+    from gpsk_materials.representations.canonical import as_structure
+
+    ni = Structure.from_spacegroup(225, Lattice.cubic(3.52), ["Ni"], [[0, 0, 0]])
+    slab = SlabGenerator(ni, (1, 1, 0), 6, 10).get_slab()
+    plain = as_structure(slab)
+    assert type(plain) is Structure and len(plain) == len(slab)
+    grid = ReciprocalGridFeaturizer().featurize(slab)
+    assert grid.shape[0] == 3 and np.isfinite(grid).all()
+    assert ValidityCheck().check(slab).structural_valid

@@ -32,7 +32,7 @@ def as_structure(structure: object, *, ordered: bool = False) -> Structure:
     DisorderError
         ``ordered`` and a site is partially occupied.
     """
-    if not isinstance(structure, Structure):
+    if type(structure) is not Structure:  # IStructure, ASE Atoms, a Slab (canonical.as_structure)
         structure = _convert(structure)
     if len(structure) == 0:
         raise InvalidStructureError("the structure has no sites")

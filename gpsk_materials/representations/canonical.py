@@ -31,7 +31,9 @@ _PROPER_SIGNED_PERMUTATIONS = [m for m in _SIGNED_PERMUTATIONS if round(np.linal
 
 
 def as_structure(obj: Any):
-    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``.
+    """Return a pymatgen ``Structure`` from a Structure, IStructure or ASE ``Atoms``; a subclass of Structure
+    (pymatgen's ``Slab``, ``Interface``) becomes a plain Structure of its sites, whose cell operations (Niggli
+    reduction, primitive cell) pymatgen's subclasses do not all support.
 
     Raises
     ------
@@ -42,9 +44,9 @@ def as_structure(obj: Any):
     """
     from pymatgen.core import IStructure, Structure
 
-    if isinstance(obj, Structure):
+    if type(obj) is Structure:
         return obj
-    if isinstance(obj, IStructure):
+    if isinstance(obj, IStructure):  # Structure is an IStructure
         return Structure.from_sites(obj.sites)
     try:
         from ase import Atoms
