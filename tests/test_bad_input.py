@@ -799,6 +799,10 @@ def test_keep_low_confidence_marks_the_result_and_logs_a_warning(caplog):
     assert "decode confidence" in d["low_confidence_reasons"][0]
     assert "1 of 1 decoded structures kept below the decoder's acceptance" in caplog.text
     assert "grid 0: decode confidence" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gpsk_materials.representations.decoding"):
+        quiet = ReciprocalGridDecoder(keep_low_confidence=True).decode_many(grid[None], pbar=False, warn_kept=False)
+    assert quiet[0].properties["gpsk"]["decode"]["low_confidence"] is True and "kept below" not in caplog.text
 
 
 def test_low_confidence_is_named_in_the_flags_column():

@@ -605,8 +605,10 @@ class CrystalGenerator(MSONable):
                 continue
             comps = [resolved[k].cell(j) for k in todo for j in range(len(grids[k]))]
             flat = torch.cat([grids[k] for k in todo])
+            # candidates kept below the decoder's acceptance are judged by the checks, and a returned one is
+            # flagged there (result_flags), so the decoder's own warning about them would only be noise
             structures, reasons = decoder.decode_many(flat, comps, return_errors=True, pbar=progress,
-                                                      exact_counts=exact)
+                                                      exact_counts=exact, warn_kept=False)
             start = 0
             for k in todo:
                 n = len(grids[k])

@@ -241,6 +241,7 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         pbar: bool = True,
         exact_counts: bool = False,
         *,
+        warn_kept: bool = True,
         errors: str | None = None,
         progress: bool | None = None,
     ) -> list | tuple[list, list]:
@@ -273,6 +274,9 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
             the positions (the scale, linear, is projected out at each step: Golub & Pereyra, SIAM J. Numer. Anal.
             10, 413 (1973)).
             ``properties["gpsk"]["decode"]["scale"]`` is the factor applied to F (1/k).
+        warn_kept : bool
+            Log a warning naming the structures kept below the acceptance (``keep_low_confidence``); a caller
+            that judges every candidate afterwards and flags what it returns (``CrystalGenerator``) turns it off.
         errors, progress
             Deprecated spellings of ``ignore_errors`` (``"none"``) and ``pbar``.
 
@@ -321,7 +325,7 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         self._last_errors = reasons
         low = [f"grid {i}: " + "; ".join(s.properties["gpsk"]["decode"]["low_confidence_reasons"])
                for i, s in enumerate(results) if s is not None and s.properties["gpsk"]["decode"]["low_confidence"]]
-        if low:
+        if low and warn_kept:
             log.warning("%d of %d decoded structures kept below the decoder's acceptance (keep_low_confidence; "
                         "marked low_confidence in properties['gpsk']['decode']): %s%s", len(low), B,
                         " | ".join(low[:5]), " | ..." if len(low) > 5 else "")
