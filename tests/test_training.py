@@ -120,7 +120,7 @@ def test_time_limit_checkpoint_contents_and_errors(cache, tmp_path):
 
 def test_bf16_autocast_run(cache, tmp_path):
     # the CUDA default; on CPU it checks that featurizer, metric head and losses keep full precision
-    cfg = _cfg(vae_steps=2, flow_steps=2, precision="bf16", eval_every=2)
+    cfg = _cfg(vae_steps=1, flow_steps=1, precision="bf16", eval_every=1, batch_size=2, val_size=2)
     assert Trainer(cache, tmp_path, cfg, progress=False).run() == "done"
     assert all(np.isfinite(_train_losses(tmp_path, s)).all() for s in ("vae", "flow"))
 
