@@ -15,7 +15,7 @@ from gpsk_materials.diffraction import POOR_RWP, simulate_measurement
 from gpsk_materials.diffraction.solve import solve_pattern
 from gpsk_materials.errors import DiffractionError
 from gpsk_materials.pipelines.generator import CrystalGenerator
-from test_generator_helpers import rock_salt_decode, tiny_model_dir  # noqa: F401
+from test_generator_helpers import StubConditions, rock_salt_decode, tiny_model_dir  # noqa: F401
 
 
 def _nacl() -> Structure:
@@ -156,21 +156,12 @@ def test_guidance_hook_descends_the_loss_of_the_clean_estimate():
         def loss(self, x0, t):
             return (x0 - 2.0).pow(2).flatten(1).sum(1)
 
-    class Cond:
-        present = torch.ones(3, 1)
-
-        def to(self, device):
-            return self
-
-        def __len__(self):
-            return 3
-
     noise = torch.randn(3, 2, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     zero = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
     dist = []
     for scale in (0.0, 0.5, 2.0):
         terms = [ToTarget(scale, interval=(0.0, 1.0))] if scale else None
-        x = rectified_flow.sample(zero, Cond(), steps=10, noise=noise, guidance_terms=terms)
+        x = rectified_flow.sample(zero, StubConditions(3), steps=10, noise=noise, guidance_terms=terms)
         dist.append(float((x - 2.0).pow(2).mean()))
     assert dist[0] == pytest.approx(float((noise - 2.0).pow(2).mean()))
     assert dist[2] < dist[1] < dist[0]

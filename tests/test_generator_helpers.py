@@ -59,3 +59,17 @@ def rock_salt_decode(monkeypatch):
 
     monkeypatch.setattr(GridVAE, "decode", decode)
     return base
+
+
+class StubConditions:
+    """What the flow sampler reads of a ConditionBatch (its length, ``present``, ``to``), for velocity fields in
+    tests that ignore the conditions."""
+
+    def __init__(self, n: int) -> None:
+        self.present = torch.ones(n, 1)
+
+    def to(self, device):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.present)

@@ -26,6 +26,7 @@ from gpsk_materials.models.configs import CONFIGS, ModelConfig, get_config
 from gpsk_materials.models.io import load_model_folder, load_tensors, save_model_folder, save_tensors
 from gpsk_materials.models.mmdit import MMDiT, DoubleStreamBlock, PatchEmbed3d, SingleStreamBlock
 from gpsk_materials.models.vae import GridVAE, PeriodicConv3d, miller_features
+from test_generator_helpers import StubConditions
 
 TINY = CONFIGS["tiny"]
 
@@ -496,20 +497,12 @@ def test_sampling_from_an_intermediate_time_follows_the_straight_path():
         seen.append(float(t[0]))
         return (x - a) / t.view(-1, 1, 1, 1, 1)
 
-    class Cond:
-        present = torch.ones(2, 1)
-
-        def to(self, device):
-            return self
-
-        def __len__(self):
-            return 2
-
     for t0, steps in ((0.3, 3), (0.7, 5)):
         seen.clear()
-        x = rf.sample(exact, Cond(), steps=steps, noise=rf.interpolate(a, eps, torch.full((2,), t0)), t_start=t0)
+        x0 = rf.interpolate(a, eps, torch.full((2,), t0))
+        x = rf.sample(exact, StubConditions(2), steps=steps, noise=x0, t_start=t0)
         assert torch.allclose(x, a, atol=1e-5)
         assert seen[0] == pytest.approx(t0) and len(seen) == steps
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="t_start"):
-            rf.sample(exact, Cond(), steps=2, noise=eps, t_start=bad)
+            rf.sample(exact, StubConditions(2), steps=2, noise=eps, t_start=bad)
