@@ -814,6 +814,10 @@ def test_low_confidence_is_named_in_the_flags_column():
     assert result_flags({}, decode) == ("low decode confidence 0.00 (composition inferred); decoded atoms closer "
                                         "than their radii allow")
     assert result_flags({}, {"confidence": 0.0, "low_confidence": False, "low_confidence_reasons": []}) is None
+    # with the strict check failed, its own flag names the closest atoms: the decode's doubt is not said twice
+    strict = {"strict_valid": False, "min_distance": 1.72, "strict_reasons": ["distance / covalent-radii sum 0.69"]}
+    flags = result_flags(strict, decode)
+    assert "closer than their radii" not in flags and flags.count("closest atoms 1.72 A") == 1
 
 
 @pytest.mark.parametrize("kwargs,words", [({"min_confidence": 1.5}, "min_confidence must be a number in [0, 1]"),

@@ -79,3 +79,14 @@ def test_default_model_missing_is_a_clear_cli_error(tmp_path, monkeypatch, capsy
     import gpsk_materials
 
     assert default_model_dir() == Path(gpsk_materials.__file__).resolve().parent / "weights" / "default"
+
+
+@pytest.mark.parametrize("value,words", [("1.5", "must be a flow time in [0, 1)"), ("-1", "must be a flow time"),
+                                         ("abc", "not a number: 'abc'")])
+def test_a_bad_projection_is_refused_before_the_model_loads(tmp_path, value, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "NaCl", "--projection", value, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --projection" in err and words in err
+    assert not (tmp_path / "o").exists()

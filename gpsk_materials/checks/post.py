@@ -174,8 +174,8 @@ def result_flags(checks: dict[str, Any], decode: dict[str, Any] | None = None) -
     doubts = (decode or {}).get("low_confidence_reasons") or []
     if any(d.startswith("decode confidence") for d in doubts):
         flags.append(f"low decode confidence {decode['confidence']:.2f} (composition inferred)")
-    if any("covalent radii" in d for d in doubts):
-        flags.append("decoded atoms closer than their radii allow")
+    if any("covalent radii" in d for d in doubts) and checks.get("strict_valid") is not False:
+        flags.append("decoded atoms closer than their radii allow")  # else the strict check's flag says it
     if checks.get("strict_valid") is False:
         closest = checks.get("min_distance")
         why = ([] if closest is None else [f"closest atoms {closest:.2f} A"]) + list(checks.get("strict_reasons") or [])

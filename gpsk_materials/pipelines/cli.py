@@ -10,6 +10,17 @@ from gpsk_materials.checks.post import DEFAULT_CHECKS
 from gpsk_materials.cli_options import add
 from gpsk_materials.defaults import PROJECTION_TIME
 
+def _flow_time(text: str) -> float:
+    """``--projection``: a flow time in [0, 1), refused by argparse before the model loads."""
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= t < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a flow time in [0, 1) (0 = off), got {text}")
+    return t
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` subcommand."""
     p = subparsers.add_parser(
@@ -32,9 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--magnetic-ordering", default=None, help="NM, FM, FiM or AFM")
     add(p, "guidance", "steps", "seed", seed=dict(help="base seed (request i uses seed + i)"))
     p.add_argument("--best-of", type=int, default=1, help="candidates per wanted structure; the best are kept")
-    p.add_argument("--projection", type=float, default=PROJECTION_TIME, metavar="T",
-                   help="re-enter each sample into the flow at time T (0 < T < 1) after the decoder has projected it "
-                   "onto the requested atoms (default 0: off; docs/generator.md)")
+    p.add_argument("--projection", type=_flow_time, default=PROJECTION_TIME, metavar="T",
+                   help="re-enter each sample into the flow at time T (0 <= T < 1, 0 = off, the default) after the "
+                   "decoder has projected it onto the requested atoms (docs/generator.md)")
     p.add_argument("--checks", default=DEFAULT_CHECKS,
                    help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, connectivity; "
                    "the default; 'basic' is its old name), energy, volume_scan, relax, hull")

@@ -84,7 +84,7 @@ class GenerationRequest:
         content as given when its amounts share a divisor, else Z drawn per candidate from the training prior
         (:mod:`gpsk_materials.pipelines.formula_units`).
     projection
-        Flow time t (0 < t < 1) at which each sample, projected onto the nearest arrangement of the requested atoms
+        Flow time t (0 <= t < 1; 0 = off) at which each sample, projected onto the nearest arrangement of the requested atoms
         by the decoder and re-encoded, re-enters the flow for ``round(steps * t)`` more steps; 0 (the default,
         :data:`gpsk_materials.defaults.PROJECTION_TIME`) samples once (docs/generator.md, "Projection").
     """
