@@ -368,6 +368,9 @@ def test_projection_re_enters_projected_samples_into_the_flow(gen, rock_salt_dec
     p = res.structures[0].properties["gpsk"]["request"]
     assert p["projection"] == 0.3 and p["candidates"]["projected"] == len(res.projected)
     assert p["projected"] == (p["sample_index"] in res.projected)
+    from gpsk_materials.pipelines.output import summary_record
+
+    assert summary_record(res.structures[0])["projected"] == p["projected"]
     again = gen.run([{**req, "projection": 0.3}], seed=2, checks="none")[0]
     assert again.projected == res.projected
     assert [s.lattice.abc for s in again.structures] == [s.lattice.abc for s in res.structures]

@@ -15,7 +15,7 @@ from gpsk_materials.pipelines.generator import GenerationResult
 SUMMARY_COLUMNS = (
     "file", "request_index", "request", "formula", "nsites", "formula_units", "space_group_requested", "space_group",
     "space_group_match", "energy_per_atom", "e_above_hull", "valid", "strict_valid", "score",
-    "decode_residual", "flags", "seed", "sample_index",
+    "decode_residual", "flags", "seed", "sample_index", "projected",
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -56,6 +56,7 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "decode_residual": (provenance.read(s, "decode") or {}).get("relative_residual"),
         "seed": request.get("seed"),
         "sample_index": request.get("sample_index"),
+        "projected": request.get("projected"),
     }
 
 
