@@ -515,13 +515,10 @@ class CrystalGenerator(MSONable):
     @torch.no_grad()
     def _sample_grids(self, resolved: list[ResolvedRequest], progress: bool,
                       guidance_terms: Sequence[Any] | None = None) -> list[Tensor]:
-        cfg = self.model.config.mmdit
-        shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
         size = self.model.config.vae.grid_size
         device = self.device
         batch = self._batch_size()
-        # drawn on the CPU from each request's own generator: the same noise on every device and in every batch
-        noise = [torch.randn((r.candidates, *shape), generator=torch.Generator().manual_seed(r.seed)) for r in resolved]
+        noise = [self._initial_noise(r) for r in resolved]
         # one row of conditions per candidate: the candidates of a reduced formula differ in their cell content
         cond_all = self.model.condition_batch(
             [r.candidate_conditions(j) for r in resolved for j in range(r.candidates)])
@@ -543,6 +540,13 @@ class CrystalGenerator(MSONable):
                         out[k][j] = grid
                     bar.update(len(chunk))
         return out
+
+    def _initial_noise(self, r: ResolvedRequest) -> Tensor:
+        """The initial noise (candidates, C, n, n, n) of a request's candidates: drawn on the CPU from the request's
+        own generator, so the same on every device and in every batch."""
+        cfg = self.model.config.mmdit
+        shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
+        return torch.randn((r.candidates, *shape), generator=torch.Generator().manual_seed(r.seed))
 
     @torch.no_grad()
     def _project(self, resolved: list[ResolvedRequest], grids: list[Tensor], results: list[GenerationResult],
@@ -567,8 +571,7 @@ class CrystalGenerator(MSONable):
         feat = ReciprocalGridFeaturizer(backend="torch", device=str(self.device))
         new, reasons = feat.featurize_many([s for _, _, s in rows], return_errors=True, pbar=progress)
         rows = [(k, j, g) for (k, j, _), g, e in zip(rows, torch.as_tensor(new), reasons) if e is None]
-        cfg = self.model.config.mmdit
-        shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
+        noise = {k: self._initial_noise(resolved[k]) for k in {k for k, _, _ in rows}}
         out = [g.clone() for g in grids]
         groups: dict[tuple[float, int, float], list[tuple[int, int, Tensor]]] = {}
         for k, j, g in rows:
@@ -581,9 +584,7 @@ class CrystalGenerator(MSONable):
                 z = self.model.normalize_latents(
                     self.model.vae.encode(torch.stack([g for _, _, g in chunk]).to(self.device)).mean)
                 # the same initial noise the candidate was drawn from (_sample_grids), so re-entry is reproducible
-                eps = torch.stack([torch.randn((resolved[k].candidates, *shape),
-                                               generator=torch.Generator().manual_seed(resolved[k].seed))[j]
-                                   for k, j, _ in chunk]).to(self.device)
+                eps = torch.stack([noise[k][j] for k, j, _ in chunk]).to(self.device)
                 cond = self.model.condition_batch([resolved[k].candidate_conditions(j) for k, j, _ in chunk])
                 g = self.model.sample_grids(cond, max(1, round(steps * t)), guidance, noise=(1 - t) * z + t * eps,
                                             t_start=t)
