@@ -228,9 +228,14 @@ def test_mmdit_trained_output_depends_on_inputs(mmdit):
 
 
 def test_named_configs_are_consistent_and_roundtrip():
-    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "gpsk300"}
+    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "fine", "wide512", "gpsk300"}
     for cfg in CONFIGS.values():
         assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    # the two flow candidates give every token as many dimensions as the latent numbers it carries
+    for name in ("fine", "wide512"):
+        m = CONFIGS[name].mmdit
+        assert m.hidden >= m.latent_channels * m.patch**3, name
+        assert CONFIGS[name].vae == CONFIGS["default"].vae  # they adopt a default folder's VAE
     with pytest.raises(KeyError, match="named configs"):
         get_config("huge")
 

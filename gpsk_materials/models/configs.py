@@ -228,6 +228,23 @@ CONFIGS: dict[str, ModelConfig] = {
         vae=VAEConfig(residual_weight=1.0),
         mmdit=MMDiTConfig(hidden=288, heads=8, double_blocks=3, single_blocks=6),
     ),
+    # one token per latent voxel (patch 1, 512 tokens of 64 numbers) under the default's width: the default's patch 2
+    # packs 2^3 x 64 = 512 numbers into a token of width 160, so its velocity per token spans at most 160 of 512
+    # directions, and its one-step denoising stays at 0.63-0.71 of the trivial error at every t
+    # (docs/results/latent_statistics_c6_n40_t*.json); ``gpsk train --model fine --init-weights <default folder>
+    # --vae-steps 0`` adopts that folder's VAE and trains this MMDiT from scratch
+    "fine": ModelConfig(
+        name="fine",
+        vae=VAEConfig(residual_weight=1.0),
+        mmdit=MMDiTConfig(hidden=160, heads=4, double_blocks=2, single_blocks=4, patch=1),
+    ),
+    # the other way to a full-rank token: patch 2 at width 512 (>= the 512 numbers a token carries), with fewer
+    # blocks to stay within the shipping budget (~25 M bf16 parameters beside the VAE)
+    "wide512": ModelConfig(
+        name="wide512",
+        vae=VAEConfig(residual_weight=1.0),
+        mmdit=MMDiTConfig(hidden=512, heads=8, double_blocks=1, single_blocks=3, patch=2),
+    ),
     "gpsk300": ModelConfig(
         name="gpsk300",
         mmdit=MMDiTConfig(hidden=1024, heads=16, double_blocks=4, single_blocks=9, patch=1),
