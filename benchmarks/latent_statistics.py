@@ -135,7 +135,7 @@ def main(argv=None) -> int:
             g_data = model.vae.decode(z_data).float()
             g_samp = model.vae.decode(z_samp).float()
         for key, g in (("data", g_data), ("samples", g_samp)):
-            decoded = dec.decode_many(g, comps, errors="none", exact_counts=True)
+            decoded = dec.decode_many(g, comps, ignore_errors=True, exact_counts=True)
             row[key]["decoded"] = int(sum(d is not None for d in decoded))
             row[key]["matched"] = int(sum(d is not None and sm.fit(s, d) for s, d in zip(structures, decoded)))
             row[key]["shell_power_ratio"] = [
