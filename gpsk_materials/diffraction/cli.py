@@ -4,11 +4,10 @@ overlay plot (measured vs calculated) per candidate and ``solve_summary.csv`` wi
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from gpsk_materials.atomic_files import write_atomic
+from gpsk_materials.atomic_files import write_atomic, write_csv_atomic
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 
 #: columns of ``solve_summary.csv``
@@ -77,15 +76,7 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
                      "a": round(a, 4), "b": round(b, 4), "c": round(c, 4), "alpha": round(al, 3),
                      "beta": round(be, 3), "gamma": round(ga, 3), "zero_shift": round(fit.zero_shift, 4),
                      "sample_index": req.get("sample_index")})
-
-    def write_csv(p):
-        with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(SOLVE_COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: "" if r.get(k) is None else r[k] for k in SOLVE_COLUMNS})
-
-    write_atomic(folder / "solve_summary.csv", write_csv, ".csv")
+    write_csv_atomic(folder / "solve_summary.csv", rows, SOLVE_COLUMNS)
     return rows
 
 
