@@ -13,6 +13,9 @@ option              meaning (wherever it appears)
 ``--guidance``      classifier-free guidance scale of the flow sampler
 ``--steps``         Euler steps of the flow sampler (never relaxation steps)
 ``--space-group``   space-group number 1-230 (requested, or compared with)
+``--crystal-system`` crystal system triclinic ... cubic (requested)
+``--best-of``       candidates drawn per kept structure; the best are kept
+``--checks``        post-checks of the candidates (``validity_symmetry``, the default; ``basic`` its old name)
 ``--potential``     interatomic potential of the energy checks
 ``--fmax``          relaxation force tolerance, eV/A
 ``--relax-steps``   maximum relaxation (FIRE) steps
@@ -35,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpsk_materials.checks.post import DEFAULT_CHECKS
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_BATCH, RELAX_STEPS, SAMPLER_STEPS
 
 #: the kinds of hull ``--hull`` takes (``self`` when given alone)
@@ -54,6 +58,13 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "steps": (("--steps",), dict(type=int, default=SAMPLER_STEPS,
                                  help=f"Euler steps of the flow sampler (default {SAMPLER_STEPS})")),
     "space_group": (("--space-group",), dict(type=int, default=None, help="space-group number 1-230")),
+    "crystal_system": (("--crystal-system",), dict(default=None, help="triclinic ... cubic")),
+    "best_of": (("--best-of",), dict(type=int, default=1,
+                                     help="candidates per wanted structure; the best are kept (default %(default)s)")),
+    "checks": (("--checks",), dict(default=DEFAULT_CHECKS,
+                                   help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, "
+                                        "connectivity; the default; 'basic' is its old name), energy, volume_scan, "
+                                        "relax, hull")),
     "potential": (("--potential",), dict(default=None, help="interatomic potential: a matgl model name or folder, "
                                          "or 'chgnet[:version]' (default: the shared TensorNet-MatPES)")),
     "fmax": (("--fmax",), dict(type=float, default=FMAX,

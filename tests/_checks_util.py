@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from pymatgen.core import Lattice, Structure
+
+from gpsk_materials.diffraction.refine import torch_threads
 
 
 def rock_salt(a: float, cation: str = "Na", anion: str = "Cl", primitive: bool = True) -> Structure:
@@ -24,11 +25,9 @@ def conventional_a(s: Structure) -> float:
 @pytest.fixture(scope="module", autouse=False)
 def one_torch_thread():
     """Graphs of a few atoms gain nothing from intra-op threads, and on a loaded 2-core machine the thread
-    hand-off costs 10x; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    hand-off costs 10x; restored after the module (the project's ``torch_threads``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -41,3 +41,54 @@ def test_model_io_keeps_its_public_names():
     from gpsk_materials.models import io
 
     assert io.write_bytes_atomic is A.write_bytes_atomic and io.write_json_atomic is A.write_json_atomic
+
+
+def test_csv_rows_are_written_atomically_in_column_order(tmp_path):
+    path = tmp_path / "rows.csv"
+    A.write_csv_atomic(path, [{"b": 1, "a": None, "extra": "x"}, {"a": "y"}], ["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", ",1", "y,"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
+
+
+def test_a_folder_is_built_beside_and_swapped_in(tmp_path):
+    target = tmp_path / "model"
+    A.write_folder_atomic(target, lambda tmp: (tmp / "a.txt").write_text("one"))
+    assert (target / "a.txt").read_text() == "one"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777 & ~A.umask()  # not mkdtemp's 0700
+    # a second build replaces the whole folder (no file of the old one is left)
+    A.write_folder_atomic(target, lambda tmp: (tmp / "b.txt").write_text("two"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+    def fail(tmp):
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        A.write_folder_atomic(target, fail)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or set-aside folder is left
+
+
+def test_checkpoints_and_generation_results_go_through_atomic_files(tmp_path, monkeypatch):
+    """The training checkpoint's folder swap and the generation summary use this module (no writer of their own)."""
+    import torch
+
+    from gpsk_materials.pipelines.output import SUMMARY_COLUMNS, write_results
+    from gpsk_materials.training import checkpoint
+
+    seen = []
+    folder, csv_ = A.write_folder_atomic, A.write_csv_atomic
+    monkeypatch.setattr(checkpoint, "write_folder_atomic", lambda p, b: seen.append(("folder", p)) or folder(p, b))
+    final = checkpoint.save_checkpoint(tmp_path / "run", "vae-1", {"model": {"w": torch.ones(2)}}, {"step": 1})
+    again = checkpoint.save_checkpoint(tmp_path / "run", "vae-1", {"model": {"w": torch.zeros(2)}}, {"step": 1})
+    assert final == again == tmp_path / "run" / "checkpoints" / "vae-1" and len(seen) == 2
+    assert sorted(p.name for p in final.parent.iterdir()) == ["vae-1"]
+    assert torch.equal(checkpoint.load_tensors(final, "model")[0]["w"], torch.zeros(2))
+
+    from gpsk_materials.pipelines import output
+
+    monkeypatch.setattr(output, "write_csv_atomic", lambda p, r, c: seen.append(("csv", p)) or csv_(p, r, c))
+    assert write_results([], tmp_path / "out") == []
+    assert seen[-1] == ("csv", tmp_path / "out" / "summary.csv")
+    assert (tmp_path / "out" / "summary.csv").read_text().strip() == ",".join(SUMMARY_COLUMNS)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["structures.extxyz", "summary.csv"]

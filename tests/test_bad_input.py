@@ -398,14 +398,7 @@ def test_gpsk_evaluate_skips_an_unreadable_cif_and_reports_the_rest(tmp_path, ca
 
 # --- case 12: resume falls back to the older kept checkpoint when the newest is corrupt ---------------------------
 
-@pytest.fixture(scope="module")
-def toy_cache():
-    from test_datasets import toy_structures  # noqa: E402  (tests/ is on sys.path)
-
-    from gpsk_materials.datasets import cache_from_structures
-
-    structures, labels = toy_structures()
-    return cache_from_structures(structures, labels, [f"toy-{i}" for i in range(len(structures))], progress=False)
+# toy_cache: the session fixture of conftest.py
 
 
 def _tiny_cfg(**kw):

@@ -96,6 +96,10 @@ def test_potential_round_trips(tensornet, one_torch_thread):
     assert back.name == tensornet.name and back.as_dict() == tensornet.as_dict()
     s = rock_salt(5.64)
     assert back.energies(s)[0] == pytest.approx(tensornet.energies(s)[0], abs=1e-6)
+    # the free-atom cache is a plain attribute of the instance, outside the dictionary form
+    assert back._free_atoms == {}
+    free = back.free_atom_energies(["Na"])
+    assert back._free_atoms == free and back.as_dict() == tensornet.as_dict()
     hull = ReferenceHull(tensornet, cache_path=False)
     assert ReferenceHull.from_dict(hull.as_dict()).potential.name == tensornet.name
     scan = VolumeScan(tensornet, n_points=5)

@@ -73,3 +73,18 @@ def test_checks_preset_says_what_it_runs():
     assert parse_checks("basic") == parse_checks(DEFAULT_CHECKS) == parse_checks(None) == {DEFAULT_CHECKS}
     assert parse_checks("basic,relax") == {DEFAULT_CHECKS, "energy", "relax"}
     assert build_parser().parse_args(["generate", "NaCl"]).checks == DEFAULT_CHECKS
+
+
+def test_solve_speaks_the_same_vocabulary():
+    """gpsk solve takes its shared options from cli_options: the default checks are named as in generate, and the
+    sampler, seed, model and output options mean what they mean everywhere."""
+    parser = build_parser()
+    args = parser.parse_args(["solve", "p.xy", "--composition", "NaCl"])
+    assert args.checks == DEFAULT_CHECKS and args.steps == SAMPLER_STEPS and args.n == 5 and args.best_of == 4
+    assert str(args.out) == "solved" and args.no_progress is False
+    args = parser.parse_args(["solve", "p.xy", "--composition", "NaCl", "--n", "2", "--crystal-system", "cubic"])
+    assert args.n == 2 and args.crystal_system == "cubic"
+    solve, generate = _visible(_subparsers()["solve"]), _visible(_subparsers()["generate"])
+    for flag in ("--guidance", "--steps", "--seed", "--checks", "--best-of", "--crystal-system", "--space-group",
+                 "--model", "--device", "--out", "--no-progress", "-n"):
+        assert solve[flag].dest == generate[flag].dest and solve[flag].type == generate[flag].type, flag

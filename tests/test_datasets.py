@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 
 import numpy as np
@@ -35,12 +36,21 @@ _TOYS = [
 
 
 def toy_structures(n: int | None = None, seed: int = 0):
-    """Small real prototypes with slightly jittered lattice constants, plus labels; deterministic."""
+    """Small real prototypes with slightly jittered lattice constants, plus labels; deterministic: the first ``n``
+    (all by default), fresh copies the caller may change."""
+    structures, labels = _all_toy_structures(seed)
+    return [s.copy() for s in structures[:n]], {k: list(v[:n]) for k, v in labels.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _all_toy_structures(seed: int):
+    """Every toy of ``_TOYS``, built once per seed (the random draws of the first n toys do not depend on the
+    others, so ``toy_structures(n)`` is the first n of these)."""
     from pymatgen.core import Lattice, Structure
 
     rng = np.random.default_rng(seed)
     out, labels = [], {"band_gap": [], "formation_energy": [], "e_above_hull": [], "space_group": []}
-    for proto, els, a in _TOYS[:n]:
+    for proto, els, a in _TOYS:
         a = a * (1 + 0.01 * rng.standard_normal())
         if proto == "rocksalt":
             s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), els, [[0, 0, 0], [0.5, 0.5, 0.5]]); sg = 225
@@ -62,13 +72,7 @@ def toy_structures(n: int | None = None, seed: int = 0):
         labels["formation_energy"].append(0.0 if len(els) == 1 else float(rng.uniform(-3.5, -0.2)))
         labels["e_above_hull"].append(float(abs(rng.normal(0, 0.02))))
         labels["space_group"].append(sg)
-    return out, labels
-
-
-@pytest.fixture(scope="module")
-def toy_cache() -> ArrayCache:
-    structures, labels = toy_structures()
-    return cache_from_structures(structures, labels, [f"toy-{i}" for i in range(len(structures))], progress=False)
+    return tuple(out), {k: tuple(v) for k, v in labels.items()}
 
 
 def test_cache_from_structures(toy_cache):

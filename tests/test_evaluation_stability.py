@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from _checks_util import tensornet  # noqa: F401  (the shared TensorNet-MatPES fixture; tests/ is on sys.path)
 from gpsk_materials.errors import DataError
 from gpsk_materials.evaluation.io import ReferenceSet
 from gpsk_materials.evaluation.stability import relax_structures, sun_rates
@@ -51,13 +52,6 @@ class CountingPotential:
     def relax(self, structures, **kw):
         self.count += len(structures)
         return self.inner.relax(structures, **kw)
-
-
-@pytest.fixture(scope="module")
-def tensornet(matgl_model_dir):
-    from gpsk_materials.checks.potentials import load_potential
-
-    return load_potential(matgl_model_dir)
 
 
 @pytest.mark.slow

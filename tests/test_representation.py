@@ -3,6 +3,8 @@ decoder robustness."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,23 @@ def test_bad_grids_raise(featurizer, decoder, triclinic):
     not_pd[2] *= -1
     with pytest.raises(DecodingError, match="positive-definite"):
         decoder.decode(not_pd, "SrBaTiO2")
+
+
+def test_grid_errors_hint_at_a_featurized_grid(featurizer, decoder, triclinic):
+    """A grid that is not a featurized crystal (a lattice that is no metric, a structure factor with no atom) says
+    what the decoder expects."""
+    hint = r"is this a featurized crystal grid \(3, n, n, n\), e\.g\. \(3, 32, 32, 32\), from gpsk_materials\.representations\?"
+    grid = featurizer.featurize(triclinic)
+    not_pd = grid.copy()
+    not_pd[2] *= -1
+    with pytest.raises(DecodingError, match="positive-definite quadratic form; " + hint):
+        decoder.decode(not_pd, "SrBaTiO2")
+    with pytest.raises(DecodingError, match="positive-definite quadratic form; " + hint):
+        decoder.fit_lattice(not_pd)
+    empty = grid.copy()
+    empty[:2] = 0.0  # the metric of a crystal, the structure factor of nothing (the composition left to the decoder)
+    out, reasons = decoder.decode_many(empty[None], None, return_errors=True, pbar=False)
+    assert out == [None] and re.search("no atoms found; " + hint, reasons[0]), reasons
 
 
 # ------------------------------------------------------------------ decoder robustness

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpsk_materials.datasets import ArrayCache, cache_from_structures
+from gpsk_materials.datasets import ArrayCache
 from gpsk_materials.errors import CheckpointError
 from gpsk_materials.models.io import load_model_folder, load_tensors
 from gpsk_materials.training import TrainConfig, Trainer
@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> ArrayCache:
-    structures, labels = toy_structures()
-    return cache_from_structures(structures, labels, [f"toy-{i}" for i in range(len(structures))], progress=False)
+def cache(toy_cache) -> ArrayCache:
+    return toy_cache  # the session's toy cache (conftest.py), built once for these tests and tests/test_datasets.py
 
 
 @pytest.fixture(scope="module")

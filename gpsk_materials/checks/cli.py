@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pymatgen.core import Structure
 
+from gpsk_materials.atomic_files import write_text_atomic
 from gpsk_materials.cli_options import add, alias
 from gpsk_materials.errors import DataError, GPSKError
 from gpsk_materials.provenance import plain
@@ -163,8 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
     _print_table(records)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(plain(records), indent=1))
+        write_text_atomic(args.json, json.dumps(plain(records), indent=1))
     failed = [r for r in records if "error" in r]
     for r in failed:
         print(f"gpsk check: error: {r['file']}: {r['error']}", file=sys.stderr)

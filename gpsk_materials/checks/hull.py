@@ -57,8 +57,12 @@ def default_cache_path() -> Path:
     return Path(root).expanduser() / "reference_energies.json"
 
 
+#: the elemental prototypes of :func:`_prototypes`, in order
+_PROTOTYPE_NAMES = ("fcc", "bcc", "hcp", "sc", "diamond")
+
+
 def _prototypes(element: str) -> dict[str, Structure]:
-    """Elemental prototypes at an arbitrary size (the volume scan sets it)."""
+    """Elemental prototypes at an arbitrary size (the volume scan sets it), keyed as ``_PROTOTYPE_NAMES``."""
     a = 4.0
     return {
         "fcc": Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [element], [[0, 0, 0]]).get_primitive_structure(),
@@ -249,10 +253,10 @@ class ReferenceHull(MSONable):
     def _element_fallback(self, element: str) -> list[PDEntry]:
         from gpsk_materials.checks.volume_scan import VolumeScan
 
-        protos = _prototypes(element)
-        ids = [f"prototype-{name}-{element}" for name in protos]
+        ids = [f"prototype-{name}-{element}" for name in _PROTOTYPE_NAMES]
         cache = self._cache()
-        if any(i not in cache for i in ids):
+        if any(i not in cache for i in ids):  # the prototypes are built only then (from_spacegroup is slow)
+            protos = _prototypes(element)
             scanned = [r.structure for r in VolumeScan(self.potential, v_min=4.0, v_max=80.0).scan(list(protos.values()))]
             relaxed = self.potential.relax(scanned, fmax=self.fmax, steps=self.relax_steps)
             for i, r in zip(ids, relaxed):

@@ -94,6 +94,8 @@ class Potential(MSONable):
         self.model = model
         self.name = name
         self.spec = spec
+        #: element -> energy (eV) of the lone atom, filled by :meth:`free_atom_energies` (not part of :meth:`as_dict`)
+        self._free_atoms: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, device={self.device})"
@@ -164,7 +166,7 @@ class Potential(MSONable):
         term, see :meth:`isolated_sites`). NaN for an element the potential cannot evaluate alone (CHGNet refuses
         atoms without neighbours) or lacks. Cached on the potential."""
         elements = [str(el) for el in elements]
-        cache = self.__dict__.setdefault("_free_atoms", {})
+        cache = self._free_atoms
         todo = sorted(set(elements) - set(cache))
         if todo:
             edge = self.cutoff + 1.0

@@ -239,17 +239,22 @@ class CandidateScorer(MSONable):
     def evaluate(self, structures: Sequence[Structure], request: Any = None) -> list[Structure]:
         """Score ``structures``; return them (volume-scanned copies when a scan is configured) with
         ``properties["gpsk"]["scores"]`` filled in. The inputs get the same scores in their properties."""
+        return self._evaluate(structures, request)[0]
+
+    def _evaluate(self, structures: Sequence[Structure], request: Any) -> tuple[list[Structure], list[dict]]:
+        """:meth:`evaluate`, also returning the breakdowns (the callers below read them here, not back from the
+        structures' properties)."""
         structures = as_structures(structures)
         out, scores = self.score_records(structures, request)
         for orig, s, sc in zip(structures, out, scores):
             provenance.write(s, SCORE_SECTION, sc)
             provenance.write(orig, SCORE_SECTION, sc)
-        return out
+        return out, scores
 
     def score(self, structures: Sequence[Structure], request: Any = None) -> list[float]:
         """Total scores of ``structures`` for ``request`` (a mapping or object with optional ``space_group`` and
         ``crystal_system``); breakdowns go to ``structure.properties["gpsk"]["scores"]``."""
-        return [provenance.read(s, SCORE_SECTION)["total"] for s in self.evaluate(structures, request)]
+        return [sc["total"] for sc in self._evaluate(structures, request)[1]]
 
     def select_best(
         self, candidates_per_request: Sequence[Sequence[Structure]], requests: Sequence[Any] | None = None
@@ -264,6 +269,6 @@ class CandidateScorer(MSONable):
         for k, cands in enumerate(candidates_per_request):
             if len(cands) == 0:
                 raise InvalidStructureError(f"request {k} has no candidates")
-            scored = self.evaluate(cands, None if requests is None else requests[k])
-            best.append(max(scored, key=lambda s: rank_key(provenance.read(s, SCORE_SECTION))))
+            scored, scores = self._evaluate(cands, None if requests is None else requests[k])
+            best.append(scored[max(range(len(scored)), key=lambda i: rank_key(scores[i]))])
         return best

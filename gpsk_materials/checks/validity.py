@@ -16,8 +16,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from functools import reduce
-from math import gcd
 
 import numpy as np
 import smact
@@ -27,6 +25,7 @@ from pymatgen.core import Composition, Element, Structure
 
 from gpsk_materials.checks._common import as_structure
 from gpsk_materials.errors import InvalidStructureError, UnknownElementError
+from gpsk_materials.vocabulary import reduced_formula
 
 #: CDVAE gives up on compositions whose oxidation-state product exceeds this (and calls them invalid).
 _CDVAE_MAX_OX_COMBOS = 1e7
@@ -49,13 +48,14 @@ def _integer_counts(composition: Composition | str | Mapping) -> tuple[tuple[str
     comp = composition if isinstance(composition, Composition) else Composition(composition)
     if comp.num_atoms <= 0:
         raise InvalidStructureError("empty composition")
-    items = sorted(comp.get_el_amt_dict().items(), key=lambda kv: Element(kv[0]).Z)
-    amounts = np.array([amt for _, amt in items], dtype=float)
-    counts = np.rint(amounts).astype(int)
-    if np.any(np.abs(amounts - counts) > 1e-6) or np.any(counts <= 0):
+    amounts = dict(sorted(comp.get_el_amt_dict().items(), key=lambda kv: Element(kv[0]).Z))
+    try:
+        reduced = reduced_formula(amounts)  # the vocabulary's integer cell content, reduced by the GCD
+    except (ValueError, OverflowError):  # not whole numbers of atoms
+        reduced = {}
+    if not reduced or min(reduced.values()) <= 0:
         raise InvalidStructureError(f"{comp.formula}: smact_validity needs integer atom counts")
-    counts = counts // reduce(gcd, counts.tolist())
-    return tuple(el for el, _ in items), tuple(int(c) for c in counts)
+    return tuple(reduced), tuple(reduced.values())
 
 
 def _cdvae_pauling_test(ox_states: tuple[int, ...], electronegs: list[float | None]) -> bool:

@@ -4,12 +4,11 @@ overlay plot (measured vs calculated) per candidate and ``solve_summary.csv`` wi
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from gpsk_materials.atomic_files import write_atomic
-from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
+from gpsk_materials.atomic_files import write_atomic, write_csv_atomic
+from gpsk_materials.cli_options import add
 
 #: columns of ``solve_summary.csv``
 SOLVE_COLUMNS = ("rank", "file", "plot", "formula", "rwp", "rp", "agreement", "crystal_system", "space_group",
@@ -27,22 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("pattern", type=Path, metavar="PATTERN", help="two-column text file: 2theta (deg), intensity")
     p.add_argument("--composition", required=True, help="cell content, e.g. TiO2 or Ti2O4")
-    p.add_argument("-n", type=int, default=5, help="structures to keep (default 5)")
-    p.add_argument("--best-of", type=int, default=4, help="candidates drawn per kept structure (default 4)")
+    add(p, "n", "best_of", n=dict(default=5, help="structures to keep (default %(default)s)"),
+        best_of=dict(default=4, help="candidates drawn per kept structure (default %(default)s)"))
     p.add_argument("--wavelength", default="CuKa",
                    help="Angstrom, or a line name of pymatgen's table (default CuKa, 1.54184 A)")
-    p.add_argument("--space-group", type=int, default=None, help="space-group number 1-230, if known")
-    p.add_argument("--crystal-system", default=None, help="triclinic ... cubic, if known")
+    add(p, "space_group", "crystal_system", space_group=dict(help="space-group number 1-230, if known"),
+        crystal_system=dict(help="triclinic ... cubic, if known"))
     p.add_argument("--pattern-guidance", type=float, default=0.0,
                    help="strength of sampler guidance toward the pattern (0 = off; 0.3 measured best for the shipped model, docs/diffraction.md; slow on a CPU)")
-    p.add_argument("--guidance", type=float, default=GUIDANCE, help=f"classifier-free guidance (default {GUIDANCE:g})")
-    p.add_argument("--steps", type=int, default=SAMPLER_STEPS, help=f"sampler steps (default {SAMPLER_STEPS})")
-    p.add_argument("--seed", type=int, default=None, help="base seed")
-    p.add_argument("--checks", default="basic", help="post-checks of the candidates (default basic)")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the packaged model)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--out", type=Path, default=Path("solved"), help="output folder (default ./solved)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add(p, "guidance", "steps", "seed", "checks", "model", "device", "no_progress", "out",
+        out=dict(default=Path("solved"), help="output folder (default ./solved)"))
     p.set_defaults(func=run)
 
 
@@ -77,15 +70,7 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
                      "a": round(a, 4), "b": round(b, 4), "c": round(c, 4), "alpha": round(al, 3),
                      "beta": round(be, 3), "gamma": round(ga, 3), "zero_shift": round(fit.zero_shift, 4),
                      "sample_index": req.get("sample_index")})
-
-    def write_csv(p):
-        with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(SOLVE_COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: "" if r.get(k) is None else r[k] for k in SOLVE_COLUMNS})
-
-    write_atomic(folder / "solve_summary.csv", write_csv, ".csv")
+    write_csv_atomic(folder / "solve_summary.csv", rows, SOLVE_COLUMNS)
     return rows
 
 

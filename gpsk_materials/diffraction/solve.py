@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from gpsk_materials import provenance
+from gpsk_materials.checks.post import DEFAULT_CHECKS
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.diffraction.pattern import PowderPattern
 from gpsk_materials.diffraction.refine import POOR_RWP, PatternRefiner, Refinement
@@ -55,7 +56,7 @@ class PowderSolution:
 
 def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1, *, wavelength: Any = None,
                   guidance: float = GUIDANCE, steps: int = SAMPLER_STEPS, seed: int | None = None, best_of: int = 1,
-                  checks: Any = "basic", progress: bool | None = None, pattern_guidance: float = 0.0,
+                  checks: Any = DEFAULT_CHECKS, progress: bool | None = None, pattern_guidance: float = 0.0,
                   guidance_terms: Sequence[Any] | None = None, refiner: PatternRefiner | None = None,
                   output: str = "structure", **conditions: Any) -> PowderSolution:
     """Solve a structure of ``composition`` from a powder pattern.

@@ -14,6 +14,7 @@ import numpy as np
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
+from gpsk_materials.atomic_files import write_atomic, write_text_atomic
 from gpsk_materials.checks.validity import smact_validity, structural_validity
 from gpsk_materials.provenance import plain
 from gpsk_materials.defaults import EVALUATION_RELAX_STEPS, FMAX, RELAX_BATCH
@@ -319,11 +320,12 @@ def write_report(report: dict, out_dir: str | Path, structures: list[Structure] 
     if csp_per_target is not None:
         payload["csp_per_target"] = csp_per_target
     files["json"] = out / "report.json"
-    files["json"].write_text(json.dumps(plain(payload), indent=1) + "\n")
+    write_text_atomic(files["json"], json.dumps(plain(payload), indent=1) + "\n")
     files["table"] = out / "metrics.md"
-    files["table"].write_text(format_table(summary) + "\n")
+    write_text_atomic(files["table"], format_table(summary) + "\n")
     files["csv"] = out / "per_structure.csv"
-    pd.DataFrame(report["per_structure"]).to_csv(files["csv"], index=False)
+    frame = pd.DataFrame(report["per_structure"])
+    write_atomic(files["csv"], lambda tmp: frame.to_csv(tmp, index=False), ".csv")
     if "e_above_hull" in report["per_structure"][0]:
         files["ehull_plot"] = plot_ehull_histogram([r["e_above_hull"] for r in report["per_structure"]],
                                                    out / "e_hull_histogram.png")

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from pymatgen.core import Structure
 
+from gpsk_materials.atomic_files import write_atomic
+
 
 def _figure(**kw):
     """A bare ``matplotlib.figure.Figure``: drawn and saved without pyplot, so no backend is switched."""
@@ -31,7 +33,7 @@ def plot_ehull_histogram(e_hull: Sequence[float], path: str | Path, metastable: 
     ax.set_title(f"E_hull of {len(values)} relaxed structures")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), ".png")
     return Path(path)
 
 
@@ -64,5 +66,5 @@ def plot_property_distributions(
         ax.set_xlabel(name)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), ".png")
     return Path(path)

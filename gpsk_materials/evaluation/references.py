@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from gpsk_materials.defaults import SMALL_NOVELTY_REFERENCE
 from gpsk_materials.errors import DataError
 from gpsk_materials.evaluation.hashing import BAWLHasher
 from gpsk_materials.paths import shared_data
+from gpsk_materials.vocabulary import parse_formula, reduced_formula
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +49,27 @@ MP20_REFERENCES: dict[str, tuple[str, str, str]] = {
 }
 
 
-_TERM = re.compile(r"([A-Z][a-z]?)(\d+)")
+#: a BAWL cell formula: element symbols each with an explicit integer count (``Mn3Ge3Pd3``)
+_CELL_FORMULA = re.compile(r"(?:[A-Z][a-z]?\d+)+")
 
 
 def formula_key(composition: Composition | str) -> tuple[tuple[str, int], ...]:
     """Reduced composition as sorted (element, count) pairs: the key formulas are compared by.
 
-    A BAWL cell formula (``Mn3Ge3Pd3``, explicit integer counts) is parsed directly; anything else through
-    pymatgen's ``Composition``. Non-integer amounts are rounded to 6 decimals before reduction by their GCD only when
+    A BAWL cell formula (``Mn3Ge3Pd3``, explicit integer counts) is read by the package's formula parser
+    (:func:`~gpsk_materials.vocabulary.parse_formula`); anything else through pymatgen's ``Composition``. Amounts
+    are rounded to 6 decimals and reduced by their GCD (:func:`~gpsk_materials.vocabulary.reduced_formula`) when
     they are integers to that precision; otherwise the amounts themselves (normalised to the smallest) are used.
     """
-    if isinstance(composition, str) and composition and _TERM.sub("", composition) == "":
-        counts = {el: int(n) for el, n in _TERM.findall(composition)}
+    if isinstance(composition, str) and _CELL_FORMULA.fullmatch(composition):
+        amounts = parse_formula(composition)
     else:
         amounts = Composition(composition).get_el_amt_dict()
-        rounded = {el: round(a, 6) for el, a in amounts.items()}
-        if all(float(v).is_integer() for v in rounded.values()):
-            counts = {el: int(v) for el, v in rounded.items()}
-        else:
-            low = min(rounded.values())
-            return tuple(sorted((el, round(v / low, 6)) for el, v in rounded.items()))  # type: ignore[misc]
-    divisor = math.gcd(*counts.values())
-    return tuple(sorted((el, n // divisor) for el, n in counts.items()))
+    rounded = {el: round(a, 6) for el, a in amounts.items()}
+    if all(float(v).is_integer() for v in rounded.values()):
+        return tuple(sorted(reduced_formula(rounded).items()))
+    low = min(rounded.values())
+    return tuple(sorted((el, round(v / low, 6)) for el, v in rounded.items()))  # type: ignore[misc]
 
 
 def small_reference_warning(name: str, size: int) -> str | None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,7 +24,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gpsk_materials.atomic_files import umask, write_bytes_atomic, write_json_atomic  # noqa: F401 -- public names of models.io
+from gpsk_materials.atomic_files import (  # noqa: F401 -- umask, write_bytes/json_atomic: public names of models.io
+    umask,
+    write_bytes_atomic,
+    write_folder_atomic,
+    write_json_atomic,
+)
 from gpsk_materials.errors import CheckpointError
 from gpsk_materials.models.configs import ModelConfig
 
@@ -197,16 +200,13 @@ def save_model_folder(
     ``dtype=torch.bfloat16`` halves release files; training checkpoints keep float32. ``mmdit_dtype`` overrides
     ``dtype`` for the MMDiT alone (the shipped model: bf16 MMDiT, float32 VAE, whose output feeds least squares).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    os.chmod(tmp, 0o777 & ~umask())
-    try:
-        cfg = config.to_dict()
+    cfg = config.to_dict()
+    as_list = (lambda x: None if x is None else [float(v) for v in np.asarray(torch.as_tensor(x).cpu())])
+
+    def build(tmp: Path) -> None:
         save_tensors(tmp, "vae", module_tensors(vae, dtype), config=cfg["vae"])
         if mmdit is not None:
             save_tensors(tmp, "mmdit", module_tensors(mmdit, mmdit_dtype or dtype), config=cfg["mmdit"])
-        as_list = (lambda x: None if x is None else [float(v) for v in np.asarray(torch.as_tensor(x).cpu())])
         write_json_atomic(
             tmp / "config.json",
             {
@@ -219,21 +219,8 @@ def save_model_folder(
                 **dict(extra or {}),
             },
         )
-        _swap_folder(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
-
-def _swap_folder(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path``, replacing an old one (renamed aside first)."""
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return write_folder_atomic(path, build)
 
 
 def load_model_folder(

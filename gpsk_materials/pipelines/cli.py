@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpsk_materials.checks.post import DEFAULT_CHECKS
 from gpsk_materials.cli_options import add
 from gpsk_materials.defaults import PROJECTION_TIME
 
@@ -36,19 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--formula-units", "-z", type=int, default=None, metavar="Z",
                    help="formula units per generated (primitive) cell, for every FORMULA (default: drawn per "
                    "candidate)")
-    p.add_argument("--crystal-system", default=None, help="triclinic ... cubic")
+    add(p, "crystal_system")
     p.add_argument("--band-gap", type=float, default=None, help="eV, >= 0")
     p.add_argument("--formation-energy", type=float, default=None, help="eV/atom")
     p.add_argument("--e-above-hull", type=float, default=None, help="eV/atom, >= 0 (condition)")
     p.add_argument("--magnetic-ordering", default=None, help="NM, FM, FiM or AFM")
     add(p, "guidance", "steps", "seed", seed=dict(help="base seed (request i uses seed + i)"))
-    p.add_argument("--best-of", type=int, default=1, help="candidates per wanted structure; the best are kept")
+    add(p, "best_of")
     p.add_argument("--projection", type=_flow_time, default=PROJECTION_TIME, metavar="T",
                    help="re-enter each sample into the flow at time T (0 <= T < 1, 0 = off, the default) after the "
                    "decoder has projected it onto the requested atoms (docs/generator.md)")
-    p.add_argument("--checks", default=DEFAULT_CHECKS,
-                   help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, connectivity; "
-                   "the default; 'basic' is its old name), energy, volume_scan, relax, hull")
+    add(p, "checks")
     p.add_argument("--volume-scan", action="store_true", help="add the volume-scan check (as --checks volume_scan)")
     p.add_argument("--relax", action="store_true", help="add the relaxation check (as --checks relax)")
     add(p, "hull", hull=dict(choices=("self",), help="add the energy above the potential's own hull of "

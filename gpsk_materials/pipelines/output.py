@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from gpsk_materials import provenance
+from gpsk_materials.atomic_files import write_atomic, write_csv_atomic
 from gpsk_materials.checks.post import result_flags
 from gpsk_materials.pipelines.generator import GenerationResult
 
@@ -66,7 +66,8 @@ def _flat_info(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results(results: Sequence[GenerationResult], folder: str | Path) -> list[dict[str, Any]]:
-    """Write ``folder/<formula>_<i>.cif`` per structure, ``folder/structures.extxyz`` and ``folder/summary.csv``.
+    """Write ``folder/<formula>_<i>.cif`` per structure, ``folder/structures.extxyz`` and ``folder/summary.csv``,
+    each atomically (:mod:`gpsk_materials.atomic_files`).
 
     ``<formula>`` is the request's formula (the structure's own for a free composition) and ``i`` counts the
     structures written under that name. Returns the summary rows.
@@ -88,22 +89,21 @@ def write_results(results: Sequence[GenerationResult], folder: str | Path) -> li
             i = counts.get(name, 0)
             counts[name] = i + 1
             fname = f"{name}_{i}.cif"
-            CifWriter(s).write_file(folder / fname)
+            write_atomic(folder / fname, lambda tmp, s=s: CifWriter(s).write_file(tmp), ".cif")
             rec = summary_record(s, fname)
             records.append(rec)
             atoms = AseAtomsAdaptor.get_atoms(s)
             atoms.info = _flat_info(rec)
             frames.append(atoms)
-    xyz = folder / "structures.extxyz"
-    if frames:
-        ase_write(xyz, frames, format="extxyz")
-    else:
-        xyz.write_text("")
-    with open(folder / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS))
-        writer.writeheader()
-        for rec in records:
-            writer.writerow({k: "" if rec.get(k) is None else rec[k] for k in SUMMARY_COLUMNS})
+
+    def write_frames(tmp: str) -> None:
+        if frames:
+            ase_write(tmp, frames, format="extxyz")
+        else:
+            Path(tmp).write_text("")
+
+    write_atomic(folder / "structures.extxyz", write_frames, ".extxyz")
+    write_csv_atomic(folder / "summary.csv", records, SUMMARY_COLUMNS)
     return records
 
 

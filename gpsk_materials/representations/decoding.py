@@ -358,7 +358,8 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         eng = self._engine(g.shape[-1])
         params = self._lattice_params(eng, g)[0]
         if not np.all(np.isfinite(params)):
-            raise DecodingError("metric channel is not a positive-definite quadratic form")
+            raise DecodingError("metric channel is not a positive-definite quadratic form; is this a featurized "
+                                 "crystal grid (3, n, n, n), e.g. (3, 32, 32, 32), from gpsk_materials.representations?")
         return Lattice.from_parameters(*params)
 
     def density(self, grid) -> np.ndarray:
@@ -415,7 +416,9 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         gstar = eng.fit_metric(t[:, 2].reshape(B, -1) * G.Q0)
         params = lattice_parameters(gstar.double().cpu().numpy())
         for i in np.flatnonzero(~np.all(np.isfinite(params), axis=1)):
-            fail.setdefault(i, DecodingError(f"grid {i}: metric channel is not a positive-definite quadratic form"))
+            fail.setdefault(i, DecodingError(f"grid {i}: metric channel is not a positive-definite quadratic form; "
+                                             "is this a featurized crystal grid (3, n, n, n), e.g. (3, 32, 32, 32), "
+                                             "from gpsk_materials.representations?"))
         # structure factor on the Friedel half, symmetrised: F(h) <- (F(h) + conj F(-h)) / 2
         re, im = G.expand_structure_factor(t[:, 0].reshape(B, -1), t[:, 1].reshape(B, -1))
         Ffull = torch.complex(re, im)
@@ -512,7 +515,8 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
                 continue
             keep = vs[b]
             if not keep.any():
-                out.append(DecodingError(f"grid {b}: no atoms found"))
+                out.append(DecodingError(f"grid {b}: no atoms found; is this a featurized crystal grid (3, n, n, n), "
+                                          "e.g. (3, 32, 32, 32), from gpsk_materials.representations?"))
                 continue
             numbers = pal_np[b, ps[b, keep]]
             lattice = Lattice.from_parameters(*params[b])

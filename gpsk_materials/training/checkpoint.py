@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from gpsk_materials.atomic_files import write_json_atomic
+from gpsk_materials.atomic_files import write_folder_atomic, write_json_atomic
 from gpsk_materials.errors import CheckpointError
 from gpsk_materials.models.io import load_tensors, read_json, save_tensors
 
@@ -79,19 +78,13 @@ def save_checkpoint(
 ) -> Path:
     """Write ``OUT/checkpoints/NAME`` atomically, point ``OUT/latest.json`` at it, keep the newest ``keep``."""
     root = Path(out) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    os.chmod(tmp, 0o755)
-    try:
+
+    def build(tmp: Path) -> None:
         for set_name, tensors in tensor_sets.items():
             save_tensors(tmp, set_name, tensors)
         write_json_atomic(tmp / "state.json", {"format": STATE_FORMAT, **state})
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    final = write_folder_atomic(root / name, build)
     write_json_atomic(Path(out) / "latest.json", {"checkpoint": f"checkpoints/{name}"})
     done = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
     for old in done[:-keep]:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from gpsk_materials.atomic_files import write_json_atomic
+from gpsk_materials.atomic_files import write_folder_atomic, write_json_atomic
 from gpsk_materials.datasets.cache import ArrayCache
 from gpsk_materials.datasets.splits import split_indices
 from gpsk_materials.errors import CheckpointError, ConfigError, DataError
@@ -415,11 +415,7 @@ class Trainer:
             raise CheckpointError(f"model folder {folder} holds config {start.config.name!r}, whose VAE differs from "
                                   f"config {self.model_config.name!r}'s: it cannot be adopted")
         if self.info.is_main and start.config == self.model_config:
-            tmp = self.out / ".vae.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(folder, tmp)
-            shutil.rmtree(self.out / "vae", ignore_errors=True)
-            os.replace(tmp, self.out / "vae")
+            write_folder_atomic(self.out / "vae", lambda tmp: shutil.copytree(folder, tmp, dirs_exist_ok=True))
         elif self.info.is_main:  # the same VAE under another MMDiT config: rewritten as this run's VAE folder
             save_model_folder(self.out / "vae", self.model_config, start.vae, None, self.stats.to_dict(), None, None,
                               extra={"vae_from": str(folder)})
