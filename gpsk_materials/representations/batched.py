@@ -248,6 +248,19 @@ class Palette:
         self.norm2 = fWf.sum((-3, -2, -1))
         self.blocks = hb.curvature_blocks(fWf)
         self._direct = self._slot_layout(self.f) if self.f.shape[1] <= DIRECT_PALETTE else None
+        self.singular = torch.zeros(pal.shape[0], dtype=torch.bool, device=pal.device)
+
+    def merge(self) -> None:
+        """Carry the singular solves recorded on a :meth:`rows` subset back to the palette it came from."""
+        parent = getattr(self, "_parent", None)
+        if parent is not None:
+            parent.singular = parent.singular.index_put((self._rows,), self.singular)
+
+    def failed(self, bad: torch.Tensor) -> None:
+        """Record grids (B,) whose linear solve was singular (``torch.linalg.*_ex`` info), without a read-back; the
+        solver raises ``LinAlgError`` for them at the end of the chunk, as the reference's ``torch.linalg`` calls
+        raise at once (:meth:`~.decoding.ReciprocalGridDecoder._safe_chunk` then decodes the chunk grid by grid)."""
+        self.singular = self.singular | bad
 
     def _slot_layout(self, f: torch.Tensor) -> torch.Tensor:
         B, U = f.shape[:2]
@@ -259,13 +272,16 @@ class Palette:
         out = Palette(self.hb)
         out.f, out.fW, out.norm2, out.blocks = self.f[b], self.fW[b], self.norm2[b], self.blocks[b]
         out._direct = None if self._direct is None else self._direct[b]
+        out.singular = self.singular[b]
+        out._parent, out._rows = self, b
         return out
 
-    def slots(self, p: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Element slots of the model's matrix product (:meth:`HalfBlock.model`) for sites with palette indices
-        p (B, S): ``(onehot (B, S, U), f_slots (B, A * A, U, L + 1))``, complex. A small palette (a given
-        composition) is its own slot list; a large one (an inferred composition searches all 98 elements) is
-        compacted to the elements that some site holds (one read-back of the slot count)."""
+    def slots(self, p: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Element slots of the model's matrix product (:meth:`HalfBlock.model`) and of the polish's gradient
+        (:func:`gradient`) for sites with palette indices p (B, S): ``(onehot (B, S, U) complex, f_slots (B, A * A,
+        U, L + 1) complex, slot (B, S) long)``. A small palette (a given composition) is its own slot list; a large
+        one (an inferred composition searches all 98 elements) is compacted to the elements that some site holds
+        (one read-back of the slot count)."""
         hb, f = self.hb, self.f
         B, P = f.shape[:2]
         idx = p.clamp(min=0)
@@ -281,11 +297,7 @@ class Palette:
             elem = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :U]  # present ones first
             f_slots = self._slot_layout(f.gather(1, elem[:, :, None, None, None].expand(-1, -1, *f.shape[2:])))
         onehot = ((slot[..., None] == torch.arange(U, device=p.device)) & valid[..., None]).to(hb.cdtype)
-        return onehot, f_slots
-
-    def site_fW(self, p: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """W f of each site's element, (B, S, A, A, L + 1) complex, zero where not ``valid``."""
-        return gather_sites(self.fW, p, valid).to(self.hb.cdtype)
+        return onehot, f_slots, slot
 
 
 def gather_sites(f: torch.Tensor, p: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -294,6 +306,19 @@ def gather_sites(f: torch.Tensor, p: torch.Tensor, valid: torch.Tensor) -> torch
     idx = p.clamp(min=0)
     fj = f.gather(1, idx[:, :, None, None, None].expand(-1, -1, *f.shape[2:]))
     return fj * valid[:, :, None, None, None]
+
+
+def rmul(real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """real * z for a real tensor and a complex one (broadcast), without promoting ``real`` to complex."""
+    return torch.view_as_complex((torch.view_as_real(z) * real[..., None]).contiguous())
+
+
+def re_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Re(a conj(b)^T) of complex (..., N, M) and (..., K, M) -> (..., N, K): one real matrix product over
+    (Re, Im) pairs, Re(a_i conj b_j) = a_r b_r + a_i b_i (half the work of the complex product)."""
+    ar = torch.view_as_real(a.contiguous()).flatten(-2)
+    br = torch.view_as_real(b.contiguous()).flatten(-2)
+    return torch.matmul(ar, br.transpose(-1, -2))
 
 
 def covalent_radii_table(device, dtype) -> torch.Tensor:
@@ -377,8 +402,8 @@ def pair_contacts(x: torch.Tensor, valid: torch.Tensor, metric: torch.Tensor, ra
     return dmin, ratio, i, j, dist_ij
 
 
-def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, scale=None, fWj=None,
-           slots=None, model=None):
+def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, scale=None, slots=None,
+           model=None):
     """Joint Gauss-Newton polish of all positions, elements fixed (the reference's ``PeelingSolver._polish``):
     atom-diagonal blocks of J^H W J, steps clamped to half a voxel, and with ``scale`` the overall scale of F
     projected out at each step for the grids marked ``free`` (variable projection, Golub & Pereyra, SIAM J.
@@ -393,8 +418,8 @@ def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, s
         Positions (fractional), palette indices and placed sites.
     steps : int
         Gauss-Newton iterations (the convergence test, largest step < 1e-9, every ``CONVERGENCE_EVERY``).
-    fWj, slots : optional
-        :meth:`Palette.site_fW` and :meth:`Palette.slots` of ``p`` when the caller holds them.
+    slots : optional
+        :meth:`Palette.slots` of ``p`` when the caller holds them.
     model : Tensor (B, A, A, L + 1), optional
         F_model at ``x`` when the caller holds it (saves the first evaluation).
 
@@ -405,11 +430,11 @@ def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, s
     B, S, _ = x.shape
     if steps == 0 or S == 0:
         return x if scale is None else (x, F, scale)
-    onehot, f_slots = pal.slots(p, valid) if slots is None else slots
-    fWj = pal.site_fW(p, valid) if fWj is None else fWj
+    onehot, f_slots, slot = pal.slots(p, valid) if slots is None else slots
     block = pal.blocks.gather(1, p.clamp(min=0)[:, :, None, None].expand(-1, -1, 3, 3))
     eye = torch.eye(3, device=x.device, dtype=x.dtype)
-    inv_block = torch.linalg.inv(torch.where(valid[:, :, None, None], block, eye))
+    inv_block, info = torch.linalg.inv_ex(torch.where(valid[:, :, None, None], block, eye))
+    pal.failed(info.flatten(1).any(1))
     lim = 0.5 / hb.n
     for it in range(steps):
         if model is None or it > 0:
@@ -420,7 +445,7 @@ def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, s
             new = new.clamp(1 / MAX_SCALE, MAX_SCALE)
             F = F * (new / scale)[:, None, None, None]
             scale = new
-        g = gradient(hb, fWj * (F - model)[:, None], x)  # (B, S, 3)
+        g = gradient(hb, f_slots * ((F - model) * hb.W).reshape(B, hb.A * hb.A, 1, hb.L + 1), slot, x)
         step = torch.einsum("bjik,bjk->bji", inv_block, g) * valid[:, :, None]
         x = (x + step.clamp(-lim, lim)) % 1.0
         if (it + 1) % CONVERGENCE_EVERY == 0 and it + 1 < steps and float(step.abs().max()) < 1e-9:
@@ -428,20 +453,37 @@ def polish(hb: HalfBlock, F, pal: Palette, x, p, valid, steps: int, free=None, s
     return x if scale is None else (x, F, scale)
 
 
-def gradient(hb: HalfBlock, Q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """2 pi Im sum_H Q_j(h) conj(e^{2 pi i h.x_j}) h for sites j: Q (B, S, A, A, L + 1) already holds W f_j R;
-    returns (B, S, 3). Contractions over l, k, h with the first-order tables only."""
+def gradient(hb: HalfBlock, G: torch.Tensor, slot: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """2 pi Im sum_H W f_j(h) R(h) conj(e^{2 pi i h.x_j}) h for sites j, the gradient of the polish.
+
+    G (B, A * A, U, L + 1) holds W f_u R for each element slot u (:meth:`Palette.slots`), slot (B, S) each site's
+    slot, x (B, S, 3) the positions; returns (B, S, 3). One matrix product over the (h, k) plane contracts the
+    sites' tables conj(u_x u_y) {1, h, k} with every slot's l columns (the slots share G: no product over all
+    Miller indices per site), then each site takes its slot and contracts l with conj(u_z) {1, l}.
+    """
     B, S = x.shape[:2]
     A, Lp = hb.A, hb.L + 1
+    U = G.shape[2]
     ux, uy, uz = hb.tables(x)
-    cz = uz.conj()[..., None, :] * hb.pow_l[:2]  # (B, S, 2, L+1)
-    t1 = torch.matmul(Q.reshape(B * S, A * A, Lp), cz.reshape(B * S, 2, Lp).transpose(1, 2)).reshape(B * S, A, A, 2)
-    cy = uy.conj()[..., None, :] * hb.pow_hk[:2]  # (B, S, 2, A)
-    t2 = torch.matmul(cy.reshape(B * S, 1, 2, A), t1)  # (B*S, A, 2_k, 2_l)
-    cx = ux.conj()[..., None, :] * hb.pow_hk[:2]
-    t3 = torch.matmul(cx.reshape(B * S, 2, A), t2.reshape(B * S, A, 4)).reshape(B, S, 2, 2, 2)
-    g = torch.stack([t3[:, :, 1, 0, 0], t3[:, :, 0, 1, 0], t3[:, :, 0, 0, 1]], -1)
+    cxy = (ux.conj()[..., :, None] * uy.conj()[..., None, :])  # (B, S, A_h, A_k)
+    tab = torch.stack([cxy, cxy * hb.hv[:, None], cxy * hb.hv[None, :]], 2).reshape(B, S * 3, A * A)
+    y = torch.matmul(tab, G.reshape(B, A * A, U * Lp)).reshape(B, S, 3, U, Lp)
+    y = y.gather(3, slot[:, :, None, None, None].expand(-1, -1, 3, 1, Lp))[:, :, :, 0]  # (B, S, 3, L+1)
+    cz = uz.conj()
+    g = torch.stack([(y[:, :, 1] * cz).sum(-1), (y[:, :, 2] * cz).sum(-1), (y[:, :, 0] * cz * hb.lv).sum(-1)], -1)
     return TWO_PI * g.imag
+
+
+def slot_overlaps(hb: HalfBlock, G: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """C[b, u, j] = sum_H G_u(h) conj(e^{2 pi i h.x_j}) for every slot u and site j: G (B, A * A, U, L + 1) (e.g.
+    W f_u R), x (B, N, 3); returns (B, U, N). One matrix product over the (h, k) plane, then l."""
+    B, N = x.shape[:2]
+    A, Lp = hb.A, hb.L + 1
+    U = G.shape[2]
+    ux, uy, uz = hb.tables(x)
+    cxy = (ux.conj()[..., :, None] * uy.conj()[..., None, :]).reshape(B, N, A * A)
+    y = torch.matmul(cxy, G.reshape(B, A * A, U * Lp)).reshape(B, N, U, Lp)
+    return (y * uz.conj()[:, :, None, :]).sum(-1).transpose(1, 2)
 
 
 class BatchedPeelingSolver:
@@ -483,7 +525,6 @@ class BatchedPeelingSolver:
         nmax = max(nmax, 1)
         x = torch.zeros((B, nmax, 3), dtype=dt, device=dev)
         p = torch.full((B, nmax), -1, dtype=torch.long, device=dev)
-        fWs = torch.zeros((B, nmax, *hb.shape), dtype=hb.cdtype, device=dev)  # W f of each placed site
         R = F.clone()
         active = cnt.sum(1) > 0
         ar = torch.arange(B, device=dev)
@@ -500,9 +541,9 @@ class BatchedPeelingSolver:
             rho = torch.where(blocked, torch.full_like(rho, -torch.inf), rho)
             idx = rho.reshape(B, -1).argmax(1)
             x0 = torch.stack([idx // (n * n), (idx // n) % n, idx % n], -1).to(dt) / n
-            xa = self._newton_batched(hb, R * hb.W, x0)
+            xa = self._newton_batched(hb, R * hb.W, x0, palette)
             gain, best = self._gain_batched(hb, R, xa, f, norm2, cnt)
-            xa = self._newton_batched(hb, R * palette.fW[ar, best], xa)
+            xa = self._newton_batched(hb, R * palette.fW[ar, best], xa, palette)
             gain, best2 = self._gain_batched(hb, R, xa, f, norm2, cnt)
             take = (gain > self.min_gain * norm2[ar, best2]) | known  # a given composition places every count
             take = take & torch.isfinite(gain) & active
@@ -518,18 +559,16 @@ class BatchedPeelingSolver:
             R = R - (f[ar, best2] * hb.phase(xa)) * take[cells]
             x[:, step] = torch.where(take[:, None], xa, x[:, step])
             p[:, step] = torch.where(take, best2, p[:, step])
-            fWs[:, step] = palette.fW[ar, best2] * take[cells]
             cnt[ar, best2] -= take.to(cnt.dtype)
             if self.interim_polish and step > 0:
                 # re-fit the placed atoms so that their errors do not leave peaks that outshine light atoms
                 sub = slice(0, step + 1)
                 ps, vs = p[:, sub], p[:, sub] >= 0
                 slots = palette.slots(ps, vs)
-                xs = polish(hb, F, palette, x[:, sub], ps, vs, self.interim_polish, fWj=fWs[:, sub], slots=slots,
-                            model=F - R)
+                xs = polish(hb, F, palette, x[:, sub], ps, vs, self.interim_polish, slots=slots, model=F - R)
                 xs = torch.where(active[:, None, None], xs, x[:, sub])
                 x[:, sub] = xs
-                R = torch.where(active[cells], F - hb.model(xs, *slots), R)
+                R = torch.where(active[cells], F - hb.model(xs, *slots[:2]), R)
                 xa = xs[:, step]
             blocked |= (hb.mesh_d2(xa, metric) < md2) & take[cells]
             blocked |= (hb.mesh_d2(x0, metric) < (0.5 * self.min_distance) ** 2) & retry[cells]
@@ -540,12 +579,14 @@ class BatchedPeelingSolver:
             scale = torch.ones(B, device=dev, dtype=dt)
         if free is None or not bool(free.any()):
             free = None
-        x, F, scale = polish(hb, F, palette, x, p, valid, self.polish_steps, free=free, scale=scale, fWj=fWs)
+        x, F, scale = polish(hb, F, palette, x, p, valid, self.polish_steps, free=free, scale=scale)
         if self.swap_rounds:
             x, p, F, scale = self._swap_batched(hb, F, palette, x, p, valid, free, scale)
+        if bool(palette.singular.any()):
+            raise torch.linalg.LinAlgError("a linear system of the Newton steps or the polish is singular")
         return x, p, valid, F, scale, palette
 
-    def _newton_batched(self, hb: HalfBlock, Q, x):
+    def _newton_batched(self, hb: HalfBlock, Q, x, palette: Palette | None = None):
         """Maximise c(x) = Re sum_H Q(h) e^{-2 pi i h.x} (Q = W R, or W f R) from x (B, 3) by Newton steps, as
         :meth:`.solver.Engine.newton`: gradient and Hessian from the moments of order 1 and 2, a short gradient
         step where the Hessian is not negative definite, steps clamped to half a voxel."""
@@ -558,10 +599,16 @@ class BatchedPeelingSolver:
                 torch.stack([m[:, 2, 0, 0], m[:, 1, 1, 0], m[:, 1, 0, 1]], -1),
                 torch.stack([m[:, 1, 1, 0], m[:, 0, 2, 0], m[:, 0, 1, 1]], -1),
                 torch.stack([m[:, 1, 0, 1], m[:, 0, 1, 1], m[:, 0, 0, 2]], -1)], -2).real
-            # at a maximum the Hessian is negative definite; otherwise fall back to a short gradient step
-            ok = (torch.linalg.eigvalsh(hess).max(-1).values < 0)[:, None, None]
+            # at a maximum the Hessian is negative definite (Sylvester's criterion on -H: its leading principal
+            # minors are positive; the reference asks for its largest eigenvalue < 0, the same set of matrices, and
+            # this test needs no read-back on a GPU); otherwise fall back to a short gradient step
+            ok = ((hess[:, 0, 0] < 0) & (hess[:, 0, 0] * hess[:, 1, 1] - hess[:, 0, 1] * hess[:, 1, 0] > 0)
+                  & (torch.linalg.det(hess) < 0))[:, None, None]
             safe = torch.where(ok, hess, -eye * (hess.abs().amax((1, 2), keepdim=True) + 1e-12))
-            step = -torch.linalg.solve(safe, grad[..., None])[..., 0]
+            sol, info = torch.linalg.solve_ex(safe, grad[..., None])
+            if palette is not None:
+                palette.failed(info > 0)
+            step = -sol[..., 0]
             x = x + step.clamp(-lim, lim)
         return x % 1.0
 
@@ -592,18 +639,22 @@ class BatchedPeelingSolver:
             nb = len(b)
             fj = gather_sites(pal.f[b], pb, vb).reshape(nb, N, -1)  # real (nb, N, M)
             e = hb.phase(xb).reshape(nb, N, -1)
-            fjc = fj.to(e.dtype)
-            fe = fjc * e
+            fe = rmul(fj, e)
             R = Fb.reshape(nb, -1) - fe.sum(1)
+            fjW = fj * Wf
             # cost change of swapping the elements of sites i and j: R' = R + (f_i - f_j)(e_i - e_j)
-            a = torch.matmul((R.conj() * Wf)[:, None, :] * fjc, e.transpose(1, 2)).real  # Re sum conj(R) f_i e_j
+            _, f_slots, slot = pal.rows(b).slots(pb, vb)
+            C = slot_overlaps(hb, f_slots * (R * Wf).reshape(nb, hb.A * hb.A, 1, hb.L + 1), xb).real
+            a = C.gather(1, slot[:, :, None].expand(-1, -1, N))  # a_ij = Re sum W f_i R conj(e_j)
             lin = torch.diagonal(a, dim1=1, dim2=2)
             lin = lin[:, :, None] + lin[:, None, :] - a - a.transpose(1, 2)
-            Pm = torch.matmul(fj * Wf, fj.transpose(1, 2))  # sum W f_i f_j
+            Pm = torch.matmul(fjW, fj.transpose(1, 2))  # sum W f_i f_j
             dP = torch.diagonal(Pm, dim1=1, dim2=2)
-            Q = torch.matmul((fjc * Wf) * fe, e.conj().transpose(1, 2))  # sum W f_i^2 e_i conj e_j
-            S = torch.matmul(fe * Wf, fe.conj().transpose(1, 2))  # sum W f_i e_i f_j conj e_j
-            quad = 2 * (dP[:, :, None] + dP[:, None, :] - 2 * Pm) - 2 * (Q + Q.transpose(1, 2).conj() - 2 * S).real
+            Q = re_inner(rmul(fjW, fe), e)  # Re sum W f_i^2 e_i conj e_j
+            # Re sum W f_i e_i f_j conj e_j: W = 2 off the plane l = 0, 1 on it
+            plane = fe.reshape(nb, N, hb.A * hb.A, hb.L + 1)[..., 0]
+            S = 2 * re_inner(fe, fe) - re_inner(plane, plane)
+            quad = 2 * (dP[:, :, None] + dP[:, None, :] - 2 * Pm) - 2 * (Q + Q.transpose(1, 2) - 2 * S)
             delta = 2 * lin + quad
             differ = (pb[:, :, None] != pb[:, None, :]) & vb[:, :, None] & vb[:, None, :]
             delta = torch.where(differ, delta, torch.full_like(delta, torch.inf))
@@ -620,8 +671,10 @@ class BatchedPeelingSolver:
             pi, pj = pg[rows, i].clone(), pg[rows, j].clone()
             pg[rows, i], pg[rows, j] = pj, pi
             p[b] = pg
-            x[b], F[b], scale[b] = polish(hb, F[b], pal.rows(b), x[b], pg, valid[b], self.polish_steps,
+            sub = pal.rows(b)
+            x[b], F[b], scale[b] = polish(hb, F[b], sub, x[b], pg, valid[b], self.polish_steps,
                                           free=None if free is None else free[b], scale=scale[b])
+            sub.merge()
         return x, p, F, scale
 
     # -- result ------------------------------------------------------------
@@ -636,14 +689,15 @@ class BatchedPeelingSolver:
         Wf = hb.W.expand(hb.shape).reshape(-1)
         fj = gather_sites(f, p, valid).reshape(B, N, -1)
         E = hb.phase(x).reshape(B, N, -1)
-        T = fj.to(E.dtype) * E
+        T = rmul(fj, E)
         Fm = F.reshape(B, -1)
         R = Fm - T.sum(1)
         norm_F = torch.sqrt(((Fm.real**2 + Fm.imag**2) * Wf).sum(1))
         rel = torch.sqrt(((R.real**2 + R.imag**2) * Wf).sum(1)) / norm_F.clamp(min=1e-12)
-        TW = T.conj() * Wf
-        A = torch.matmul(TW, T.transpose(1, 2)).real
-        rhs = torch.matmul(TW, Fm[:, :, None])[..., 0].real
+        # per-site amplitude (occupancy) fit: Re(T^H W T) alpha = Re(T^H W F)
+        TW = rmul(Wf, T)
+        A = re_inner(TW, T)
+        rhs = re_inner(TW, Fm[:, None, :])[..., 0]
         eye = torch.eye(N, device=A.device, dtype=A.dtype)
         A = torch.where(valid[:, :, None] & valid[:, None, :], A, eye.expand_as(A))
         # relative ridge: two sites on the same spot (a generated grid) make A exactly singular
@@ -651,7 +705,8 @@ class BatchedPeelingSolver:
         alpha = torch.linalg.solve(A + ridge * eye, rhs * valid)
         fl = f.reshape(B, P, -1)
         norm2 = palette.norm2
-        proj = ((R[:, None, :] + T) * E.conj()).real * Wf  # the residual with site j removed, projected on it
+        # the residual with site j removed, projected on site j: Re((R + T_j) conj E_j) W = (Re(R conj E_j) + f_j) W
+        proj = (E.real * R.real[:, None] + E.imag * R.imag[:, None] + fj) * Wf
         gain = 2 * torch.matmul(proj, fl.transpose(1, 2)) - norm2[:, None, :]  # (B, N, P)
         gain = torch.where(pal[:, None, :] > 0, gain, torch.full_like(gain, -torch.inf))
         pj = p.clamp(min=0)[..., None]

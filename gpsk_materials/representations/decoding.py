@@ -566,8 +566,11 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                     "decode_confidence": confidence.round(6).tolist(),
                 },
             )
+            screened = contacts is not None and not contacts["fallback"][b]
+            # the torch distances clear a structure; one they flag is named as the reference names it (pymatgen's
+            # neighbour list decides which of two equal pairs comes first)
             contact = None
-            if contacts is not None and not contacts["fallback"][b]:
+            if screened and not contacts["ratio"][b] < self.min_distance_ratio:
                 slot = np.cumsum(keep) - 1  # solver slot -> site of the structure
                 i, j = int(contacts["i"][b]), int(contacts["j"][b])
                 contact = (int(slot[i]), int(slot[j]), float(contacts["d"][b]), float(contacts["ratio"][b]))
@@ -587,7 +590,7 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                     f"(best guess {s.composition.reduced_formula})"))
                 continue
             if len(s) > 1:
-                if contact is not None:
+                if screened:
                     dmin = float(contacts["dmin"][b])
                 else:
                     dmin = s.distance_matrix[np.triu_indices(len(s), 1)].min()
