@@ -199,3 +199,17 @@ def test_sampler_condition_context_is_bit_for_bit(guidance):
     every = rectified_flow.sample(per_step, cond, 4, guidance, noise=noise)
     assert torch.equal(once, every)
     assert once.abs().max() > 0
+
+
+@pytest.mark.parametrize("shape, p", [((2, 3, 5, 6, 7), 1), ((1, 2, 8, 8, 8), 2)])
+def test_periodic_pad_without_autograd_equals_the_concatenation(shape, p):
+    from gpsk_materials.models.vae import periodic_pad
+
+    x = torch.randn(shape)
+    ref = x
+    for dim in (2, 3, 4):
+        n = ref.shape[dim]
+        ref = torch.cat([ref.narrow(dim, n - p, p), ref, ref.narrow(dim, 0, p)], dim=dim)
+    with torch.no_grad():
+        assert torch.equal(periodic_pad(x, p), ref)  # the preallocated path of sampling
+    assert torch.equal(periodic_pad(x.requires_grad_(True), p), ref)  # the autograd path of training
