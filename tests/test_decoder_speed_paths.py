@@ -213,3 +213,32 @@ def test_periodic_pad_without_autograd_equals_the_concatenation(shape, p):
     with torch.no_grad():
         assert torch.equal(periodic_pad(x, p), ref)  # the preallocated path of sampling
     assert torch.equal(periodic_pad(x.requires_grad_(True), p), ref)  # the autograd path of training
+
+
+def test_bf16_sampler_stays_close_to_float32():
+    # precision="bf16" (the speed option of the sampler): the same flow under bfloat16 autocast, within bf16 tolerance
+    from gpsk_materials.models.configs import CONFIGS
+    from gpsk_materials.models.conditioning import ConditionStats
+    from gpsk_materials.models.generative import GPSKModel
+    from gpsk_materials.models.mmdit import MMDiT
+    from gpsk_materials.models.vae import GridVAE
+
+    torch.manual_seed(0)
+    cfg = CONFIGS["tiny"]
+    model = GPSKModel(cfg, GridVAE(cfg.vae).eval(), MMDiT(cfg.mmdit).eval(), ConditionStats())
+    with torch.no_grad():
+        for p in model.mmdit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    conds = [{"composition": "Fe2O3"}, {"composition": "NaCl"}]
+    c = cfg.mmdit
+    noise = torch.randn((2, c.latent_channels, c.latent_size, c.latent_size, c.latent_size),
+                        generator=torch.Generator().manual_seed(0))
+    fp32 = model.sample_latents(conds, 4, noise=noise)
+    bf16 = model.sample_latents(conds, 4, noise=noise, precision="bf16")
+    assert bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16)  # autocast took effect
+    assert ((bf16 - fp32).norm() / fp32.norm()) < 0.02
+    grids = model.sample_grids(conds, 2, noise=noise, precision="bf16")
+    assert grids.dtype == torch.float32 and torch.isfinite(grids).all()
+    with pytest.raises(ConfigError, match="precision"):
+        model.sample_latents(conds, 1, noise=noise, precision="fp16")
