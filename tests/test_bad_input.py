@@ -328,7 +328,8 @@ def test_decode_many_with_an_unparseable_composition_loses_only_that_grid():
         dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"])
 
 
-def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch):
+@pytest.mark.parametrize("implementation, solver", [("batched", "_peel_batched"), ("reference", "_peel")])
+def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch, implementation, solver):
     import torch
 
     from gpsk_materials.representations.decoding import ReciprocalGridDecoder
@@ -337,8 +338,8 @@ def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch):
     # the solver "fails" on any chunk holding the grid of NaCl at a = 6.2 A (recognised by its metric)
     bad = ReciprocalGridFeaturizer().featurize(
         Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
-    dec = ReciprocalGridDecoder(batch_size=4)
-    peel = dec._peel
+    dec = ReciprocalGridDecoder(batch_size=4, implementation=implementation)
+    peel = getattr(dec, solver)
 
     def failing_peel(eng, F, gstar, *args):
         lengths = np.linalg.inv(gstar.double().cpu().numpy())[:, 0, 0] ** 0.5  # |a| of each (primitive) cell
@@ -346,7 +347,7 @@ def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch):
             raise torch.linalg.LinAlgError("linalg.solve: The solver failed because the input matrix is singular.")
         return peel(eng, F, gstar, *args)
 
-    monkeypatch.setattr(dec, "_peel", failing_peel)
+    monkeypatch.setattr(dec, solver, failing_peel)
     out, reasons = dec.decode_many(np.stack([g, bad, g]), ["NaCl"] * 3, return_errors=True)
     assert out[0] is not None and out[2] is not None and out[1] is None
     assert reasons[1].startswith("grid 1: the solver failed numerically")

@@ -8,13 +8,23 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gpsk_materials.errors import CheckpointError, ConditioningError
+from gpsk_materials.errors import CheckpointError, ConditioningError, ConfigError
 from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
 from gpsk_materials.models import rectified_flow
 from gpsk_materials.models.conditioning import ConditionBatch, Conditions, ConditionStats
 from gpsk_materials.models.configs import ModelConfig
 from gpsk_materials.models.mmdit import MMDiT
 from gpsk_materials.models.vae import GridVAE
+
+#: ``precision`` of sampling: float32 throughout, or bfloat16 autocast for the MMDiT and the VAE's convolutions (the
+#: precision the released weights were trained under; the VAE's lattice channel and FFTs stay float32)
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -71,26 +81,34 @@ class GPSKModel:
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
+        precision: str = "fp32",
     ) -> Tensor:
         """Latents (B, 64, 8, 8, 8) in VAE space (denormalised); ``noise`` (B, 64, 8, 8, 8) replaces the draw from
         ``generator`` (the pipeline draws each request's noise from its own generator); ``guidance_terms`` and
         ``t_start`` (``noise`` is then the normalised state at that time) see
-        :func:`~gpsk_materials.models.rectified_flow.sample`."""
+        :func:`~gpsk_materials.models.rectified_flow.sample`. ``precision="bf16"`` runs the MMDiT under bfloat16
+        autocast (the state x stays float32)."""
         if self.mmdit is None:
             raise CheckpointError("this model folder holds no MMDiT weights (a VAE-only checkpoint)")
         cond = conditions if isinstance(conditions, ConditionBatch) else self.condition_batch(conditions)
         cfg = self.config.mmdit
         shape = (cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size)
-        z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, noise=noise, device=self.device,
-                                  progress=progress, guidance_terms=guidance_terms, t_start=t_start)
-        return self.denormalize_latents(z)
+        with _autocast(self.device, precision):
+            z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, noise=noise,
+                                      device=self.device, progress=progress, guidance_terms=guidance_terms,
+                                      t_start=t_start)
+        return self.denormalize_latents(z.float())
 
     @torch.no_grad()
     def sample_grids(
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
+        precision: str = "fp32",
     ) -> Tensor:
-        """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`)."""
-        return self.vae.decode(self.sample_latents(conditions, steps, guidance, generator, progress, noise,
-                                                   guidance_terms, t_start)).float()
+        """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`; ``precision="bf16"`` runs
+        the VAE decoder's convolutions under bfloat16 autocast too)."""
+        latents = self.sample_latents(conditions, steps, guidance, generator, progress, noise, guidance_terms,
+                                      t_start, precision)
+        with _autocast(self.device, precision):
+            return self.vae.decode(latents).float()

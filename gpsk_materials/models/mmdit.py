@@ -10,6 +10,7 @@ predicts zero velocity.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,15 @@ from torch import Tensor, nn
 from gpsk_materials.errors import GridError
 from gpsk_materials.models.conditioning import ConditionBatch, ConditionEncoder
 from gpsk_materials.models.configs import MMDiTConfig
+
+
+class ConditionContext(NamedTuple):
+    """What :meth:`MMDiT.forward` derives from the conditions alone, constant over a sampler's steps."""
+
+    ctx: Tensor  #: context tokens after ``context_in``, (B, E + 6, d)
+    mask: Tensor  #: key mask of the context tokens, (B, E + 6), True = attend
+    pooled: Tensor  #: ``pooled_mlp`` of the pooled conditions, the condition term of the modulation vector, (B, d)
+    dtype: torch.dtype  #: dtype of the condition tokens (the time embedding is cast to it)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -224,18 +234,26 @@ class MMDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, x: Tensor, t: Tensor, cond: ConditionBatch) -> Tensor:
-        """Predict the velocity (B, 64, 8, 8, 8) of latents ``x`` at flow times ``t`` (B,) in [0, 1]."""
+    def condition_context(self, cond: ConditionBatch) -> ConditionContext:
+        """The part of :meth:`forward` that depends on the conditions alone (:class:`ConditionContext`). A sampler
+        computes it once for all its steps (:func:`gpsk_materials.models.rectified_flow.sample`): the same
+        operations on the same inputs, so the velocity is the same as without it, bit for bit."""
+        tokens, ctx_mask, pooled = self.cond_encoder(cond)
+        return ConditionContext(self.context_in(tokens), ctx_mask, self.pooled_mlp(pooled), tokens.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, cond: ConditionBatch,
+                context: ConditionContext | None = None) -> Tensor:
+        """Predict the velocity (B, 64, 8, 8, 8) of latents ``x`` at flow times ``t`` (B,) in [0, 1];
+        ``context``: :meth:`condition_context` of ``cond`` when the caller holds it."""
         cfg = self.config
         n = cfg.latent_size
         if x.ndim != 5 or tuple(x.shape[1:]) != (cfg.latent_channels, n, n, n):
             raise GridError(f"latent must have shape (B, {cfg.latent_channels}, {n}, {n}, {n}), got {tuple(x.shape)}")
         if t.shape != (x.shape[0],) or len(cond) != x.shape[0]:
             raise ValueError(f"batch sizes differ: latent {x.shape[0]}, t {tuple(t.shape)}, conditions {len(cond)}")
-        tokens, ctx_mask, pooled = self.cond_encoder(cond)
-        vec = self.time_mlp(timestep_embedding(t, 256).to(tokens.dtype)) + self.pooled_mlp(pooled)
+        ctx, ctx_mask, pooled_vec, dtype = self.condition_context(cond) if context is None else context
+        vec = self.time_mlp(timestep_embedding(t, 256).to(dtype)) + pooled_vec
         h = self.patch_embed(x) + self.pos_embed.to(x.dtype)
-        ctx = self.context_in(tokens)
         for block in self.double_blocks:
             h, ctx = block(h, ctx, vec, ctx_mask)
         nx = h.shape[1]

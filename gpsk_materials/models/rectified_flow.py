@@ -69,14 +69,27 @@ def flow_loss(
     return (v.float() - velocity_target(x0, noise).float()).pow(2).mean()
 
 
-def guided_velocity(model: VelocityModel, x: Tensor, t: Tensor, cond: ConditionBatch, guidance: float) -> Tensor:
-    """Classifier-free guided velocity v_u + s (v_c - v_u); one batched pass for both branches when s != 1."""
-    if guidance == 1.0:
-        return model(x, t, cond)
-    b = x.shape[0]
+def guidance_batch(cond: ConditionBatch) -> ConditionBatch:
+    """The conditions of one classifier-free-guided pass: ``cond`` followed by the same rows with every modality
+    dropped (the unconditional branch), (2B,)."""
     both = ConditionBatch(**{k: torch.cat([v, v]) for k, v in cond.__dict__.items()})
     both.present = torch.cat([cond.present, torch.zeros_like(cond.present)])
-    v = model(torch.cat([x, x]), torch.cat([t, t]), both)
+    return both
+
+
+def guided_velocity(model: VelocityModel, x: Tensor, t: Tensor, cond: ConditionBatch, guidance: float,
+                    both: ConditionBatch | None = None, context=None) -> Tensor:
+    """Classifier-free guided velocity v_u + s (v_c - v_u); one batched pass for both branches when s != 1.
+
+    ``both`` (:func:`guidance_batch` of ``cond``, when s != 1) and ``context`` (the model's
+    ``condition_context`` of the conditions it is called with: ``cond``, or ``both``) are what a sampler computes
+    once for all its steps; without them they are derived here."""
+    extra = {} if context is None else {"context": context}
+    if guidance == 1.0:
+        return model(x, t, cond, **extra)
+    b = x.shape[0]
+    both = guidance_batch(cond) if both is None else both
+    v = model(torch.cat([x, x]), torch.cat([t, t]), both, **extra)
     v_cond, v_uncond = v[:b], v[b:]
     return v_uncond + guidance * (v_cond - v_uncond)
 
@@ -128,9 +141,15 @@ def sample(
     cond = cond.to(device)
     x = noise.to(device) if noise is not None else torch.randn((len(cond), *shape), generator=generator, device=device)
     times = torch.linspace(float(t_start), 0.0, steps + 1, device=device)
+    # what does not change over the steps is computed once: the guided pass's conditions, and the model's
+    # condition tokens and pooled-condition term where it offers them (MMDiT.condition_context); no value is read
+    # back to the host inside the loop (guidance terms read t, see apply_guidance_terms)
+    both = None if guidance == 1.0 else guidance_batch(cond)
+    encode = getattr(model, "condition_context", None)
+    context = None if encode is None else encode(cond if both is None else both)
     for i in tqdm(range(steps), disable=not progress, desc="sampling"):
         t = times[i].expand(x.shape[0])
-        v = guided_velocity(model, x, t, cond, guidance)
+        v = guided_velocity(model, x, t, cond, guidance, both, context)
         if guidance_terms:
             v = apply_guidance_terms(guidance_terms, x, t, v)
         x = x + (times[i + 1] - times[i]) * v.to(x.dtype)

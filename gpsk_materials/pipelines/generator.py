@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from gpsk_materials import provenance
 from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks, post_checks, result_flags
 from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
-from gpsk_materials.errors import CheckpointError, ConditioningError, DataError, GPSKError
-from gpsk_materials.models.generative import GPSKModel
+from gpsk_materials.errors import CheckpointError, ConditioningError, ConfigError, DataError, GPSKError
+from gpsk_materials.models.generative import PRECISIONS, GPSKModel
 from gpsk_materials.models.io import folder_hash, tensor_hash
 from gpsk_materials.pipelines.formula_units import FormulaUnitPrior
 from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest, resolve_request
@@ -133,6 +133,10 @@ class CrystalGenerator(MSONable):
         scale); None builds the pool hull of ``potential`` on first use. Not part of :meth:`as_dict`.
     model_hash
         Identity of the weights (computed from the model folder's indices by :meth:`from_pretrained`).
+    precision
+        ``"fp32"`` (default) or ``"bf16"``: sampling (MMDiT and VAE decoder) under bfloat16 autocast
+        (:data:`gpsk_materials.models.generative.PRECISIONS`); faster on GPUs and on CPUs with bf16 instructions,
+        other samples than float32. Part of the reproducibility key.
     formula_unit_prior
         Path of a formula-unit table (as written by ``benchmarks/build_formula_unit_prior.py``) from which the
         number of formula units of a reduced formula is drawn; None: the model folder's ``formula_units.json.gz``
@@ -160,6 +164,7 @@ class CrystalGenerator(MSONable):
         reference_hull: Any = None,
         model_hash: str | None = None,
         formula_unit_prior: str | Path | None = None,
+        precision: str = "fp32",
     ) -> None:
         from gpsk_materials.checks.potentials import Potential
         from gpsk_materials.representations.decoding import ReciprocalGridDecoder
@@ -170,6 +175,9 @@ class CrystalGenerator(MSONable):
             raise ConditioningError(f"max_sites must be a positive integer, got {max_sites!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ConditioningError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.model = model
         self.model_path = None if model_path is None else Path(model_path)
         self.max_sites = int(max_sites)
@@ -263,6 +271,7 @@ class CrystalGenerator(MSONable):
             "device": str(self.device),
             "max_sites": self.max_sites,
             "batch_size": self.batch_size,
+            "precision": self.precision,
             "decoder": self.decoder.as_dict(),
             "potential": potential,
             "symprec": self.symprec,
@@ -281,6 +290,7 @@ class CrystalGenerator(MSONable):
             device=d.get("device", "cpu"),
             max_sites=d["max_sites"],
             batch_size=d.get("batch_size"),
+            precision=d.get("precision", "fp32"),
             decoder=ReciprocalGridDecoder.from_dict(d["decoder"]),
             symprec=d.get("symprec", 0.1),
             relax_steps=d.get("relax_steps", RELAX_STEPS),
@@ -535,7 +545,8 @@ class CrystalGenerator(MSONable):
                     padded = chunk + [chunk[-1]] * (batch - len(chunk))
                     cond = cond_all.index(torch.tensor([first[k] + j for k, j in padded], device=cond_all.present.device))
                     x1 = torch.stack([noise[k][j] for k, j in padded]).to(device)
-                    g = self.model.sample_grids(cond, steps, guidance, noise=x1, guidance_terms=guidance_terms)
+                    g = self.model.sample_grids(cond, steps, guidance, noise=x1, guidance_terms=guidance_terms,
+                                                precision=self.precision)
                     for (k, j), grid in zip(chunk, g[: len(chunk)]):
                         out[k][j] = grid
                     bar.update(len(chunk))
@@ -587,6 +598,7 @@ class CrystalGenerator(MSONable):
                 eps = torch.stack([noise[k][j] for k, j, _ in chunk]).to(self.device)
                 cond = self.model.condition_batch([resolved[k].candidate_conditions(j) for k, j, _ in chunk])
                 g = self.model.sample_grids(cond, max(1, round(steps * t)), guidance, noise=(1 - t) * z + t * eps,
+                                            precision=self.precision,
                                             t_start=t)
                 for (k, j, _), grid in zip(chunk, g):
                     out[k][j] = grid
@@ -675,6 +687,7 @@ class CrystalGenerator(MSONable):
                 "sample_index": sample,
                 "rank": rank,
                 "batch_size": self._batch_size(),
+                "precision": self.precision,
                 "candidates": {"drawn": res.candidates, "decoded": res.decoded, "failed": res.failed,
                                "projected": len(res.projected)},
                 "projected": sample in res.projected,

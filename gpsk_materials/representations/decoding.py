@@ -22,11 +22,15 @@ from gpsk_materials.errors import (
     batch_policy,
 )
 from gpsk_materials.representations import grid as G
+from gpsk_materials.representations.batched import BatchedPeelingSolver
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.representations.peeling import MAX_SCALE, PeelingSolver
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
 
 METHODS = ("reciprocal", "peaks")
+#: ``implementation`` of the reciprocal decoder: the batched tensor path (:mod:`.batched`, the default) or the
+#: reference path it was derived from (:mod:`.peeling`), kept selectable for before/after measurements
+IMPLEMENTATIONS = ("batched", "reference")
 #: default ``min_confidence`` of a decode with an inferred composition, from ``benchmarks/decode_confidence.py``
 #: (docs/results/decode_confidence.json, 2026-12-02): on 16 MP-20 test grids, clean and with 0.1 % and 1 % noise,
 #: every wrong decode had confidence 0 and every right one >= 2.7e-4 (false accepts 0/23, false rejects 0/24)
@@ -128,7 +132,7 @@ def _given_species(structure, composition):
     return structure
 
 
-class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
+class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastErrors, MSONable):
     """Grid -> pymatgen ``Structure`` in closed form.
 
     Parameters
@@ -174,6 +178,14 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         Precision of the reciprocal engine.
     batch_size : int
         Grids decoded together.
+    implementation : {"batched", "reference"}
+        ``"batched"`` (default): the peeling solver as batched tensor work on the half-block layout
+        (:mod:`gpsk_materials.representations.batched`: separable phase factors, matrix products instead of
+        per-Miller-index exponentials, no per-grid Python on the hot path, pair distances of the acceptance
+        checks in torch). ``"reference"``: the original implementation (:mod:`.peeling`, pymatgen neighbour lists
+        for the checks), the same algorithm, kept for comparisons; both give the same structures (positions within
+        1e-4 A, tests/test_decoder_speed_paths.py) and the same acceptance. ``method="peaks"`` always runs the
+        reference path.
     """
 
     def __init__(
@@ -193,9 +205,12 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         device: str = "cpu",
         dtype: str = "float64",
         batch_size: int = 16,
+        implementation: str = "batched",
     ):
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ConfigError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         for name, value in (("min_confidence", min_confidence), ("min_distance_ratio", min_distance_ratio)):
@@ -218,6 +233,7 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.implementation = implementation
         self._engines: dict = {}
 
 
@@ -295,6 +311,7 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
             closer than ``min_distance_ratio`` of their radii is a ``DecodingError`` unless ``keep_low_confidence``;
             kept, it is marked (``properties["gpsk"]["decode"]["low_confidence"]``) and a warning is logged.
         """
+        import torch
         from tqdm.auto import tqdm
 
         ignore_errors, return_errors, pbar = batch_policy(ignore_errors, return_errors, pbar, errors, progress,
@@ -306,22 +323,28 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         compositions = list(compositions)
         if len(compositions) != B:
             raise GridError(f"{len(compositions)} compositions given for {B} grids")
-        results: list = []
-        reasons: list = []
+        results: list = [None] * B
+        reasons: list = [None] * B
+        # the batched path decodes grids of similar size together (its chunks are padded to the largest cell);
+        # the order of the chunks never changes a result, and errors raised at once keep the batch order
+        order = (self._decode_order(grids, compositions, exact_counts)
+                 if ignore_errors and self.implementation == "batched" else np.arange(B))
         for start in tqdm(range(0, B, self.batch_size), disable=not pbar, desc="decode", unit="batch"):
-            sl = slice(start, start + self.batch_size)
-            out = self._safe_chunk(grids[sl], compositions[sl], exact_counts)
-            for j, item in enumerate(out):
+            idx = order[start : start + self.batch_size]
+            if (np.diff(idx) == 1).all():
+                chunk = grids[idx[0] : idx[-1] + 1]
+            else:
+                chunk = grids[idx if isinstance(grids, np.ndarray) else torch.as_tensor(idx, device=grids.device)]
+            out = self._safe_chunk(chunk, [compositions[i] for i in idx], exact_counts)
+            for i, item in zip(idx, out):
                 if isinstance(item, GPSKError):
                     # chunk-local grid numbers -> the grid's index in the batch
-                    item = type(item)(re.sub(r"^grid \d+", f"grid {start + j}", str(item)))
+                    item = type(item)(re.sub(r"^grid \d+", f"grid {i}", str(item)))
                     if not ignore_errors:
                         raise item
-                    results.append(None)
-                    reasons.append(str(item))
+                    reasons[i] = str(item)
                 else:
-                    results.append(_given_species(item, compositions[start + j]))
-                    reasons.append(None)
+                    results[i] = _given_species(item, compositions[i])
         self._last_errors = reasons
         low = [f"grid {i}: " + "; ".join(s.properties["gpsk"]["decode"]["low_confidence_reasons"])
                for i, s in enumerate(results) if s is not None and s.properties["gpsk"]["decode"]["low_confidence"]]
@@ -330,6 +353,26 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
                         "marked low_confidence in properties['gpsk']['decode']): %s%s", len(low), B,
                         " | ".join(low[:5]), " | ..." if len(low) > 5 else "")
         return (results, reasons) if return_errors else results
+
+    def _decode_order(self, grids, compositions, exact_counts: bool) -> np.ndarray:
+        """Order of the grids for chunking: by the number of sites they will hold (the cell content of a given
+        composition, scaled to F(000) as :func:`cell_counts` does; F(000) / 10 e for an inferred one), so that a
+        chunk of the batched solver is not padded to a much larger cell than most of its grids."""
+        n = grids.shape[-1]
+        c = n // 2
+        origin = grids[:, :2, c, c, c]
+        origin = origin.detach().double().cpu().numpy() if hasattr(origin, "detach") else np.asarray(origin, float)
+        f000 = G.expand_structure_factor(origin[:, 0], origin[:, 1])[0]
+        key = np.zeros(len(compositions))
+        for i, comp in enumerate(compositions):
+            try:
+                if comp is None:
+                    key[i] = f000[i] / 10.0 if np.isfinite(f000[i]) else 0.0
+                else:
+                    key[i] = sum(cell_counts(parse_composition(comp), f000[i], exact_counts)[0].values())
+            except GPSKError:  # the chunk reports it
+                key[i] = 0.0
+        return np.argsort(key, kind="stable")
 
     def _safe_chunk(self, grids, compositions, exact_counts: bool) -> list:
         """:meth:`_decode_chunk`, where a numerical failure of the batched solver (torch's ``LinAlgError``: a
@@ -419,12 +462,20 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
             fail.setdefault(i, DecodingError(f"grid {i}: metric channel is not a positive-definite quadratic form; "
                                              "is this a featurized crystal grid (3, n, n, n), e.g. (3, 32, 32, 32), "
                                              "from gpsk_materials.representations?"))
-        # structure factor on the Friedel half, symmetrised: F(h) <- (F(h) + conj F(-h)) / 2
-        re, im = G.expand_structure_factor(t[:, 0].reshape(B, -1), t[:, 1].reshape(B, -1))
-        Ffull = torch.complex(re, im)
-        F = 0.5 * (Ffull[:, eng.idx] + Ffull[:, eng.mirror].conj())
-        zero_idx = int(torch.nonzero((eng.hkl_int == 0).all(1))[0])
-        f000 = F[:, zero_idx].real.double().cpu().numpy()
+        batched = self.implementation == "batched" and self.method == "reciprocal"
+        if batched:  # F on the half block of the batched path (gpsk_materials.representations.batched)
+            from gpsk_materials.representations.batched import half_block
+
+            hb = half_block(n, self.device, self.dtype)
+            F = hb.half_block(torch.complex(*G.expand_structure_factor(t[:, 0], t[:, 1])))
+            f000 = F[:, hb.L, hb.L, 0].real.double().cpu().numpy()
+        else:
+            # structure factor on the Friedel half, symmetrised: F(h) <- (F(h) + conj F(-h)) / 2
+            re, im = G.expand_structure_factor(t[:, 0].reshape(B, -1), t[:, 1].reshape(B, -1))
+            Ffull = torch.complex(re, im)
+            F = 0.5 * (Ffull[:, eng.idx] + Ffull[:, eng.mirror].conj())
+            zero_idx = int(torch.nonzero((eng.hkl_int == 0).all(1))[0])
+            f000 = F[:, zero_idx].real.double().cpu().numpy()
 
         pal, counts, known = [], [], []
         scale = np.ones(B)
@@ -453,7 +504,7 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
                 scale[i] = float(np.clip(electrons / f000[i], 1 / MAX_SCALE, MAX_SCALE))
                 free[i] = True
         scale_t = torch.as_tensor(scale, device=F.device, dtype=F.real.dtype)
-        F = F * scale_t[:, None]
+        F = F * scale_t.reshape(-1, *([1] * (F.ndim - 1)))
         P = max(len(p) for p in pal)
         pal_t = torch.zeros((B, P), dtype=torch.long, device=eng.device)
         cnt_t = torch.zeros((B, P), dtype=eng.dtype, device=eng.device)
@@ -464,6 +515,12 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
         safe_gstar = torch.where(torch.as_tensor(np.all(np.isfinite(params), 1), device=eng.device)[:, None, None],
                                  gstar, torch.eye(3, device=eng.device, dtype=eng.dtype))
 
+        if batched:
+            free_t = torch.as_tensor(free, device=eng.device)
+            x, p, valid, F, scale_t, f = self._peel_batched(hb, F, safe_gstar, pal_t, cnt_t, known_t, free_t, scale_t)
+            stats = [v.cpu().numpy() for v in self._site_statistics(hb, F, f, pal_t, x, p, valid)]
+            return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail,
+                                scale_t.cpu().numpy(), stats, self._contacts_batched(safe_gstar, x, p, valid, pal_t))
         if self.method == "peaks":
             x, p, valid = self._peaks(eng, F, pal_t, cnt_t, known_t)
         else:
@@ -473,11 +530,90 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
                             scale_t.cpu().numpy())
 
     # -- assemble --------------------------------------------------------
-    def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail, scale=None) -> list:
-        import torch
+    def _finish(self, eng, F, gstar, params, x, p, valid, pal, known, compositions, fail, scale=None,
+                stats: list | None = None, contacts: dict | None = None) -> list:
+        """Structures (or each grid's ``DecodingError``) from the solver's sites, with the acceptance checks.
+
+        ``stats`` ``[rel, alpha, margins]`` (relative residual (B,), occupancies and element margins (B, N)) and
+        ``contacts`` (:meth:`_contacts_batched`) come from the batched path; None computes them as the reference
+        does (:mod:`.solver` engine, pymatgen distances)."""
         from pymatgen.core import Lattice, Structure
 
-        B = len(F)
+        B = len(params)
+        if stats is None:
+            rel, alpha, margins = self._reference_statistics(eng, F, gstar, x, p, valid, pal)
+        else:
+            rel, alpha, margins = stats
+        xs, ps, vs = x.cpu().numpy(), p.cpu().numpy(), valid.cpu().numpy()
+        xs = np.where(xs >= 1.0, 0.0, xs)  # x % 1.0 of a tiny negative number rounds to 1.0
+        pal_np = pal.cpu().numpy()
+        out: list = []
+        for b in range(B):
+            if b in fail:
+                out.append(fail[b])
+                continue
+            keep = vs[b]
+            if not keep.any():
+                out.append(DecodingError(f"grid {b}: no atoms found; is this a featurized crystal grid (3, n, n, n), "
+                                          "e.g. (3, 32, 32, 32), from gpsk_materials.representations?"))
+                continue
+            numbers = pal_np[b, ps[b, keep]]
+            lattice = Lattice.from_parameters(*params[b])
+            margin = np.clip(margins[b, keep], -1, 1)
+            occ = alpha[b, keep]
+            confidence = np.clip(margin, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
+            s = Structure(
+                lattice, numbers.tolist(), xs[b, keep],
+                site_properties={
+                    "decode_occupancy": occ.round(6).tolist(),
+                    "decode_element_margin": margin.round(6).tolist(),
+                    "decode_confidence": confidence.round(6).tolist(),
+                },
+            )
+            screened = contacts is not None and not contacts["fallback"][b]
+            # the torch distances clear a structure; one they flag is named as the reference names it (pymatgen's
+            # neighbour list decides which of two equal pairs comes first)
+            contact = None
+            if screened and not contacts["ratio"][b] < self.min_distance_ratio:
+                slot = np.cumsum(keep) - 1  # solver slot -> site of the structure
+                i, j = int(contacts["i"][b]), int(contacts["j"][b])
+                contact = (int(slot[i]), int(slot[j]), float(contacts["d"][b]), float(contacts["ratio"][b]))
+            doubts = self._doubts(s, float(confidence.min()), bool(known[b]), contact)
+            provenance.write(s, "decode", {
+                "method": self.method,
+                "relative_residual": float(rel[b]),
+                "composition": "given" if known[b] else "inferred",
+                "scale": 1.0 if scale is None else float(scale[b]),
+                "confidence": float(confidence.min()),
+                "low_confidence": bool(doubts),
+                "low_confidence_reasons": doubts,
+            })
+            if rel[b] > self.max_residual:
+                out.append(DecodingError(
+                    f"grid {b}: residual {rel[b]:.3f} of |F| exceeds max_residual={self.max_residual} "
+                    f"(best guess {s.composition.reduced_formula})"))
+                continue
+            if len(s) > 1:
+                if screened:
+                    dmin = float(contacts["dmin"][b])
+                else:
+                    dmin = s.distance_matrix[np.triu_indices(len(s), 1)].min()
+                if dmin < self.min_distance:
+                    out.append(DecodingError(
+                        f"grid {b}: decoded sites {dmin:.3f} A apart, below min_distance={self.min_distance}"))
+                    continue
+            if doubts and not self.keep_low_confidence:
+                out.append(DecodingError(f"grid {b}: " + "; ".join(doubts) + " (keep_low_confidence=True keeps such "
+                                         "a result, marked low_confidence)"))
+                continue
+            out.append(s)
+        return out
+
+    def _reference_statistics(self, eng, F, gstar, x, p, valid, pal):
+        """Relative residual (B,), occupancies and element margins (B, N) of the reference path (the batched path's
+        :meth:`~.batched.BatchedPeelingSolver._site_statistics`)."""
+        import torch
+
         s2 = eng.s2(gstar)
         f = eng.form_factors(pal, s2)
         R, fj, E = self._model_residual(eng, F, f, x, p, valid)
@@ -505,63 +641,34 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
             other = gain.scatter(1, p[:, j : j + 1].clamp(min=0), -torch.inf).amax(1)
             denom = norm2.gather(1, p[:, j : j + 1].clamp(min=0))[:, 0]
             margins[:, j] = ((own - other) / denom.clamp(min=1e-12)).clamp(-1e3, 1e3).cpu().numpy()
-        xs, ps, vs = x.cpu().numpy(), p.cpu().numpy(), valid.cpu().numpy()
-        xs = np.where(xs >= 1.0, 0.0, xs)  # x % 1.0 of a tiny negative number rounds to 1.0
-        pal_np = pal.cpu().numpy()
-        out: list = []
-        for b in range(B):
-            if b in fail:
-                out.append(fail[b])
-                continue
-            keep = vs[b]
-            if not keep.any():
-                out.append(DecodingError(f"grid {b}: no atoms found; is this a featurized crystal grid (3, n, n, n), "
-                                          "e.g. (3, 32, 32, 32), from gpsk_materials.representations?"))
-                continue
-            numbers = pal_np[b, ps[b, keep]]
-            lattice = Lattice.from_parameters(*params[b])
-            margin = np.clip(margins[b, keep], -1, 1)
-            occ = alpha[b, keep]
-            confidence = np.clip(margin, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
-            s = Structure(
-                lattice, numbers.tolist(), xs[b, keep],
-                site_properties={
-                    "decode_occupancy": occ.round(6).tolist(),
-                    "decode_element_margin": margin.round(6).tolist(),
-                    "decode_confidence": confidence.round(6).tolist(),
-                },
-            )
-            doubts = self._doubts(s, float(confidence.min()), bool(known[b]))
-            provenance.write(s, "decode", {
-                "method": self.method,
-                "relative_residual": float(rel[b]),
-                "composition": "given" if known[b] else "inferred",
-                "scale": 1.0 if scale is None else float(scale[b]),
-                "confidence": float(confidence.min()),
-                "low_confidence": bool(doubts),
-                "low_confidence_reasons": doubts,
-            })
-            if rel[b] > self.max_residual:
-                out.append(DecodingError(
-                    f"grid {b}: residual {rel[b]:.3f} of |F| exceeds max_residual={self.max_residual} "
-                    f"(best guess {s.composition.reduced_formula})"))
-                continue
-            if len(s) > 1:
-                dmin = s.distance_matrix[np.triu_indices(len(s), 1)].min()
-                if dmin < self.min_distance:
-                    out.append(DecodingError(
-                        f"grid {b}: decoded sites {dmin:.3f} A apart, below min_distance={self.min_distance}"))
-                    continue
-            if doubts and not self.keep_low_confidence:
-                out.append(DecodingError(f"grid {b}: " + "; ".join(doubts) + " (keep_low_confidence=True keeps such "
-                                         "a result, marked low_confidence)"))
-                continue
-            out.append(s)
-        return out
+        return rel, alpha, margins
 
-    def _doubts(self, s, confidence: float, known: bool) -> list[str]:
+    def _contacts_batched(self, gstar, x, p, valid, pal) -> dict:
+        """Closest contacts of every grid's sites in torch (:func:`.batched.pair_contacts`), over the periodic
+        images that can hold a pair closer than the checks look: ``min_distance``, or ``min_distance_ratio`` times
+        the largest sum of two covalent radii of the grid (:func:`.batched.image_range`). A grid whose cell would
+        need more than ``MAX_IMAGES`` images per axis (a needle-like cell) is marked ``fallback``: the reference's
+        pymatgen distances judge it."""
+        import torch
+
+        from gpsk_materials.representations.batched import MAX_IMAGES, covalent_radii_table, image_range
+        from gpsk_materials.representations.batched import pair_contacts
+
+        z = pal.gather(1, p.clamp(min=0)) * valid
+        radii = covalent_radii_table(x.device, x.dtype)[z]
+        reach = np.maximum(self.min_distance, self.min_distance_ratio * 2 * radii.amax(1).cpu().numpy())
+        K = image_range(gstar.double().cpu().numpy(), reach)
+        fallback = K > MAX_IMAGES
+        dmin, ratio, i, j, d = pair_contacts(x, valid, torch.linalg.inv(gstar), radii,
+                                             int(np.clip(K, 1, MAX_IMAGES).max()))
+        return {"dmin": dmin.cpu().numpy(), "ratio": ratio.cpu().numpy(), "i": i.cpu().numpy(),
+                "j": j.cpu().numpy(), "d": d.cpu().numpy(), "fallback": fallback}
+
+    def _doubts(self, s, confidence: float, known: bool, contact: tuple | None = None) -> list[str]:
         """Why the decoder cannot vouch for ``s`` (empty when it can): a decode confidence below ``min_confidence``
-        with an inferred composition; atoms closer than ``min_distance_ratio`` of the sum of their covalent radii."""
+        with an inferred composition; atoms closer than ``min_distance_ratio`` of the sum of their covalent radii.
+        ``contact`` ``(i, j, distance, ratio)``: the closest contact when already known (the batched path's torch
+        distances); None computes it with :func:`gpsk_materials.checks.validity.closest_contact`."""
         from gpsk_materials.checks.validity import closest_contact
 
         doubts = []
@@ -569,7 +676,8 @@ class ReciprocalGridDecoder(PeelingSolver, DeprecatedLastErrors, MSONable):
             doubts.append(f"decode confidence {confidence:.2g} below min_confidence={self.min_confidence} with an "
                           f"inferred composition (best guess {s.composition.reduced_formula}: give the composition, "
                           "or lower min_confidence)")
-        contact = closest_contact(s) if self.min_distance_ratio > 0 else None
+        if contact is None and self.min_distance_ratio > 0:
+            contact = closest_contact(s)
         if contact is not None and contact[3] < self.min_distance_ratio:
             i, j, d, ratio = contact
             where = f"site {i} and its periodic image" if i == j else f"sites {i}, {j}"
