@@ -249,6 +249,8 @@ class Palette:
         ||f_p||_W^2 = sum_H W f_p^2 (the squared norm of one atom's contribution, any position).
     blocks : Tensor (B, P, 3, 3)
         :meth:`HalfBlock.curvature_blocks`.
+    singular : Tensor (B,) bool
+        Grids with a singular linear solve so far (:meth:`failed`).
     """
 
     def __init__(self, hb: HalfBlock, pal: torch.Tensor | None = None, gstar: torch.Tensor | None = None):
@@ -396,9 +398,11 @@ def pair_contacts(x: torch.Tensor, valid: torch.Tensor, metric: torch.Tensor, ra
     images = torch.stack(torch.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3)  # (I, 3)
     d = x[:, None, :, :] - x[:, :, None, :]  # (B, i, j, 3): x_j - x_i
     d = d - torch.round(d)
-    v = d[:, :, :, None, :] + images  # (B, S, S, I, 3)
-    d2 = torch.einsum("bijkx,bxy,bijky->bijk", v, metric, v).clamp(min=0)
-    dist = torch.sqrt(d2)
+    # |d + n|^2 = d.G.d + 2 n.G.d + n.G.n over the images n, without forming the (B, S, S, I, 3) vectors
+    Gd = torch.einsum("bxy,bijy->bijx", metric, d)
+    d2 = ((d * Gd).sum(-1)[..., None] + 2 * torch.matmul(Gd, images.T)
+          + torch.einsum("kx,bxy,ky->bk", images, metric, images)[:, None, None, :])
+    dist = torch.sqrt(d2.clamp(min=0))
     same = torch.eye(S, dtype=torch.bool, device=x.device)[None, :, :, None]
     zero_image = (images.abs().sum(-1) == 0)[None, None, None, :]
     pair_ok = (valid[:, :, None] & valid[:, None, :])[..., None]
