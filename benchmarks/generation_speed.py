@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="end-to-end rounds of the implementations in turns")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--bf16", action="store_true", help="also run the batched decoder after a bf16 sampler")
+    p.add_argument("--decode-batch-size", type=int, default=None,
+                   help="grids per decoder chunk (default: the generator's, 16 on the CPU, 64 on a GPU)")
     args = p.parse_args(argv)
     configs = {impl: (impl, "fp32") for impl in args.implementations}
     if args.bf16:
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = load_generator(args)
+    if args.decode_batch_size:
+        gen.decoder.batch_size = args.decode_batch_size
     cuda = args.device.startswith("cuda")
     rows = []
     for bs in args.batch_sizes:
@@ -145,7 +149,8 @@ def main(argv=None) -> int:
         rows.append(row)
     device = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
     write_summary(args.out, {"device": device, "gpu": torch.cuda.get_device_name() if cuda else None,
-                             "steps": args.steps, "checks": "none", "repeats": args.repeats, "rows": rows})
+                             "steps": args.steps, "checks": "none", "repeats": args.repeats,
+                             "decode_batch_size": gen.decoder.batch_size, "rows": rows})
     return 0
 
 

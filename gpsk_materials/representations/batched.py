@@ -20,15 +20,28 @@ e^{2 pi i h.x} = u_x(h) u_y(k) u_z(l) with u_a(m) = e^{2 pi i m x_a}, so:
   the sites by element: S_p(h, k, l) = sum_{j: p_j = p} [u_x u_y]_j(h, k) u_z,j(l), F_model = sum_p f_p S_p (the
   partial structure factors of the featurizer, :func:`.reciprocal._featurize_chunk`).
 
-The density of the residual (peak search) is one real-output inverse FFT of the half block
-(``torch.fft.irfftn``). Pair distances of the acceptance checks (``min_distance``, ``min_distance_ratio``) are
-computed in torch over the periodic images that can lie within the checks' reach (:func:`pair_contacts`).
+Per-site sums over all Miller indices are avoided where the reference has them: the polish's gradient and the
+element overlaps of the swaps contract every element slot's W f_u R with the sites' (h, k) tables in one matrix
+product (inner dimension (2L + 1)^2), and Gram matrices that only enter through their real part are real matrix
+products over (Re, Im) pairs. The density of the residual (peak search) is one real-output inverse FFT of the half
+block (``torch.fft.irfftn``). Pair distances of the acceptance checks (``min_distance``, ``min_distance_ratio``)
+are computed in torch over the periodic images that can lie within the checks' reach (:func:`pair_contacts`).
 
 Control flow follows the reference step for step (same peeling order, Newton steps, element choice, interim and
-final Gauss-Newton polish, free scale, element swaps); grids that finish early are masked instead of removed from
-the batch, so no step reads a value back to the host except a test every few peeling steps whether any grid is
-still placing atoms, one per swap round, and one per chunk of polish iterations (the reference's convergence
-test, here every ``CONVERGENCE_EVERY`` iterations).
+final Gauss-Newton polish, free scale, element swaps). Grids that finish early are masked instead of removed from
+the batch. Values read back to the host: the number of peeling steps (once per chunk), whether any grid still
+places atoms (every ``ACTIVE_EVERY`` steps), the polish's convergence test (every ``CONVERGENCE_EVERY``
+iterations), which grids swapped (once per swap round), the element-slot count of a polish without a given
+composition, and at the end of a chunk whether a linear system was singular and what the distance checks need.
+Linear solves use ``torch.linalg.solve_ex`` / ``inv_ex`` and the Newton step's negative-definiteness test is
+Sylvester's criterion, none of which reads back on a GPU.
+
+Differences from the reference, all at the level of rounding: the summation order of every sum; the polish's
+convergence test every ``CONVERGENCE_EVERY`` iterations instead of every one (a converged polish moves by less than
+1e-9 per further iteration); Sylvester's criterion instead of the largest eigenvalue (the same matrices in exact
+arithmetic). Symmetry-equivalent peaks of exactly equal height may be taken in another order, so the sites of a
+structure can come out in another order. tests/test_decoder_speed_paths.py holds the two to the same structures
+(positions within 1e-4 A) and the same acceptance; docs/benchmarks.md has the measured agreement.
 """
 
 from __future__ import annotations
@@ -236,6 +249,8 @@ class Palette:
         ||f_p||_W^2 = sum_H W f_p^2 (the squared norm of one atom's contribution, any position).
     blocks : Tensor (B, P, 3, 3)
         :meth:`HalfBlock.curvature_blocks`.
+    singular : Tensor (B,) bool
+        Grids with a singular linear solve so far (:meth:`failed`).
     """
 
     def __init__(self, hb: HalfBlock, pal: torch.Tensor | None = None, gstar: torch.Tensor | None = None):
@@ -383,9 +398,11 @@ def pair_contacts(x: torch.Tensor, valid: torch.Tensor, metric: torch.Tensor, ra
     images = torch.stack(torch.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3)  # (I, 3)
     d = x[:, None, :, :] - x[:, :, None, :]  # (B, i, j, 3): x_j - x_i
     d = d - torch.round(d)
-    v = d[:, :, :, None, :] + images  # (B, S, S, I, 3)
-    d2 = torch.einsum("bijkx,bxy,bijky->bijk", v, metric, v).clamp(min=0)
-    dist = torch.sqrt(d2)
+    # |d + n|^2 = d.G.d + 2 n.G.d + n.G.n over the images n, without forming the (B, S, S, I, 3) vectors
+    Gd = torch.einsum("bxy,bijy->bijx", metric, d)
+    d2 = ((d * Gd).sum(-1)[..., None] + 2 * torch.matmul(Gd, images.T)
+          + torch.einsum("kx,bxy,ky->bk", images, metric, images)[:, None, None, :])
+    dist = torch.sqrt(d2.clamp(min=0))
     same = torch.eye(S, dtype=torch.bool, device=x.device)[None, :, :, None]
     zero_image = (images.abs().sum(-1) == 0)[None, None, None, :]
     pair_ok = (valid[:, :, None] & valid[:, None, :])[..., None]
