@@ -84,5 +84,10 @@ __all__ = [
     "RELAX_BATCH",
     "RELAX_STEPS",
     "SAMPLER_STEPS",
+    "SAMPLING_PRECISION",
     "SMALL_NOVELTY_REFERENCE",
 ]
+
+#: sampling precision of the MMDiT and the VAE decoder (``"fp32"`` or ``"bf16"`` autocast): float32 unless asked,
+#: because bf16 gives other samples for the same seed (issue 15; docs/benchmarks.md)
+SAMPLING_PRECISION = "fp32"

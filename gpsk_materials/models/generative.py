@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from gpsk_materials.errors import CheckpointError, ConditioningError, ConfigError
-from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS, SAMPLING_PRECISION
 from gpsk_materials.models import rectified_flow
 from gpsk_materials.models.conditioning import ConditionBatch, Conditions, ConditionStats
 from gpsk_materials.models.configs import ModelConfig
@@ -81,7 +81,7 @@ class GPSKModel:
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
-        precision: str = "fp32",
+        precision: str = SAMPLING_PRECISION,
     ) -> Tensor:
         """Latents (B, 64, 8, 8, 8) in VAE space (denormalised); ``noise`` (B, 64, 8, 8, 8) replaces the draw from
         ``generator`` (the pipeline draws each request's noise from its own generator); ``guidance_terms`` and
@@ -104,7 +104,7 @@ class GPSKModel:
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
-        precision: str = "fp32",
+        precision: str = SAMPLING_PRECISION,
     ) -> Tensor:
         """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`; ``precision="bf16"`` runs
         the VAE decoder's convolutions under bfloat16 autocast too)."""

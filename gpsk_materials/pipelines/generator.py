@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from gpsk_materials import provenance
 from gpsk_materials.checks.post import DEFAULT_CHECKS, make_scorer, parse_checks, post_checks, result_flags
-from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS
+from gpsk_materials.defaults import FMAX, GUIDANCE, RELAX_STEPS, SAMPLER_STEPS, SAMPLING_PRECISION
 from gpsk_materials.errors import CheckpointError, ConditioningError, ConfigError, DataError, GPSKError
 from gpsk_materials.models.generative import PRECISIONS, GPSKModel
 from gpsk_materials.models.io import folder_hash, tensor_hash
@@ -164,7 +164,7 @@ class CrystalGenerator(MSONable):
         reference_hull: Any = None,
         model_hash: str | None = None,
         formula_unit_prior: str | Path | None = None,
-        precision: str = "fp32",
+        precision: str = SAMPLING_PRECISION,
     ) -> None:
         from gpsk_materials.checks.potentials import Potential
         from gpsk_materials.representations.decoding import ReciprocalGridDecoder
@@ -290,7 +290,7 @@ class CrystalGenerator(MSONable):
             device=d.get("device", "cpu"),
             max_sites=d["max_sites"],
             batch_size=d.get("batch_size"),
-            precision=d.get("precision", "fp32"),
+            precision=d.get("precision", SAMPLING_PRECISION),
             decoder=ReciprocalGridDecoder.from_dict(d["decoder"]),
             symprec=d.get("symprec", 0.1),
             relax_steps=d.get("relax_steps", RELAX_STEPS),
