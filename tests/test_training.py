@@ -372,6 +372,60 @@ def test_a_deeper_vae_grows_from_a_trained_one_and_computes_the_same(cache, tmp_
                 init_weights=first / "model").stage_objects("vae", initial=True)
 
 
+def test_a_vae_with_fewer_latent_channels_starts_from_the_trained_ones_principal_directions(cache, tmp_path,
+                                                                                            monkeypatch):
+    """--model with fewer latent channels + --init-weights: the new VAE's code is the trained latent projected onto
+    its top principal channel directions, and it decodes that code as the trained VAE decodes the projection; the
+    run then trains both stages on the new latent. A compressed code of all but one channel keeps most variance."""
+    from dataclasses import replace
+
+    from gpsk_materials.models.configs import CONFIGS
+    from gpsk_materials.models.growth import can_compress, channel_pca, compress_vae
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    first = tmp_path / "first"
+    Trainer(cache, first, _cfg(vae_steps=2, flow_steps=1), progress=False).run()
+    trained = load_model_folder(first / "model").vae.eval()
+    tiny = CONFIGS["tiny"]
+    k = 8
+    small = replace(tiny, name="tiny-compact", vae=replace(tiny.vae, latent_channels=k, kl_weight=1e-4),
+                    mmdit=replace(tiny.mmdit, latent_channels=k))
+    monkeypatch.setitem(CONFIGS, "tiny-compact", small)
+    assert can_compress(trained.config, small.vae) and not can_compress(small.vae, trained.config)
+
+    grids = torch.as_tensor(ReciprocalGridFeaturizer().featurize_many(toy_structures()[0][:3])).float()
+    with torch.no_grad():
+        z = trained.encode(grids).mean
+        mean, vals, vecs = channel_pca(z)
+        assert torch.all(vals[:-1] >= vals[1:]) and torch.allclose(vecs.T @ vecs, torch.eye(len(vals), dtype=vecs.dtype),
+                                                                    atol=1e-8)
+        new = compress_vae(trained, small.vae, mean, vecs[:, :k]).eval()
+        y = new.encode(grids).mean
+        assert y.shape == (3, k, 8, 8, 8)
+        m = mean.float().view(1, -1, 1, 1, 1)
+        P = vecs[:, :k].float()
+        assert torch.allclose(y, torch.einsum("bc...,ck->bk...", z - m, P), atol=1e-4)
+        projected = m + torch.einsum("bk...,ck->bc...", y, P)
+        assert torch.allclose(new.decode(y), trained.decode(projected), atol=1e-4)
+        assert not torch.allclose(new.decode(y), trained.decode(z), atol=1e-4)  # k < C loses something
+    with pytest.raises(CheckpointError, match="only latent_channels may shrink"):
+        compress_vae(trained, replace(small.vae, channels=(8, 16, 48)), mean, vecs[:, :k])
+    with pytest.raises(CheckpointError, match="needs mean"):
+        compress_vae(trained, small.vae, mean, vecs[:, : k + 1])
+
+    second = tmp_path / "second"
+    run = Trainer(cache, second, _cfg(model="tiny-compact", vae_steps=2, flow_steps=1), progress=False,
+                  init_weights=first / "model")
+    model, *_ = run.stage_objects("vae", initial=True)
+    with torch.no_grad():
+        start = model.eval().encode(grids).mean  # directions from the training rows, so equal up to sign and order
+        assert start.shape == (3, k, 8, 8, 8)
+        assert torch.isfinite(start).all()
+    assert run.run() == "done"
+    done = load_model_folder(second / "model")
+    assert done.config.vae.latent_channels == k and done.config.vae.kl_weight == 1e-4
+
+
 def test_a_wider_mmdit_adopts_the_folders_vae_and_trains_its_flow_from_scratch(cache, tmp_path, monkeypatch):
     """--model with another MMDiT + --init-weights (no VAE steps): the folder's VAE is adopted unchanged, the flow
     model starts fresh, and the result is a complete folder of the new config; --init-model still refuses."""

@@ -44,7 +44,7 @@ from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import ConditionBatch, ConditionStats, drop_modalities
 from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
-from gpsk_materials.models.growth import can_deepen, deepen_vae
+from gpsk_materials.models.growth import can_compress, can_deepen, channel_pca, compress_vae, deepen_vae
 from gpsk_materials.models.io import (
     load_model_folder,
     load_module_weights,
@@ -72,6 +72,8 @@ from gpsk_materials.vocabulary import SCALARS
 logger = logging.getLogger(__name__)
 
 STAGES = ("vae", "latents", "flow", "done")
+#: training rows whose latents set the principal channel directions when a VAE is compressed to fewer channels
+COMPRESS_SAMPLE = 2048
 #: TrainConfig fields that may change between a checkpoint and its resumption without breaking exactness
 MUTABLE = {"log_every", "eval_every", "ckpt_every", "compile", "keep_checkpoints", "val_size", "compact_checkpoints",
            "export_minutes", "channels_last"}
@@ -503,8 +505,31 @@ class Trainer:
                 logger.info("growing the VAE of %s from %d to %d blocks per level (added blocks start as identities)",
                             folder, theirs.vae.blocks_per_level, mine.vae.blocks_per_level)
             return deepen_vae(start.vae, mine.vae)
+        if stage == "vae" and can_compress(theirs.vae, mine.vae):
+            return self._compressed_vae(start.vae, mine.vae, folder)
         raise CheckpointError(f"model folder {folder} holds config {theirs.name!r}, which the {stage} stage of "
                               f"config {mine.name!r} cannot start from")
+
+    def _compressed_vae(self, source: GridVAE, config, folder: Path) -> GridVAE:
+        """The folder's VAE restricted to the top principal directions of its latent channels, measured on (up to)
+        the first :data:`COMPRESS_SAMPLE` training rows (:func:`~gpsk_materials.models.growth.compress_vae`); the
+        same rows on every rank, so every rank builds the same weights."""
+        source = source.to(self.device).eval()
+        rows = torch.as_tensor(self.train_idx[:COMPRESS_SAMPLE], device=self.device)
+        means, logvars = [], []
+        with torch.no_grad():
+            for i in range(0, len(rows), 64):
+                post = source.encode(self.grids(rows[i : i + 64]))
+                means.append(post.mean.float())
+                logvars.append(post.logvar.float().median())
+        mean, vals, vecs = channel_pca(torch.cat(means))
+        k = config.latent_channels
+        kept = float(vals[:k].sum() / vals.sum())
+        if self.info.is_main:
+            logger.info("compressing the VAE of %s from %d to %d latent channels: the top %d principal directions "
+                        "hold %.4f of the latent variance over %d training structures", folder,
+                        source.config.latent_channels, k, k, kept, len(rows))
+        return compress_vae(source, config, mean, vecs[:, :k], logvar=float(torch.stack(logvars).median()))
 
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> str:
         cfg = self.cfg
