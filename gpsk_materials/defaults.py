@@ -80,9 +80,11 @@ __all__ = [
     "HULL_TOLERANCE",
     "MIN_SITE_DISTANCE",
     "NEAR_HULL",
+    "PIPELINE",
     "REFERENCE_RELAX_STEPS",
     "RELAX_BATCH",
     "RELAX_STEPS",
+    "SAMPLER_COMPILE",
     "SAMPLER_STEPS",
     "SAMPLING_PRECISION",
     "SMALL_NOVELTY_REFERENCE",
@@ -91,3 +93,14 @@ __all__ = [
 #: sampling precision of the MMDiT and the VAE decoder (``"fp32"`` or ``"bf16"`` autocast): float32 unless asked,
 #: because bf16 gives other samples for the same seed (issue 15; docs/benchmarks.md)
 SAMPLING_PRECISION = "fp32"
+
+#: ``torch.compile`` mode of the sampler's Euler step (``"none"``, ``"default"``, ``"reduce-overhead"`` = inductor
+#: + CUDA graphs on CUDA, ``"max-autotune"``): off unless asked, because compiling costs tens of seconds on the
+#: first call of every batch shape (16 s for a one-line function on the 2-core CPU) and pays only over many batches;
+#: the compiled step equals the eager one within float rounding (tests/test_decoder_speed_paths.py; issue 15)
+SAMPLER_COMPILE = "none"
+
+#: ``CrystalGenerator(pipeline=)``: decode sampler batch i on a worker thread while batch i + 1 is sampled. Off until
+#: measured where it pays: on the 2-core CPU both stages already use both cores (docs/benchmarks.md, issue 15); on a
+#: GPU the decoder's worker runs on its own CUDA stream beside the sampler
+PIPELINE = False

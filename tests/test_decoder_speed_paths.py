@@ -242,3 +242,37 @@ def test_bf16_sampler_stays_close_to_float32():
     assert grids.dtype == torch.float32 and torch.isfinite(grids).all()
     with pytest.raises(ConfigError, match="precision"):
         model.sample_latents(conds, 1, noise=noise, precision="fp16")
+
+
+def test_compiled_sampler_equals_eager_within_bf16_tolerance():
+    # compile_mode (issue 15): the Euler step through torch.compile (one graph, both CFG branches in one batched
+    # forward) gives the eager flow up to float rounding, in float32 and under bfloat16 autocast
+    import shutil
+
+    from gpsk_materials.models import rectified_flow
+    from gpsk_materials.models.conditioning import ConditionBatch, Conditions, ConditionStats
+    from gpsk_materials.models.configs import CONFIGS
+    from gpsk_materials.models.mmdit import MMDiT
+
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("torch.compile on the CPU needs a C compiler (cc, gcc or clang) on PATH; none found")
+    torch.manual_seed(0)
+    cfg = CONFIGS["tiny"].mmdit
+    model = MMDiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cond = ConditionBatch.from_conditions([Conditions("Fe2O3", space_group=167), Conditions("NaCl")],
+                                          ConditionStats(), cfg.max_elements)
+    noise = torch.randn((2, cfg.latent_channels, cfg.latent_size, cfg.latent_size, cfg.latent_size),
+                        generator=torch.Generator().manual_seed(0))
+    eager = rectified_flow.sample(model, cond, 4, 2.0, noise=noise)
+    comp = rectified_flow.sample(model, cond, 4, 2.0, noise=noise, compile_mode="default")
+    assert eager.abs().max() > 0
+    assert ((comp - eager).norm() / eager.norm()) < 1e-5  # float32: rounding only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager16 = rectified_flow.sample(model, cond, 4, 2.0, noise=noise)
+        comp16 = rectified_flow.sample(model, cond, 4, 2.0, noise=noise, compile_mode="default")
+    assert ((comp16 - eager16).norm() / eager16.norm()) < 0.02  # bf16 tolerance, as test_bf16_sampler_...
+    with pytest.raises(ConfigError, match="compile_mode"):
+        rectified_flow.sample(model, cond, 1, noise=noise, compile_mode="fast")

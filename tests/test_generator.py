@@ -374,3 +374,23 @@ def test_projection_re_enters_projected_samples_into_the_flow(gen, rock_salt_dec
     again = gen.run([{**req, "projection": 0.3}], seed=2, checks="none")[0]
     assert again.projected == res.projected
     assert [s.lattice.abc for s in again.structures] == [s.lattice.abc for s in res.structures]
+
+
+def test_pipelined_run_equals_sampling_then_decoding(tiny_model_dir, rock_salt_decode):  # noqa: F811
+    # pipeline=True (issue 15): sampler batch i decoded on a worker thread while batch i + 1 is sampled; the same
+    # candidates decode, the same structures up to the float rounding of the decoder's chunking
+    reqs = [{"composition": "NaCl", "n": 3, "steps": STEPS}, {"composition": "NaCl", "n": 2, "best_of": 2,
+                                                               "steps": STEPS}, {"composition": "NaCl", "n": 2, "steps": 2}]
+    plain = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=2)
+    piped = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=2, pipeline=True)
+    assert piped.as_dict()["pipeline"] and not plain.as_dict()["pipeline"]
+    a, b = plain.run(reqs, seed=21, checks="none"), piped.run(reqs, seed=21, checks="none")
+    assert sum(r.decoded for r in a) > 0 and sum(r.failed for r in a) > 0  # both outcomes occur
+    for x, y in zip(a, b):
+        assert (x.candidates, x.decoded, x.failures) == (y.candidates, y.decoded, y.failures)
+        assert len(x.structures) == len(y.structures)
+        for s, t in zip(x.structures, y.structures):
+            np.testing.assert_allclose(s.lattice.matrix, t.lattice.matrix, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(s.frac_coords, t.frac_coords, rtol=0, atol=1e-9)
+            assert [e.symbol for e in s.species] == [e.symbol for e in t.species]
+    assert CrystalGenerator.from_dict(piped.as_dict()).pipeline

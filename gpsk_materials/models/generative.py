@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from gpsk_materials.errors import CheckpointError, ConditioningError, ConfigError
-from gpsk_materials.defaults import GUIDANCE, SAMPLER_STEPS, SAMPLING_PRECISION
+from gpsk_materials.defaults import GUIDANCE, SAMPLER_COMPILE, SAMPLER_STEPS, SAMPLING_PRECISION
 from gpsk_materials.models import rectified_flow
 from gpsk_materials.models.conditioning import ConditionBatch, Conditions, ConditionStats
 from gpsk_materials.models.configs import ModelConfig
@@ -81,13 +81,14 @@ class GPSKModel:
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
-        precision: str = SAMPLING_PRECISION,
+        precision: str = SAMPLING_PRECISION, compile_mode: str = SAMPLER_COMPILE,
     ) -> Tensor:
         """Latents (B, 64, 8, 8, 8) in VAE space (denormalised); ``noise`` (B, 64, 8, 8, 8) replaces the draw from
         ``generator`` (the pipeline draws each request's noise from its own generator); ``guidance_terms`` and
         ``t_start`` (``noise`` is then the normalised state at that time) see
         :func:`~gpsk_materials.models.rectified_flow.sample`. ``precision="bf16"`` runs the MMDiT under bfloat16
-        autocast (the state x stays float32)."""
+        autocast (the state x stays float32). ``compile_mode`` (:data:`~gpsk_materials.models.rectified_flow.
+        COMPILE_MODES`) runs the Euler step through ``torch.compile`` (``"reduce-overhead"``: CUDA graphs on CUDA)."""
         if self.mmdit is None:
             raise CheckpointError("this model folder holds no MMDiT weights (a VAE-only checkpoint)")
         cond = conditions if isinstance(conditions, ConditionBatch) else self.condition_batch(conditions)
@@ -96,7 +97,7 @@ class GPSKModel:
         with _autocast(self.device, precision):
             z = rectified_flow.sample(self.mmdit, cond, steps, guidance, generator, shape, noise=noise,
                                       device=self.device, progress=progress, guidance_terms=guidance_terms,
-                                      t_start=t_start)
+                                      t_start=t_start, compile_mode=compile_mode)
         return self.denormalize_latents(z.float())
 
     @torch.no_grad()
@@ -104,11 +105,11 @@ class GPSKModel:
         self, conditions: Sequence[Conditions | Mapping[str, Any]] | ConditionBatch, steps: int = SAMPLER_STEPS,
         guidance: float = GUIDANCE, generator: torch.Generator | None = None, progress: bool = False,
         noise: Tensor | None = None, guidance_terms: Sequence | None = None, t_start: float = 1.0,
-        precision: str = SAMPLING_PRECISION,
+        precision: str = SAMPLING_PRECISION, compile_mode: str = SAMPLER_COMPILE,
     ) -> Tensor:
         """Grids (B, 3, 32, 32, 32) float32 for the decoder (see :meth:`sample_latents`; ``precision="bf16"`` runs
         the VAE decoder's convolutions under bfloat16 autocast too)."""
         latents = self.sample_latents(conditions, steps, guidance, generator, progress, noise, guidance_terms,
-                                      t_start, precision)
+                                      t_start, precision, compile_mode)
         with _autocast(self.device, precision):
             return self.vae.decode(latents).float()

@@ -537,7 +537,7 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
         ``stats`` ``[rel, alpha, margins]`` (relative residual (B,), occupancies and element margins (B, N)) and
         ``contacts`` (:meth:`_contacts_batched`) come from the batched path; None computes them as the reference
         does (:mod:`.solver` engine, pymatgen distances)."""
-        from pymatgen.core import Lattice, Structure
+        from pymatgen.core import Composition, Element, Lattice, Structure
 
         B = len(params)
         if stats is None:
@@ -558,6 +558,13 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                                           "e.g. (3, 32, 32, 32), from gpsk_materials.representations?"))
                 continue
             numbers = pal_np[b, ps[b, keep]]
+            if rel[b] > self.max_residual:  # rejected before any pymatgen object is built for it
+                guess = Composition({Element.from_Z(int(z)): int(c)
+                                     for z, c in zip(*np.unique(numbers, return_counts=True))}).reduced_formula
+                out.append(DecodingError(
+                    f"grid {b}: residual {rel[b]:.3f} of |F| exceeds max_residual={self.max_residual} "
+                    f"(best guess {guess})"))
+                continue
             lattice = Lattice.from_parameters(*params[b])
             margin = np.clip(margins[b, keep], -1, 1)
             occ = alpha[b, keep]
@@ -588,11 +595,6 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                 "low_confidence": bool(doubts),
                 "low_confidence_reasons": doubts,
             })
-            if rel[b] > self.max_residual:
-                out.append(DecodingError(
-                    f"grid {b}: residual {rel[b]:.3f} of |F| exceeds max_residual={self.max_residual} "
-                    f"(best guess {s.composition.reduced_formula})"))
-                continue
             if len(s) > 1:
                 if screened:
                     dmin = float(contacts["dmin"][b])
