@@ -56,6 +56,17 @@ def test_batched_grids_equal_one_by_one_bit_for_bit(gen):
     assert torch.equal(own[1], batched[0])
 
 
+def _equal_to_rounding(a, b) -> bool:
+    """Nested provenance equal, floats to 1e-12 relative (batched pair distances round differently)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal_to_rounding(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(_equal_to_rounding, a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+    return a == b
+
+
 def test_batched_structures_equal_one_by_one(gen, rock_salt_decode):  # noqa: F811
     reqs = [{"composition": "NaCl", "n": 3, "steps": STEPS}, {"composition": "NaCl", "n": 2, "best_of": 2,
                                                                "space_group": 225, "steps": STEPS}]
@@ -76,7 +87,8 @@ def test_batched_structures_equal_one_by_one(gen, rock_salt_decode):  # noqa: F8
             assert qx == qy
             rx, ry = px.pop("decode"), py.pop("decode")
             assert rx.keys() == ry.keys() and np.isclose(rx["relative_residual"], ry["relative_residual"], atol=1e-9)
-            assert px == py
+            # distances come from batched pair-distance algebra too: equal to float rounding, everything else exactly
+            assert _equal_to_rounding(px, py), (px, py)
     # the rock-salt decode gives sample-dependent cells: the samples are not all alike
     lat = [s.lattice.a for r in batched for s in r.structures]
     assert len(set(lat)) > 1
