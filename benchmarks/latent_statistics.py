@@ -20,7 +20,9 @@ model's one-step data estimate x0 = x_t - t v (``rectified_flow.predict_x0``, gu
 x_t = (1 - t) x0 + t eps, as RMS per latent element and as a fraction of the error of the trivial estimate x_t
 itself (t |eps - x0|): 0 would be a perfect denoiser, 1 one that learned nothing at that t. ``--t-start T`` < 1
 starts the samples from the data latents noised to T (SDEdit-style; the same noise draw) instead of from pure
-noise: a flow that is right near the data brings T = 0.1-0.3 back to the target crystal.
+noise: a flow that is right near the data brings T = 0.1-0.3 back to the target crystal. Each ``denoising`` row also
+holds the same error without the condition (``_unconditional``: the guidance-0 branch) and with each row given the
+next row's cell content (``_shuffled_conditions``): how much the estimate leans on the condition at that t.
 
     python benchmarks/latent_statistics.py --n 40 --out docs/results/latent_statistics_c5_n40.json
     python benchmarks/latent_statistics.py --n 40 --t-start 0.3 --out docs/results/latent_statistics_c6_n40_t0.3.json
@@ -107,15 +109,22 @@ def main(argv=None) -> int:
                                       t_start=args.t_start)
         samples = model.normalize_latents(z_samp).float().cpu()
         batch = model.condition_batch(conds)
+        # the same estimate without the condition (guidance 0: the unconditional branch) and with every row given
+        # the next row's cell content: a flow that uses its condition does worse in both
+        shuffled = model.condition_batch([conds[(i + 1) % len(conds)] for i in range(len(conds))])
         denoising = []
         for t_probe in args.probe_times:
             t = torch.full((len(data),), float(t_probe))
             x_t = interpolate(data, noise, t)
-            v = guided_velocity(model.mmdit, x_t.to(args.device), t.to(args.device), batch, args.guidance)
-            err = (predict_x0(x_t, v.float().cpu(), t) - data).pow(2).mean().sqrt().item()
             trivial = (x_t - data).pow(2).mean().sqrt().item()
-            denoising.append({"t": t_probe, "rms_error": err, "trivial_rms_error": trivial,
-                              "relative_to_trivial": err / trivial})
+            row_t = {"t": t_probe, "trivial_rms_error": trivial}
+            for key, cond, g in (("", batch, args.guidance), ("_unconditional", batch, 0.0),
+                                 ("_shuffled_conditions", shuffled, args.guidance)):
+                v = guided_velocity(model.mmdit, x_t.to(args.device), t.to(args.device), cond, g)
+                err = (predict_x0(x_t, v.float().cpu(), t) - data).pow(2).mean().sqrt().item()
+                row_t[f"rms_error{key}"] = err
+                row_t[f"relative_to_trivial{key}"] = err / trivial
+            denoising.append(row_t)
 
     row = {"n": len(structures), "model": str(args.model), "vae_index_sha256": vae_digest(args.model),
            "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "device": args.device,
@@ -148,8 +157,9 @@ def main(argv=None) -> int:
               f"power by |k| {np.round(s['spatial_power_share_by_k'], 3).tolist()} "
               f"decoded {s.get('decoded')} matched {s.get('matched')}")
     print(row["distance"])
-    print("one-step x0 error relative to x_t's:",
-          ", ".join(f"t={d['t']:g} {d['relative_to_trivial']:.3f}" for d in denoising))
+    print("one-step x0 error relative to x_t's (own condition / none / another row's):",
+          ", ".join(f"t={d['t']:g} {d['relative_to_trivial']:.3f} / {d['relative_to_trivial_unconditional']:.3f} / "
+                    f"{d['relative_to_trivial_shuffled_conditions']:.3f}" for d in denoising))
     write_summary(args.out, row)
     return 0
 

@@ -424,6 +424,14 @@ def test_a_vae_with_fewer_latent_channels_starts_from_the_trained_ones_principal
     assert run.run() == "done"
     done = load_model_folder(second / "model")
     assert done.config.vae.latent_channels == k and done.config.vae.kl_weight == 1e-4
+    # with no VAE steps the compressed VAE is adopted as it starts, and the flow trains on its latents
+    third = tmp_path / "third"
+    assert Trainer(cache, third, _cfg(model="tiny-compact", vae_steps=0, flow_steps=1), progress=False,
+                   init_weights=first / "model").run() == "done"
+    adopted = load_model_folder(third / "model")
+    assert adopted.config.vae.latent_channels == k
+    with torch.no_grad():  # the same compression as the VAE stage started from (same training rows)
+        assert torch.allclose(adopted.vae.eval().encode(grids).mean, start, atol=1e-5)
 
 
 def test_a_wider_mmdit_adopts_the_folders_vae_and_trains_its_flow_from_scratch(cache, tmp_path, monkeypatch):

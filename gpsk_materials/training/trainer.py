@@ -182,7 +182,7 @@ class Trainer:
         Model folder or weights-only export (``OUT/export`` of an earlier run) to continue from: every stage with
         steps > 0 starts from the folder's weights for it (VAE stage from its VAE, flow stage from its MMDiT when it
         has one), with a fresh optimizer and ``warmup_steps`` of linear warm-up; with ``vae_steps=0`` its VAE is
-        adopted as it is. This is how training continues on a new machine when only an export came back.
+        adopted as it is (or, for a config with fewer latent channels, compressed as the VAE stage would start). This is how training continues on a new machine when only an export came back.
 
     Raises
     ------
@@ -413,14 +413,19 @@ class Trainer:
         """Start a fresh run at the latent stage with the VAE of a model folder (a trained VAE can come back from
         a time-limited GPU call as a 10 MB folder, while a whole training state cannot)."""
         start = load_model_folder(folder, "cpu")  # checks sizes and hashes
-        if start.config.vae != self.model_config.vae:
+        vae, extra = start.vae, {"vae_from": str(folder)}
+        if start.config.vae != self.model_config.vae and can_compress(start.config.vae, self.model_config.vae):
+            # fewer latent channels: the folder's VAE restricted to its top channel directions, untrained further
+            vae = self._compressed_vae(start.vae, self.model_config.vae, folder).cpu()
+            extra["vae_compressed_from_channels"] = start.config.vae.latent_channels
+        elif start.config.vae != self.model_config.vae:
             raise CheckpointError(f"model folder {folder} holds config {start.config.name!r}, whose VAE differs from "
                                   f"config {self.model_config.name!r}'s: it cannot be adopted")
         if self.info.is_main and start.config == self.model_config:
             write_folder_atomic(self.out / "vae", lambda tmp: shutil.copytree(folder, tmp, dirs_exist_ok=True))
         elif self.info.is_main:  # the same VAE under another MMDiT config: rewritten as this run's VAE folder
-            save_model_folder(self.out / "vae", self.model_config, start.vae, None, self.stats.to_dict(), None, None,
-                              extra={"vae_from": str(folder)})
+            save_model_folder(self.out / "vae", self.model_config, vae, None, self.stats.to_dict(), None, None,
+                              extra=extra)
         D.barrier(self.info)
         self._advance("latents")
 
