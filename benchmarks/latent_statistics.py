@@ -63,6 +63,21 @@ def latent_summary(z) -> dict:
             "excess_kurtosis": kurt, "spatial_power_share_by_k": share}
 
 
+def target_conditions(cell, row, which: str):
+    """The request for one target: its cell content, plus (``symmetry``) the MP space group and its crystal system,
+    plus (``all``) the MP band gap, formation energy and energy above hull of its mp20 row."""
+    from gpsk_materials.models.conditioning import CRYSTAL_SYSTEMS, Conditions, crystal_system_index
+
+    kw = {"composition": cell.composition}
+    if which in ("symmetry", "all"):
+        sg = int(row["spacegroup.number"])
+        kw.update(space_group=sg, crystal_system=CRYSTAL_SYSTEMS[int(crystal_system_index(sg))])
+    if which == "all":
+        kw.update(band_gap=float(row["band_gap"]), formation_energy=float(row["formation_energy_per_atom"]),
+                  e_above_hull=float(row["e_above_hull"]))
+    return Conditions(**kw)
+
+
 def nearest(a, b, exclude_self: bool = False):
     """RMS-per-element distance from each row of a (B, D) to its nearest row of b (M, D)."""
     import torch
@@ -90,17 +105,21 @@ def main(argv=None) -> int:
     p.add_argument("--no-decode", action="store_true", help="latent statistics only")
     p.add_argument("--t-start", type=float, default=1.0,
                    help="start the samples from the data latents noised to this time (1 = pure noise)")
+    p.add_argument("--conditions", choices=("composition", "symmetry", "all"), default="composition",
+                   help="what each sample is asked: the cell content (what CSP asks), plus the target's space group "
+                        "and crystal system, or plus its band gap, formation energy and energy above hull too (the "
+                        "labels the flow is trained with)")
     p.add_argument("--probe-times", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
                    help="times at which the one-step data estimate is scored (the denoising section)")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
     model = load_model_folder(args.model, device=args.device)
-    structures, _, cells, grids = mp20_test_grids(args.n, args.device, args.workers)
+    structures, table, cells, grids = mp20_test_grids(args.n, args.device, args.workers)
     with torch.no_grad():
         z_data = torch.cat([model.vae.encode(grids[i : i + 32]).mean for i in range(0, len(grids), 32)])
         data = model.normalize_latents(z_data).float().cpu()
-        conds = [Conditions(composition=c.composition) for c in cells]
+        conds = [target_conditions(c, row, args.conditions) for c, (_, row) in zip(cells, table.iterrows())]
         gen = torch.Generator(device="cpu").manual_seed(args.seed)
         shape = (len(conds), *z_data.shape[1:])
         noise = torch.randn(shape, generator=gen)
@@ -127,7 +146,8 @@ def main(argv=None) -> int:
             denoising.append(row_t)
 
     row = {"n": len(structures), "model": str(args.model), "vae_index_sha256": vae_digest(args.model),
-           "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "device": args.device,
+           "conditions": args.conditions, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+           "device": args.device,
            "t_start": args.t_start, "data": latent_summary(data), "samples": latent_summary(samples),
            "denoising": denoising}
     a, b = samples.flatten(1), data.flatten(1)

@@ -511,3 +511,28 @@ def test_sampling_from_an_intermediate_time_follows_the_straight_path():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="t_start"):
             rf.sample(exact, StubConditions(2), steps=2, noise=eps, t_start=bad)
+
+
+def test_condition_dropout_shows_the_unconditional_and_composition_only_rows_at_the_asked_shares():
+    """Independent dropout at p = 0.1 almost never drops all 7 modalities of a row (the classifier-free guidance
+    branch) nor all but the composition (the CSP request); p_all / p_composition_only make them fixed shares, and a
+    modality a row lacks is never switched on; shares that cannot be shares are refused."""
+    from gpsk_materials.errors import ConfigError
+    from gpsk_materials.training.trainer import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    present = torch.ones(20000, 7, dtype=torch.bool)
+    present[::2, 3] = False  # half the rows lack a label
+    old = drop_modalities(present, 0.1, g)
+    assert (~old.any(1)).float().mean() < 1e-3
+    new = drop_modalities(present, 0.1, g, p_all=0.1, p_composition_only=0.3)
+    none = ~new.any(1)
+    comp_only = new[:, 0] & ~new[:, 1:].any(1)
+    assert abs(none.float().mean().item() - 0.1) < 0.01
+    assert abs(comp_only.float().mean().item() - 0.3) < 0.015
+    assert not (new & ~present).any()
+    rest = new[~none & ~comp_only]
+    assert abs(rest[:, 1].float().mean().item() - 0.9) < 0.01  # the other rows: independent dropout as before
+    TrainConfig(cond_drop_all=0.1, cond_composition_only=0.3).check()
+    with pytest.raises(ConfigError, match="cond_drop_all and cond_composition_only"):
+        TrainConfig(cond_drop_all=0.6, cond_composition_only=0.5).check()

@@ -288,9 +288,33 @@ class ConditionBatch:
         return cls(t(z), t(amt), t(system), t(sg), t(scalars), t(mag), t(present, dtype=torch.bool))
 
 
-def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """Drop each given modality of each sample independently with probability ``p``."""
+def drop_modalities(present: Tensor, p: float, generator: torch.Generator | None = None, p_all: float = 0.0,
+                    p_composition_only: float = 0.0) -> Tensor:
+    """Condition dropout of a training batch: which modalities each row keeps.
+
+    Parameters
+    ----------
+    present : Tensor (B, M) bool
+        The modalities each row has (column 0 is the composition, :data:`MODALITIES` order).
+    p : float
+        Each given modality of a row is dropped independently with this probability ...
+    p_all : float
+        ... except that a row drops every modality with this probability: the unconditional branch of
+        classifier-free guidance (Ho & Salimans, "Classifier-free diffusion guidance", 2022, trains it on a fixed
+        share of rows; independent dropout alone shows it with probability p^M, almost never) ...
+    p_composition_only : float
+        ... and keeps its composition alone with this probability: the request of crystal structure prediction,
+        which independent dropout of the other modalities shows with probability p^(M-1).
+
+    Returns
+    -------
+    Tensor (B, M) bool
+    """
     keep = torch.rand(present.shape, generator=generator, device=present.device) >= p
+    if p_all or p_composition_only:
+        u = torch.rand(present.shape[:1], generator=generator, device=present.device)[:, None]
+        only_comp = torch.arange(present.shape[1], device=present.device)[None] == 0
+        keep = torch.where(u < p_all, False, torch.where(u < p_all + p_composition_only, only_comp, keep))
     return present & keep
 
 

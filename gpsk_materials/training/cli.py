@@ -39,6 +39,11 @@ _HELP = {
     "anneal_to_deadline": "decay the learning rate of the last stage over the time --max-minutes leaves, so that a run "
                           "stopped by its time limit ends annealed (--flow-steps / --vae-steps then only cap it); "
                           "--resume continues from the share of the budget the checkpoint had spent",
+    "cond_drop_all": "share of flow training rows that drop every condition (the unconditional branch that "
+                     "classifier-free guidance extrapolates from; independent --cond-dropout alone almost never "
+                     "shows it)",
+    "cond_composition_only": "share of flow training rows that keep only their composition (the request of crystal "
+                             "structure prediction)",
     "vae_shell_weight": "weight of the VAE's per-shell log-power term (GridVAE.shell_log_power_error), which keeps "
                         "the form-factor fall-off that tells elements apart",
 }

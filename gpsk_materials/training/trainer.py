@@ -95,6 +95,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     cond_dropout: float = 0.1
+    cond_drop_all: float = 0.0
+    cond_composition_only: float = 0.0
     timestep_schedule: str = "logit_normal"
     val_fraction: float = 0.05
     split_by: str = "material_id"
@@ -122,6 +124,10 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if not (0.0 <= self.cond_drop_all and 0.0 <= self.cond_composition_only
+                and self.cond_drop_all + self.cond_composition_only < 1.0):
+            raise ConfigError("cond_drop_all and cond_composition_only must be >= 0 with a sum below 1, got "
+                              f"{self.cond_drop_all} and {self.cond_composition_only}")
         if self.export_minutes is not None and not self.export_minutes > 0:
             raise ConfigError(f"export_minutes must be > 0, got {self.export_minutes}")
         if self.warmup_steps < 0:
@@ -746,7 +752,8 @@ class Trainer:
         cond = self.conditions(idx)
         gen = gen or self.gen
         if dropout:
-            cond = cond.with_present(drop_modalities(cond.present, self.cfg.cond_dropout, gen))
+            cond = cond.with_present(drop_modalities(cond.present, self.cfg.cond_dropout, gen, self.cfg.cond_drop_all,
+                                                     self.cfg.cond_composition_only))
         loss = rf.flow_loss(model, x0, cond, gen, self.cfg.timestep_schedule)
         return loss, {}
 
