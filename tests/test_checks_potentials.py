@@ -104,3 +104,20 @@ def test_errors(tensornet, tmp_path, monkeypatch):
     monkeypatch.setenv(SHARED_ENV, str(tmp_path))
     with pytest.raises(CheckpointError, match="not found"):
         load_potential()
+
+
+def test_a_backend_whose_package_is_missing_is_a_potential_error(monkeypatch):
+    """The GPU image lacks matgl: loading the default potential there must say which package is missing, not end in
+    a bare ModuleNotFoundError from deep inside the import."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matgl(name, *args, **kwargs):
+        if name == "matgl" or name.startswith("matgl."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matgl)
+    with pytest.raises(PotentialError, match="needs the Python package 'matgl'"):
+        load_potential()

@@ -470,11 +470,16 @@ def load_potential(
     Raises
     ------
     PotentialError
-        Unknown backend or model, or weights that are missing or unreadable.
+        Unknown backend or model, weights that are missing or unreadable, or the backend's package (or one it
+        needs) not installed.
     """
     if backend not in BACKENDS:
         raise PotentialError(f"unknown potential backend {backend!r}; expected one of {BACKENDS}")
-    pot = _load_matgl(model) if backend == "matgl" else _load_chgnet(model)
+    try:
+        pot = _load_matgl(model) if backend == "matgl" else _load_chgnet(model)
+    except ModuleNotFoundError as exc:  # the backend's package (or one it needs) is not installed here
+        raise PotentialError(f"the {backend} potential needs the Python package {exc.name!r}, which is not installed "
+                             f"(pip install {backend}; or use the other backend: {BACKENDS})") from exc
     if device is not None:
         pot.to(device)
     return pot
