@@ -6,8 +6,8 @@ directions. For the first ``--n`` rows of mp20/test.csv (a partial split, shared
 
 1. the VAE posterior means z (n, 64, 8, 8, 8) of the true grids, and the posterior standard deviation relative to
    the spread of the means (how much noise the KL weight leaves in the code);
-2. the principal directions of the 64 channels (eigenvectors of the 64 x 64 channel covariance over every voxel
-   of every structure) and the share of the variance the top k of them hold;
+2. the principal directions of the 64 channels (``gpsk_materials.models.growth.channel_pca``: eigenvectors of the
+   64 x 64 channel covariance over every voxel of every structure) and the share of the variance the top k hold;
 3. for each k in ``--keep``, the latents projected onto the top k directions (the rest set to their mean), decoded
    by the VAE and then by the closed-form decoder with the cell content given: how many decode and match their
    structure (StructureMatcher stol 0.5, angle_tol 10, ltol 0.3), beside the unprojected latents (k = 64).
@@ -28,20 +28,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import generation_parser, mp20_test_grids, vae_digest, write_summary  # noqa: E402
 
 
-def channel_pca(z):
-    """Principal channel directions of latents z (B, C, n, n, n): (mean (C,), eigenvalues (C,) descending,
-    eigenvectors (C, C) as columns), from the channel covariance over every voxel of every structure."""
-    import torch
-
-    x = z.double().transpose(0, 1).flatten(1)  # (C, B n^3)
-    mean = x.mean(1)
-    xc = x - mean[:, None]
-    cov = xc @ xc.T / xc.shape[1]
-    vals, vecs = torch.linalg.eigh(cov)
-    order = vals.argsort(descending=True)
-    return mean, vals[order], vecs[:, order]
-
-
 def project_channels(z, mean, vecs, k: int):
     """z (B, C, n, n, n) with its channel vectors projected onto the first k columns of ``vecs`` around ``mean``."""
     import torch
@@ -56,6 +42,7 @@ def main(argv=None) -> int:
     import torch
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
+    from gpsk_materials.models.growth import channel_pca
     from gpsk_materials.models.io import load_model_folder
     from gpsk_materials.representations.decoding import ReciprocalGridDecoder
 
