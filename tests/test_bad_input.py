@@ -754,11 +754,7 @@ def inferred_decodes(shared_data_dir):
     return [feat.canonical_structure(s) for s in structures], out, reasons
 
 
-@pytest.mark.parametrize("index,name", [
-    pytest.param(0, "CuAu disordered", marks=pytest.mark.xfail(
-        strict=True, reason="known limit: the disordered Cu/Au site decodes as one Ba atom with confidence 3.0e-4, "
-                            "within the range of right decodes (>= 2.7e-4 on MP-20), so min_confidence=1e-4 keeps it")),
-    (1, "MoS2 monolayer, c = 45 A")])
+@pytest.mark.parametrize("index,name", [(0, "CuAu disordered"), (1, "MoS2 monolayer, c = 45 A")])
 def test_inferred_decode_below_min_confidence_is_a_decoding_error(inferred_decodes, index, name):
     from gpsk_materials.representations.decoding import MIN_CONFIDENCE
 
@@ -767,6 +763,54 @@ def test_inferred_decode_below_min_confidence_is_a_decoding_error(inferred_decod
     for words in (f"grid {index}: decode confidence", f"below min_confidence={MIN_CONFIDENCE}",
                   "inferred composition", "best guess", "keep_low_confidence=True"):
         assert words in reasons[index], (name, reasons[index])
+
+
+def _disordered(kind: str) -> Structure:
+    """Disordered crystals whose mixed site averages two elements far apart in Z (no single element scatters so)."""
+    if kind == "NaKCl":
+        return Structure(Lattice.cubic(4.2), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    if kind == "SrLaTiO3":
+        return Structure(Lattice.cubic(4.0), [{"Sr": 0.5, "La": 0.5}, "Ti", "O", "O", "O"],
+                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    return Structure(Lattice.cubic(4.1), [{"Pb": 0.3, "Mg": 0.7}, "S"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.mark.parametrize("kind", ["NaKCl", "SrLaTiO3", "PbMgS"])
+def test_a_mixed_site_decoded_without_composition_is_refused(kind):
+    """The kind of the Cu0.5Au0.5 case: a site no single element's form factor explains (its misfit varies with |q|
+    alone) is read as some element with a margin like a right decode's; the radial misfit takes the confidence."""
+    from gpsk_materials.errors import DecodingError
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    grid = ReciprocalGridFeaturizer().featurize(_disordered(kind))
+    with pytest.raises(DecodingError) as info:
+        ReciprocalGridDecoder().decode(grid)
+    assert "decode confidence 0 below min_confidence" in str(info.value), str(info.value)
+    kept = ReciprocalGridDecoder(keep_low_confidence=True).decode(grid)
+    misfit = np.array(kept.site_properties["decode_radial_misfit"])
+    margin = np.array(kept.site_properties["decode_element_margin"])
+    assert (margin > 0).all()  # the margins alone would have kept it
+    assert (misfit > margin).any()  # the mixed site's misfit exceeds its margin
+
+
+def test_radial_misfit_measures_what_varies_with_q_alone():
+    import torch
+
+    from gpsk_materials.representations.batched import radial_misfit
+
+    rng = np.random.default_rng(0)
+    M = 4000
+    s2 = torch.as_tensor(rng.uniform(0, 1.5, size=(1, M)))
+    f = 20 * torch.exp(-3 * s2)[:, None, :]  # an atom's form factor: a function of |q|
+    w = torch.ones(M, dtype=torch.float64)
+    shape = (torch.exp(-8 * s2) - 0.5 * torch.exp(-3 * s2))[:, None, :]  # another radial shape
+    noise = torch.as_tensor(rng.normal(size=(1, 1, M)))
+    y = torch.cat([0.3 * f, 2 * noise, 2 * shape, 2 * shape + 0.5 * noise], 1)
+    m = radial_misfit(y, f.expand(1, 4, M), w, s2)[0].numpy()
+    assert m[0] == pytest.approx(0, abs=1e-12)  # a multiple of f is an occupancy, not a misfit
+    assert m[1] < 1e-4  # noise spread over the reflections: next to nothing
+    assert m[2] > 1e-4 and m[3] == pytest.approx(m[2], rel=0.2)  # the radial part, with or without the noise
+    assert radial_misfit(y, torch.zeros(1, 4, M, dtype=torch.float64), w, s2).abs().max() == 0  # padding
 
 
 @pytest.mark.parametrize("index", [2, 3])
