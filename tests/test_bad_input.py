@@ -328,6 +328,27 @@ def test_decode_many_with_an_unparseable_composition_loses_only_that_grid():
         dec.decode_many(grids, ["NaCl", "NaCl", "NaCl", "Xx2O", "NaCl"])
 
 
+@pytest.mark.parametrize("comp,words", [
+    ({"Na": float("inf"), "Cl": 1}, "the amount of Na must be a finite number, got inf"),  # was an OverflowError
+    ({"Na": float("nan"), "Cl": 1}, "the amount of Na must be a finite number, got nan"),  # was decoded as Cl alone
+    ({"Na": "1", "Cl": 1}, "the amount of Na must be a finite number, got '1'"),  # was a TypeError
+    ({"Na": None, "Cl": 1}, "the amount of Na must be a finite number, got None"),
+])
+def test_decode_many_with_a_non_finite_amount_loses_only_that_grid(comp, words):
+    from gpsk_materials.errors import UnknownElementError
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    nacl = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    grid = ReciprocalGridFeaturizer().featurize(nacl)
+    out, reasons = ReciprocalGridDecoder().decode_many(np.stack([grid, grid]), [comp, "NaCl"], return_errors=True,
+                                                       pbar=False)
+    assert out[0] is None
+    assert reasons[0].startswith("grid 0: ") and words in reasons[0], reasons[0]
+    assert out[1].composition.reduced_formula == "NaCl" and reasons[1] is None
+    with pytest.raises(UnknownElementError, match="must be a finite number"):
+        ReciprocalGridDecoder().decode(grid, comp)
+
+
 @pytest.mark.parametrize("implementation, solver", [("batched", "_peel_batched"), ("reference", "_peel")])
 def test_decode_many_survives_a_numerical_failure_of_one_grid(monkeypatch, implementation, solver):
     import torch

@@ -80,7 +80,8 @@ def _fuzz_item(k: int, rng: np.random.Generator, grids: np.ndarray, comps: list[
             g[:2] = 1e30
         comp = None if rng.random() < 0.3 else comps[b]
     elif kind == "bad_composition":
-        comp = ["Xx2O", {"Na": -1, "Cl": 1}, "", {"Na": float("nan")}][int(rng.integers(4))]
+        comp = ["Xx2O", {"Na": -1, "Cl": 1}, "", {"Na": float("nan")}, {"Na": float("inf"), "Cl": 1},
+                {"Na": float("nan"), "Cl": 1}, {"Na": "1", "Cl": 1}][int(rng.integers(7))]
     if kind == "clean":
         comp = comps[b] if rng.random() < 0.8 else None
     return kind, g.astype(np.float32), comp, b

@@ -69,7 +69,14 @@ def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
 
 def parse_composition(comp: Any) -> dict[int, float]:
     """Atomic number -> amount from a formula string, pymatgen Composition or dict (read by
-    :func:`gpsk_materials.vocabulary.composition_amounts`)."""
+    :func:`gpsk_materials.vocabulary.composition_amounts`).
+
+    Raises
+    ------
+    UnknownElementError
+        An unreadable composition, an element outside Z = 1..98, an amount that is not a finite number (NaN, inf,
+        a string), a negative amount, or no element with a positive amount.
+    """
     try:
         amounts = composition_amounts(comp)
     except ConditioningError as exc:
@@ -78,6 +85,8 @@ def parse_composition(comp: Any) -> dict[int, float]:
     for el, amt in amounts.items():
         if el not in ATOMIC_NUMBER:
             raise UnknownElementError(f"composition {comp!r} holds {el}, outside the supported Z = 1..{MAX_Z}")
+        if isinstance(amt, bool) or not isinstance(amt, (int, float, np.number)) or not np.isfinite(amt):
+            raise UnknownElementError(f"composition {comp!r}: the amount of {el} must be a finite number, got {amt!r}")
         if amt < 0:
             raise UnknownElementError(f"composition {comp!r} has a negative amount of {el}")
         if amt > 0:
