@@ -514,6 +514,25 @@ def test_generator_to_a_missing_cuda_device_is_a_config_error(generator, monkeyp
     assert generator.to("cpu").device.type == "cpu"
 
 
+def test_generator_to_an_accelerator_this_torch_lacks_is_a_config_error(generator, monkeypatch):
+    import torch
+
+    from gpsk_materials.errors import ConfigError
+
+    def no_such_backend(*args, device=None, **kw):
+        raise RuntimeError("PyTorch is not linked with support for mps devices")  # torch's words on a CPU build
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **kw: (
+        no_such_backend() if device is not None and torch.device(device).type == "mps" else real_empty(*a, **kw)))
+    with pytest.raises(ConfigError, match="device 'mps' requested, but this torch .* cannot use it .*use device='cpu'"):
+        generator.to("mps")
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="device 'meta' holds shapes, not values"):
+        generator.to("meta")  # was accepted, and sampling failed later
+    assert generator.to("cpu").device.type == "cpu"
+
+
 # --- case 5: no silent skips ---------------------------------------------------------------------------------------
 
 def test_gpsk_evaluate_refuses_train_csv_with_csp_targets(tmp_path, capsys):
