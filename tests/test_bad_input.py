@@ -392,10 +392,29 @@ def test_gpsk_check_reports_each_bad_file_and_checks_the_rest(tmp_path, capsys):
     records = json.loads((tmp_path / "r.json").read_text())
     assert [r["file"].rsplit("/", 1)[-1] for r in records] == ["good.cif", "junk.cif", "x.cif"]
     assert records[0]["valid"] is True and "error" not in records[0]
-    assert "cannot read a structure" in records[1]["error"] or "not a chemical element" in records[2]["error"]
+    assert "cannot read a structure" in records[1]["error"] and "not a chemical element" in records[2]["error"]
     # fail fast: the first bad file stops the run, named
     assert main(["check", *files, "--no-energy", "--fail-fast"]) == 1
     assert "junk.cif" in capsys.readouterr().err
+
+
+def test_gpsk_check_reports_a_file_spglib_gives_up_on_and_checks_the_rest(tmp_path, capsys):
+    """The issue's instance: spglib gives up on one Mg/O 2-site cell at --symprec 0.01 (a nearly collinear cell)."""
+    import json
+
+    from gpsk_materials.cli import main
+
+    _nacl().to(filename=str(tmp_path / "good.cif"))
+    Structure(Lattice([[3, 0, 0], [2.999, 0.001, 0], [0, 0, 3]]), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(
+        filename=str(tmp_path / "mgo.json"))
+    files = [str(tmp_path / "good.cif"), str(tmp_path / "mgo.json")]
+    assert main(["check", *files, "--no-energy", "--symprec", "0.01", "--json", str(tmp_path / "r.json")]) == 1
+    captured = capsys.readouterr()
+    assert "Fm-3m" in captured.out  # the table, with the good file's row
+    assert f"{tmp_path / 'mgo.json'}: InvalidStructureError" in captured.err and "symprec=0.01" in captured.err
+    good, bad = json.loads((tmp_path / "r.json").read_text())
+    assert good["space_group"] == 225 and "error" not in good
+    assert bad["file"].endswith("mgo.json") and "spglib could not analyse" in bad["error"]
 
 
 def test_gpsk_evaluate_skips_an_unreadable_cif_and_reports_the_rest(tmp_path, capsys):
