@@ -240,6 +240,55 @@ def test_what_cannot_fit_is_refused_in_seconds(make, error, words, featurize):
     assert time.perf_counter() - start < 5.0  # 150 s (1,000 sites) and 10-17 s (10^6 A) before
 
 
+@pytest.mark.parametrize("lattice,ratio", [
+    (Lattice.cubic(1e6), np.inf),  # a sparse cell: the cell list asked for 8e15 bytes (MemoryError)
+    (Lattice.cubic(0.042), 0.042 / (2 * 1.66)),  # a 0.04 A cell: billions of images (the fuzz's OOM kill)
+    (Lattice.cubic(4.2e-5), 4.2e-5 / (2 * 1.66)),
+    (Lattice.orthorhombic(0.01, 50, 50), 0.01 / (2 * 1.66)),  # a needle: Na meets its own image 0.01 A away
+])
+def test_validity_of_extreme_cells_is_judged_in_bounded_work(lattice, ratio):
+    """The checks' neighbour search (ValidityCheck, the decoder's plausibility check) on cells the featurizer would
+    refuse: the same minima as an exhaustive search, in milliseconds and without exhausting memory."""
+    import time
+
+    from gpsk_materials.checks.validity import ValidityCheck, closest_contact
+
+    s = Structure(lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    start = time.perf_counter()
+    res = ValidityCheck().check(s)
+    contact = closest_contact(s)
+    assert time.perf_counter() - start < 2.0
+    assert res.min_distance_ratio == pytest.approx(ratio, rel=1e-6)
+    assert not res.strict_valid
+    if np.isfinite(ratio):
+        assert contact[:2] == (0, 0) and contact[3] == pytest.approx(ratio, rel=1e-6)  # Na and its own image
+
+
+def test_bounded_neighbour_search_finds_the_minima_of_the_exhaustive_one():
+    from gpsk_materials.checks.validity import _contacts, _site_radius, nearest_neighbours
+
+    rng = np.random.default_rng(3)
+    structures = [
+        Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]]),  # cell shorter than the reach
+        Structure(Lattice.from_parameters(2.5, 3.1, 7.0, 70, 100, 115), ["H", "Cs", "O", "H"], rng.random((4, 3))),
+        Structure(Lattice.hexagonal(2.46, 30), ["C", "C"], [[0, 0, 0.5], [1 / 3, 2 / 3, 0.5]]),
+        Structure(Lattice.cubic(9.0), ["U", "H", "H"], rng.random((3, 3))),
+        # H's smallest ratio is to Cs 2 A away, beyond the 1 A lattice vector: the cut reach must keep it
+        Structure(Lattice.orthorhombic(1.0, 8, 8), ["H", "Cs"], [[0, 0, 0], [0, 0.25, 0]]),
+    ]
+    for s in structures:
+        ratios, nearest = nearest_neighbours(s, 1.5, cutoff=5.0)
+        radii = np.array([_site_radius(site.species) for site in s])
+        reach = max(1.5 * 2 * radii.max(), 5.0)
+        centers, points, _, d = s.get_neighbor_list(reach)  # every pair within the reach
+        want_r, want_d = np.full(len(s), np.inf), np.full(len(s), np.inf)
+        np.minimum.at(want_r, centers, d / (radii[centers] + radii[points]))
+        np.minimum.at(want_d, centers, d)
+        np.testing.assert_allclose(ratios, want_r, rtol=1e-9)
+        np.testing.assert_allclose(nearest, want_d, rtol=1e-9)
+        assert len(_contacts(s, 1.5)[0]) > 0
+
+
 def test_a_supercell_of_a_small_crystal_still_fits():
     # 8 x 8 = 64 sites in a 2 x 2 x 2 NaCl supercell with max_sites=8: its primitive cell (2 sites) fits
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
