@@ -12,13 +12,16 @@ Gaussian noise of ``level`` times each channel's standard deviation added to eve
   the share of right decodes that are rejected;
 * with the composition (``--given``), with ``min_distance_ratio=0`` and with the default: the round-trip match rate
   before and after the physical-plausibility check, and how many right decodes the check rejects;
+* with ``--disordered``, disordered crystals (a mixed site: Cu0.5Au0.5, (Na,K)Cl, (Sr,La)TiO3, (Pb,Mg)S,
+  Fe0.7Ni0.3) decoded without a composition with the default acceptance: no ordered answer is right, so every
+  accepted one is a false accept;
 * with ``--radii-all``, the smallest distance / covalent-radii sum of every structure of mp20/test.csv: a structure
   below ``min_distance_ratio`` would be refused even when decoded exactly (the check's false rejects on the whole
   test set, without decoding it).
 
 The JSON is written after each part, so that a run stopped early keeps what it measured.
 
-    python benchmarks/decode_confidence.py --n 16 --noise 0 0.001 0.01 --given 0 \
+    python benchmarks/decode_confidence.py --n 16 --noise 0 0.001 0.01 --given 0 --disordered \
         --out docs/results/decode_confidence.json
     python benchmarks/decode_confidence.py --rates-of docs/results/decode_confidence.json
     python benchmarks/decode_confidence.py --noise --given --radii-all --out docs/results/decode_confidence_radii.json
@@ -48,8 +51,8 @@ def noisy(grids: np.ndarray, level: float, seed: int) -> np.ndarray:
 
 
 def decode_records(decoder, grids, comps, cells) -> list[dict]:
-    """Per grid: formula decoded, confidence, right (StructureMatcher against the canonical cell), reason of a
-    failure."""
+    """Per grid: formula decoded, confidence, largest radial misfit of its sites, right (StructureMatcher against
+    the canonical cell), reason of a failure."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     out, reasons = decoder.decode_many(grids, comps, return_errors=True, pbar=False)
@@ -60,6 +63,7 @@ def decode_records(decoder, grids, comps, cells) -> list[dict]:
         rows.append({"formula": cell.composition.reduced_formula,
                      "decoded": None if s is None else s.composition.reduced_formula,
                      "confidence": d.get("confidence"), "low_confidence_reasons": d.get("low_confidence_reasons"),
+                     "largest_misfit": None if s is None else max(s.site_properties["decode_radial_misfit"]),
                      "right": bool(s is not None and matcher.fit(cell, s)), "error": why})
     return rows
 
@@ -95,6 +99,44 @@ def radii_all(threshold: float) -> dict:
     return out
 
 
+def disordered_crystals() -> list:
+    """Disordered crystals with one mixed site each (issue 16, case 3 and its kind)."""
+    from pymatgen.core import Lattice, Structure
+
+    return [
+        Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.9), [{"Cu": 0.5, "Au": 0.5}], [[0, 0, 0]]),
+        Structure(Lattice.cubic(4.2), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(Lattice.cubic(4.0), [{"Sr": 0.5, "La": 0.5}, "Ti", "O", "O", "O"],
+                  [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]),
+        Structure(Lattice.cubic(4.1), [{"Pb": 0.3, "Mg": 0.7}, "S"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(Lattice.cubic(2.9), [{"Fe": 0.7, "Ni": 0.3}] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    ]
+
+
+def disordered(device: str) -> list[dict]:
+    """Each disordered crystal decoded without a composition (default acceptance): formula, accepted or the
+    reason, and the decode's confidence, least element margin and largest radial misfit (kept to read them)."""
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    structures = disordered_crystals()
+    grids = np.stack([ReciprocalGridFeaturizer().featurize(s) for s in structures])
+    out, reasons = ReciprocalGridDecoder(device=device).decode_many(grids, return_errors=True, pbar=False)
+    kept = ReciprocalGridDecoder(device=device, keep_low_confidence=True).decode_many(grids, pbar=False,
+                                                                                        warn_kept=False)
+    rows = []
+    for s, o, why, k in zip(structures, out, reasons, kept):
+        rows.append({"formula": s.composition.formula, "decoded": None if k is None else k.composition.reduced_formula,
+                     "accepted": o is not None, "error": why,
+                     "confidence": None if k is None else k.properties["gpsk"]["decode"]["confidence"],
+                     "least_margin": None if k is None else min(k.site_properties["decode_element_margin"]),
+                     "largest_misfit": None if k is None else max(k.site_properties["decode_radial_misfit"])})
+        print(f"{rows[-1]['formula']:>16} -> {rows[-1]['decoded']}: {'ACCEPTED' if o is not None else 'refused'} "
+              f"(confidence {rows[-1]['confidence']}, margin {rows[-1]['least_margin']}, "
+              f"misfit {rows[-1]['largest_misfit']})", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = generation_parser(__doc__)
     p.add_argument("--n", type=int, default=24, help="first N structures of mp20/test.csv")
@@ -104,6 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--given", type=float, nargs="*", default=[0.0, 0.01],
                    help="noise levels decoded with the composition (plausibility check before / after)")
     p.add_argument("--radii-all", action="store_true", help="distance / radii of every mp20/test.csv structure")
+    p.add_argument("--disordered", action="store_true", help="disordered crystals decoded without a composition")
     p.add_argument("--rates-of", type=Path, default=None,
                    help="recompute the rate tables of this result file for --thresholds (no decoding)")
     args = p.parse_args(argv)
@@ -125,6 +168,9 @@ def main(argv=None) -> int:
                "default_min_distance_ratio": MIN_DISTANCE_RATIO}
     if args.radii_all:
         summary["radii_all"] = radii_all(MIN_DISTANCE_RATIO)
+        write_summary(args.out, summary)
+    if args.disordered:
+        summary["disordered"] = disordered(args.device)
         write_summary(args.out, summary)
     if not args.noise and not args.given:
         return 0

@@ -13,7 +13,7 @@ Sections (each a plain JSON dictionary):
             parameters and lattice, ``rank`` (:mod:`gpsk_materials.diffraction.solve`)
 =========== ===============================================================================================
 
-Per-site arrays of the decoder (``decode_occupancy``, ``decode_element_margin``, ``decode_confidence``,
+Per-site arrays of the decoder (``decode_occupancy``, ``decode_element_margin``, ``decode_radial_misfit``, ``decode_confidence``,
 ``decode_peak_height``) stay in ``site_properties``, where pymatgen keeps them aligned with the sites. ASE Atoms
 carry the same dictionary in ``atoms.info["gpsk"]``.
 """

@@ -86,6 +86,17 @@ def test_bawl_hash_tells_structures_apart():
 
 
 # --- the reference -----------------------------------------------------------------------------------------------
+def test_bawl_hash_of_a_dummy_species_names_the_site():
+    from pymatgen.core import DummySpecies
+
+    from gpsk_materials.errors import UnknownElementError
+
+    s = Structure(Lattice.cubic(4), [DummySpecies("X"), "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(UnknownElementError, match="site 0 holds X0\\+, which is not a chemical element"):
+        BAWLHasher().get_hash(s)  # was "no bonding graph (AttributeError: )"
+    assert BAWLHasher().get_hashes([s]) == [None]
+
+
 def test_mp20_reference_size_and_compositions(mp20):
     assert (len(mp20), mp20.n_materials) == (44654, 45229)
     assert "44,654 distinct hashes of 45,229 materials" in mp20.label

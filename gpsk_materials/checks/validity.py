@@ -25,6 +25,7 @@ from pymatgen.core import Composition, Element, Structure
 
 from gpsk_materials.checks._common import as_structure
 from gpsk_materials.errors import InvalidStructureError, UnknownElementError
+from gpsk_materials.representations.reciprocal import shortest_lattice_vector
 from gpsk_materials.vocabulary import reduced_formula
 
 #: CDVAE gives up on compositions whose oxidation-state product exceeds this (and calls them invalid).
@@ -150,14 +151,52 @@ def _site_radius(species: Composition) -> float:
     return sum(occ * _covalent_radius(getattr(sp, "element", sp).symbol) for sp, occ in species.items()) / total
 
 
+#: most boxes of pymatgen's cell list (one per (max(reach, 1 A))^3 of the sites' extent) before the neighbour search
+#: takes minimum-image distances instead (a sparse 10^6 A cell would ask for 10^15 boxes, petabytes)
+MAX_CELL_LIST_BOXES = 1e6
+
+
 def _contacts(structure: Structure, cutoff_factor: float, cutoff: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Neighbour pairs within ``cutoff_factor`` times the largest sum of covalent radii, or ``cutoff`` (A) if larger
     (periodic images of a site included): ``(centers, points, distances in A, distance / (r_i + r_j))``. A
-    disordered site has the occupancy-weighted mean radius of its species."""
+    disordered site has the occupancy-weighted mean radius of its species.
+
+    Every pair that can hold a site's smallest distance or smallest distance / radii sum is listed, which is all the
+    callers read (:func:`nearest_neighbours`, :func:`closest_contact`); the work stays bounded whatever the cell:
+
+    * each site meets its own image at the shortest lattice vector L, so no site's minimum lies beyond
+      L (r_min + r_max) / (2 r_min), and the reach is cut to that (a 0.04 A cell asked for billions of images);
+    * where pymatgen's cell list would need more than ``MAX_CELL_LIST_BOXES`` boxes (a sparse cell of 10^6 A) or
+      periodic images (a sub-angstrom cell: pymatgen's search reaches at least 1 A), the pairs are the
+      minimum-image distances between sites plus each site's own image at L: the closest image of every pair,
+      which is what a minimum needs.
+    """
     radii = np.array([_site_radius(site.species) for site in structure])
     reach = max(cutoff_factor * 2.0 * radii.max(), cutoff)
-    centers, points, _, dists = structure.get_neighbor_list(reach)
+    shortest = shortest_lattice_vector(structure.lattice.matrix)
+    reach = min(reach, shortest * (radii.min() + radii.max()) / (2.0 * radii.min()) * (1 + 1e-9) + 1e-9)
+    cart = structure.cart_coords
+    boxes = np.prod(np.ceil((np.ptp(cart, axis=0) + 2 * reach) / max(reach, 1.0)))
+    # periodic images the search scans: pymatgen's cell list reaches at least 1 A, so a sub-angstrom cell asks for
+    # (1 A / spacing)^3 images of every site however short the reach
+    m = structure.lattice.matrix
+    spacings = abs(np.linalg.det(m)) / np.linalg.norm(np.cross(m[[1, 2, 0]], m[[2, 0, 1]]), axis=1).clip(min=1e-300)
+    images = np.prod(2 * np.ceil(max(reach, 1.0) / spacings.clip(min=1e-12)) + 1) * len(structure)
+    if boxes <= MAX_CELL_LIST_BOXES and images <= MAX_CELL_LIST_BOXES:
+        centers, points, _, dists = structure.get_neighbor_list(reach)
+    else:
+        parts: list[list[np.ndarray]] = [[], [], []]
+        frac = structure.frac_coords
+        for start in range(0, len(structure), 256):
+            d = structure.lattice.get_all_distances(frac[start : start + 256], frac)
+            ii, jj = np.nonzero(d <= reach)
+            keep = ii + start != jj
+            parts[0].append(ii[keep] + start), parts[1].append(jj[keep]), parts[2].append(d[ii[keep], jj[keep]])
+        if shortest <= reach:
+            own = np.arange(len(structure))
+            parts[0].append(own), parts[1].append(own), parts[2].append(np.full(len(own), shortest))
+        centers, points, dists = (np.concatenate(p) for p in parts)
     return centers, points, dists, dists / (radii[centers] + radii[points]) if len(centers) else dists
 
 

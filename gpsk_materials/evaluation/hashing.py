@@ -32,10 +32,10 @@ from collections import Counter
 from collections.abc import Sequence
 from hashlib import blake2b
 
-from pymatgen.core import Structure
+from pymatgen.core import Element, Structure
 from tqdm.auto import tqdm
 
-from gpsk_materials.errors import InvalidStructureError
+from gpsk_materials.errors import InvalidStructureError, UnknownElementError
 
 #: material-hasher's bonding settings (``material_hasher.hasher.bawl.BAWLHasher`` defaults, used by LeMat-GenBench)
 BAWL_BONDING = {"tol": 0.2, "cutoff": 10.0, "use_fictive_radius": True}
@@ -129,9 +129,16 @@ class BAWLHasher:
         InvalidStructureError
             A disordered structure (the bonding graph needs one element per site), or a structure pymatgen
             cannot build a bonding graph for.
+        UnknownElementError
+            A site holds a species that is not a chemical element (``DummySpecies("X")``).
         """
         if not isinstance(structure, Structure):
             raise InvalidStructureError(f"expected a pymatgen Structure, got {type(structure).__name__}")
+        for i, site in enumerate(structure):
+            for sp in site.species:
+                if not isinstance(getattr(sp, "element", sp), Element):
+                    raise UnknownElementError(f"{structure.formula}: site {i} holds {sp}, which is not a chemical "
+                                              "element: a BAWL hash needs the element of every site")
         if not structure.is_ordered:
             raise InvalidStructureError(
                 f"{structure.composition.reduced_formula}: BAWL hashes need an ordered structure (one element per site)")

@@ -291,7 +291,8 @@ def torch_device(device: str | torch.device) -> torch.device:
     ------
     ConfigError
         An unknown device string, or a CUDA device on a machine (or a torch build) without CUDA, or a CUDA index
-        beyond the GPUs present.
+        beyond the GPUs present; another accelerator (``mps``, ``xpu``, ...) this torch cannot allocate on; the
+        ``meta`` device (no values).
     """
     from gpsk_materials.errors import ConfigError
 
@@ -305,4 +306,13 @@ def torch_device(device: str | torch.device) -> torch.device:
                               f"({torch.__version__}); use device='cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {str(dev)!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif dev.type == "meta":
+        raise ConfigError("device 'meta' holds shapes, not values: a model moved there cannot compute; use "
+                          "device='cpu' or a GPU")
+    elif dev.type != "cpu":  # mps, xpu, ...: whether this build and machine have it shows only when it is used
+        try:
+            torch.empty(0, device=dev)
+        except Exception as exc:  # torch raises RuntimeError, AssertionError or others, by backend
+            raise ConfigError(f"device {str(dev)!r} requested, but this torch ({torch.__version__}) cannot use it "
+                              f"({type(exc).__name__}: {exc}); use device='cpu'") from exc
     return dev

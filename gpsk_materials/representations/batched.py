@@ -336,6 +336,59 @@ def re_inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(ar, br.transpose(-1, -2))
 
 
+#: number of |q| shells of :func:`radial_misfit` (of equal width)
+RADIAL_SHELLS = 8
+
+
+def radial_misfit(y: torch.Tensor, fj: torch.Tensor, w: torch.Tensor, s2: torch.Tensor,
+                  shells: int = RADIAL_SHELLS) -> torch.Tensor:
+    """The part of each site's scattering that no single element explains, in units of its form factor's ||f||^2.
+
+    A site's observed amplitude is ``f_j + y`` on every reflection, with ``y = Re(R conj E_j)`` the residual
+    projected on the site's phases. An atom's form factor depends on |q| alone, so a site whose scatterer is not the
+    assigned element (a disordered Cu0.5Au0.5 site read as one Ba atom) leaves a misfit that is a smooth function of
+    |q|, while noise, or a position error (which projects on the imaginary part), spreads over the reflections. The
+    misfit is ``y`` with its best multiple of ``f_j`` removed (an occupancy, judged separately), averaged in
+    ``shells`` shells of |q| of equal width up to the grid's largest |q| (the same shells whatever the order or
+    layout of the reflections); the radial energy sum_k W_k m_k^2 less what noise of the same within-shell variance
+    would give ((shells - 1) times the per-reflection variance), clipped at 0, over
+    ||f_j||_W^2. This is in the units of the element margin (the gain of the assigned element over the best other
+    one, also over ||f_j||^2), which the decoder's confidence takes it from.
+
+    Parameters
+    ----------
+    y, fj : Tensor (B, N, M)
+        Residual projected on each site and each site's form factor, on the same M reflections.
+    w : Tensor (M,) or (B, 1, M)
+        Weights of the reflections (Friedel multiplicity).
+    s2 : Tensor (B, M)
+        (sin theta / lambda)^2 of the reflections, to sort them into shells.
+    shells : int
+        Number of shells.
+
+    Returns
+    -------
+    Tensor (B, N)
+        Radial misfit, >= 0; 0 where ``fj`` is zero (padding).
+    """
+    B, N, M = y.shape
+    w = w.expand(B, 1, M)
+    q = torch.sqrt(s2.clamp(min=0))
+    shell = (q * (shells / q.amax(1, keepdim=True).clamp(min=1e-30))).long().clamp(max=shells - 1)
+    shell = shell[:, None, :].expand(B, N, M)
+    fw = fj * w
+    norm2 = (fw * fj).sum(-1)
+    r = y - ((fw * y).sum(-1) / norm2.clamp(min=1e-30))[..., None] * fj
+    wr = (w * r).expand(B, N, M)
+    ws = torch.zeros((B, N, shells), dtype=y.dtype, device=y.device).scatter_add_(2, shell, w.expand(B, N, M))
+    sums = torch.zeros_like(ws).scatter_add_(2, shell, wr)
+    between = (sums**2 / ws.clamp(min=1e-30)).sum(-1)
+    within = ((wr * r).sum(-1) - between).clamp(min=0)
+    count = w.sum(-1)  # reflections counted with their weights (both layouts weigh to the same set)
+    excess = (between - (shells - 1) * within / (count - shells).clamp(min=1)).clamp(min=0)
+    return torch.where(norm2 > 0, excess / norm2.clamp(min=1e-30), torch.zeros_like(excess))
+
+
 def covalent_radii_table(device, dtype) -> torch.Tensor:
     """Covalent radius (Angstrom) by atomic number, (MAX_Z + 1,), as
     :func:`gpsk_materials.checks.validity._covalent_radius` reads it (Cordero et al., Dalton Trans. 2008, 2832;
@@ -695,11 +748,12 @@ class BatchedPeelingSolver:
         return x, p, F, scale
 
     # -- result ------------------------------------------------------------
-    def _site_statistics(self, hb: HalfBlock, F, palette: Palette, pal, x, p, valid):
+    def _site_statistics(self, hb: HalfBlock, F, palette: Palette, pal, x, p, valid, gstar):
         """Per grid and site, what the decoder reports: relative residual ||F - F_model||_W / ||F||_W (B,),
         occupancies alpha (B, N) of the per-site amplitude fit Re(T^H W T) alpha = Re(T^H W F) (relative ridge
-        1e-9), and element margins (B, N): gain of the assigned element over the best other one with the site
-        removed, over its ||f||^2, clamped to [-1e3, 1e3] (the reference's ``_finish``)."""
+        1e-9), element margins (B, N): gain of the assigned element over the best other one with the site
+        removed, over its ||f||^2, clamped to [-1e3, 1e3], and radial misfits (B, N) (:func:`radial_misfit`;
+        the reference's ``_reference_statistics``). ``gstar`` (B, 3, 3): the reciprocal metrics."""
         B, N, _ = x.shape
         f = palette.f
         P = f.shape[1]
@@ -731,4 +785,6 @@ class BatchedPeelingSolver:
         other = gain.scatter(2, pj, -torch.inf).amax(2)
         denom = norm2.gather(1, pj[..., 0])
         margins = ((own - other) / denom.clamp(min=1e-12)).clamp(-1e3, 1e3)
-        return rel, alpha, margins
+        y = E.real * R.real[:, None] + E.imag * R.imag[:, None]
+        misfit = radial_misfit(y, fj, Wf, hb.s2(gstar).reshape(B, -1))
+        return rel, alpha, margins, misfit

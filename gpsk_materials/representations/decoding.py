@@ -22,7 +22,7 @@ from gpsk_materials.errors import (
     batch_policy,
 )
 from gpsk_materials.representations import grid as G
-from gpsk_materials.representations.batched import BatchedPeelingSolver
+from gpsk_materials.representations.batched import BatchedPeelingSolver, radial_misfit
 from gpsk_materials.representations.form_factors import form_factor_at_zero
 from gpsk_materials.representations.peeling import MAX_SCALE, PeelingSolver
 from gpsk_materials.vocabulary import ATOMIC_NUMBER, MAX_Z, composition_amounts, integer_counts
@@ -69,7 +69,14 @@ def as_grid_batch(grids: Any, n: int | None = None) -> np.ndarray | Any:
 
 def parse_composition(comp: Any) -> dict[int, float]:
     """Atomic number -> amount from a formula string, pymatgen Composition or dict (read by
-    :func:`gpsk_materials.vocabulary.composition_amounts`)."""
+    :func:`gpsk_materials.vocabulary.composition_amounts`).
+
+    Raises
+    ------
+    UnknownElementError
+        An unreadable composition, an element outside Z = 1..98, an amount that is not a finite number (NaN, inf,
+        a string), a negative amount, or no element with a positive amount.
+    """
     try:
         amounts = composition_amounts(comp)
     except ConditioningError as exc:
@@ -78,6 +85,8 @@ def parse_composition(comp: Any) -> dict[int, float]:
     for el, amt in amounts.items():
         if el not in ATOMIC_NUMBER:
             raise UnknownElementError(f"composition {comp!r} holds {el}, outside the supported Z = 1..{MAX_Z}")
+        if isinstance(amt, bool) or not isinstance(amt, (int, float, np.number)) or not np.isfinite(amt):
+            raise UnknownElementError(f"composition {comp!r}: the amount of {el} must be a finite number, got {amt!r}")
         if amt < 0:
             raise UnknownElementError(f"composition {comp!r} has a negative amount of {el}")
         if amt > 0:
@@ -147,7 +156,9 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
         Smallest accepted interatomic distance (Angstrom) of a decoded structure.
     min_confidence : float
         Smallest accepted decode confidence (``properties["gpsk"]["decode"]["confidence"]``, the least per-site
-        ``decode_confidence`` = clip(element margin, 0, 1) * clip(1 - |occupancy - 1| / 0.5, 0, 1)) of a grid decoded
+        ``decode_confidence`` = clip(element margin - radial misfit, 0, 1) * clip(1 - |occupancy - 1| / 0.5, 0, 1),
+        the radial misfit being the site's scattering that no single element explains,
+        :func:`.batched.radial_misfit`) of a grid decoded
         without a composition; below it the result is a ``DecodingError``, or kept and marked with
         ``keep_low_confidence``. The default ``MIN_CONFIDENCE`` and its measured false-accept / false-reject rates:
         docs/errors.md. Not applied with a given composition (the elements are then not guessed).
@@ -518,7 +529,7 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
         if batched:
             free_t = torch.as_tensor(free, device=eng.device)
             x, p, valid, F, scale_t, f = self._peel_batched(hb, F, safe_gstar, pal_t, cnt_t, known_t, free_t, scale_t)
-            stats = [v.cpu().numpy() for v in self._site_statistics(hb, F, f, pal_t, x, p, valid)]
+            stats = [v.cpu().numpy() for v in self._site_statistics(hb, F, f, pal_t, x, p, valid, safe_gstar)]
             return self._finish(eng, F, safe_gstar, params, x, p, valid, pal_t, known, compositions, fail,
                                 scale_t.cpu().numpy(), stats, self._contacts_batched(safe_gstar, x, p, valid, pal_t))
         if self.method == "peaks":
@@ -534,16 +545,17 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                 stats: list | None = None, contacts: dict | None = None) -> list:
         """Structures (or each grid's ``DecodingError``) from the solver's sites, with the acceptance checks.
 
-        ``stats`` ``[rel, alpha, margins]`` (relative residual (B,), occupancies and element margins (B, N)) and
+        ``stats`` ``[rel, alpha, margins, misfits]`` (relative residual (B,), occupancies, element margins and radial
+        misfits (B, N)) and
         ``contacts`` (:meth:`_contacts_batched`) come from the batched path; None computes them as the reference
         does (:mod:`.solver` engine, pymatgen distances)."""
         from pymatgen.core import Composition, Element, Lattice, Structure
 
         B = len(params)
         if stats is None:
-            rel, alpha, margins = self._reference_statistics(eng, F, gstar, x, p, valid, pal)
+            rel, alpha, margins, misfits = self._reference_statistics(eng, F, gstar, x, p, valid, pal)
         else:
-            rel, alpha, margins = stats
+            rel, alpha, margins, misfits = stats
         xs, ps, vs = x.cpu().numpy(), p.cpu().numpy(), valid.cpu().numpy()
         xs = np.where(xs >= 1.0, 0.0, xs)  # x % 1.0 of a tiny negative number rounds to 1.0
         pal_np = pal.cpu().numpy()
@@ -567,13 +579,17 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
                 continue
             lattice = Lattice.from_parameters(*params[b])
             margin = np.clip(margins[b, keep], -1, 1)
+            misfit = np.clip(misfits[b, keep], 0, 1)
             occ = alpha[b, keep]
-            confidence = np.clip(margin, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
+            # the element margin net of the scattering no single element explains (a disordered site), times the
+            # occupancy's agreement with one atom
+            confidence = np.clip(margin - misfit, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
             s = Structure(
                 lattice, numbers.tolist(), xs[b, keep],
                 site_properties={
                     "decode_occupancy": occ.round(6).tolist(),
                     "decode_element_margin": margin.round(6).tolist(),
+                    "decode_radial_misfit": misfit.round(6).tolist(),
                     "decode_confidence": confidence.round(6).tolist(),
                 },
             )
@@ -612,8 +628,8 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
         return out
 
     def _reference_statistics(self, eng, F, gstar, x, p, valid, pal):
-        """Relative residual (B,), occupancies and element margins (B, N) of the reference path (the batched path's
-        :meth:`~.batched.BatchedPeelingSolver._site_statistics`)."""
+        """Relative residual (B,), occupancies, element margins and radial misfits (B, N) of the reference path (the
+        batched path's :meth:`~.batched.BatchedPeelingSolver._site_statistics`)."""
         import torch
 
         s2 = eng.s2(gstar)
@@ -643,7 +659,9 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
             other = gain.scatter(1, p[:, j : j + 1].clamp(min=0), -torch.inf).amax(1)
             denom = norm2.gather(1, p[:, j : j + 1].clamp(min=0))[:, 0]
             margins[:, j] = ((own - other) / denom.clamp(min=1e-12)).clamp(-1e3, 1e3).cpu().numpy()
-        return rel, alpha, margins
+        y = (R[:, None, :] * E.conj()).real
+        misfits = radial_misfit(y, fj, w.reshape(1, 1, -1), s2).cpu().numpy()
+        return rel, alpha, margins, misfits
 
     def _contacts_batched(self, gstar, x, p, valid, pal) -> dict:
         """Closest contacts of every grid's sites in torch (:func:`.batched.pair_contacts`), over the periodic

@@ -170,6 +170,21 @@ def check_primitive_fits(
             check_resolution(reduced, n, max_resolution)
 
 
+def shortest_lattice_vector(lattice: np.ndarray) -> float:
+    """Length (A) of the shortest lattice vector among the small combinations (-1, 0, 1) of the LLL-reduced basis:
+    the distance from every site to its own nearest periodic image (a Niggli reduction of a huge or needle-like
+    cell takes seconds; LLL takes microseconds). 0 for a singular or non-finite lattice."""
+    from pymatgen.core import Lattice
+
+    lattice = np.asarray(lattice, dtype=float)
+    if not np.all(np.isfinite(lattice)) or abs(np.linalg.det(lattice)) <= 1e-12 * np.prod(
+            np.linalg.norm(lattice, axis=1)):
+        return 0.0
+    basis = Lattice(lattice).get_lll_reduced_lattice().matrix
+    combos = np.array([c for c in itertools.product((-1, 0, 1), repeat=3) if any(c)])
+    return float(np.linalg.norm(combos @ basis, axis=1).min())
+
+
 def _close_pairs(lattice: np.ndarray, frac: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
     """(centers, neighbours, images, distances) of entry pairs closer than ``r``, periodic images included."""
     from pymatgen.optimization.neighbors import find_points_in_spheres
@@ -193,11 +208,7 @@ def _close_pairs(lattice: np.ndarray, frac: np.ndarray, r: float) -> tuple[np.nd
         keep = ii + start != jj
         out[0].append(ii[keep] + start), out[1].append(jj[keep]), out[3].append(d[ii[keep], jj[keep]])
         out[2].append(np.zeros((int(keep.sum()), 3)))
-    # shortest lattice vector among the small combinations of the LLL basis (a Niggli reduction of a huge cell
-    # takes seconds)
-    basis = lat.get_lll_reduced_lattice().matrix
-    combos = np.array([c for c in itertools.product((-1, 0, 1), repeat=3) if any(c)])
-    shortest = float(np.linalg.norm(combos @ basis, axis=1).min())
+    shortest = shortest_lattice_vector(lattice)
     if shortest < r:  # each site meets its own image along the shortest lattice vector
         out[0].append(np.array([0])), out[1].append(np.array([0])), out[3].append(np.array([shortest]))
         out[2].append(np.array([[1, 0, 0]]))
