@@ -228,7 +228,7 @@ def test_mmdit_trained_output_depends_on_inputs(mmdit):
 
 
 def test_named_configs_are_consistent_and_roundtrip():
-    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "fine", "wide512", "gpsk300"}
+    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "fine", "wide512", "compact16", "gpsk300"}
     for cfg in CONFIGS.values():
         assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
     # the two flow candidates give every token as many dimensions as the latent numbers it carries
@@ -236,6 +236,12 @@ def test_named_configs_are_consistent_and_roundtrip():
         m = CONFIGS[name].mmdit
         assert m.hidden >= m.latent_channels * m.patch**3, name
         assert CONFIGS[name].vae == CONFIGS["default"].vae  # they adopt a default folder's VAE
+    # compact16: the default with 16 latent channels, so a default folder's VAE can be compressed into it
+    from gpsk_materials.models.growth import can_compress
+
+    compact, default = CONFIGS["compact16"], CONFIGS["default"]
+    assert can_compress(default.vae, compact.vae) and compact.mmdit.latent_channels == compact.vae.latent_channels == 16
+    assert compact.mmdit.hidden >= compact.mmdit.latent_channels * compact.mmdit.patch**3
     with pytest.raises(KeyError, match="named configs"):
         get_config("huge")
 
