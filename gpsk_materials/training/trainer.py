@@ -43,7 +43,7 @@ from gpsk_materials.datasets.splits import split_indices
 from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import ConditionBatch, ConditionStats, drop_modalities
-from gpsk_materials.models.configs import ModelConfig, check_fields, get_config
+from gpsk_materials.models.configs import ModelConfig, VAEConfig, check_fields, get_config
 from gpsk_materials.models.growth import can_compress, can_deepen, channel_pca, compress_vae, deepen_vae
 from gpsk_materials.models.io import (
     load_model_folder,
@@ -429,7 +429,7 @@ class Trainer:
                                   f"config {self.model_config.name!r}'s: it cannot be adopted")
         if self.info.is_main and start.config == self.model_config:
             write_folder_atomic(self.out / "vae", lambda tmp: shutil.copytree(folder, tmp, dirs_exist_ok=True))
-        elif self.info.is_main:  # the same VAE under another MMDiT config: rewritten as this run's VAE folder
+        elif self.info.is_main:  # the same (or compressed) VAE under this config: written as this run's VAE folder
             save_model_folder(self.out / "vae", self.model_config, vae, None, self.stats.to_dict(), None, None,
                               extra=extra)
         D.barrier(self.info)
@@ -521,7 +521,7 @@ class Trainer:
         raise CheckpointError(f"model folder {folder} holds config {theirs.name!r}, which the {stage} stage of "
                               f"config {mine.name!r} cannot start from")
 
-    def _compressed_vae(self, source: GridVAE, config, folder: Path) -> GridVAE:
+    def _compressed_vae(self, source: GridVAE, config: VAEConfig, folder: Path) -> GridVAE:
         """The folder's VAE restricted to the top principal directions of its latent channels, measured on (up to)
         the first :data:`COMPRESS_SAMPLE` training rows (:func:`~gpsk_materials.models.growth.compress_vae`); the
         same rows on every rank, so every rank builds the same weights."""
