@@ -35,6 +35,11 @@ IMPLEMENTATIONS = ("batched", "reference")
 #: (docs/results/decode_confidence.json, 2026-12-02): on 16 MP-20 test grids, clean and with 0.1 % and 1 % noise,
 #: every wrong decode had confidence 0 and every right one >= 2.7e-4 (false accepts 0/23, false rejects 0/24)
 MIN_CONFIDENCE = 1e-4
+#: a site whose radial misfit (:func:`.batched.radial_misfit`, the scattering no single element explains, in units
+#: of the assigned element's ||f||^2) exceeds this is no single atom, whatever its element margin: its confidence is
+#: 0. Right decodes of docs/results/decode_confidence.json (16 MP-20 test grids, clean, 0.1 % and 1 % noise) reach
+#: 2.8e-4 at most; a constant grid read as one Be atom has 0.049 (margin 0.056; the 10,000-grid fuzz, docs/errors.md)
+MAX_RADIAL_MISFIT = 0.01
 #: default ``min_distance_ratio``: smallest interatomic distance of a decoded structure over the sum of the two
 #: atoms' covalent radii (the strict check of :func:`gpsk_materials.checks.validity.distance_ratios`)
 MIN_DISTANCE_RATIO = 0.6
@@ -158,7 +163,7 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
         Smallest accepted decode confidence (``properties["gpsk"]["decode"]["confidence"]``, the least per-site
         ``decode_confidence`` = clip(element margin - radial misfit, 0, 1) * clip(1 - |occupancy - 1| / 0.5, 0, 1),
         the radial misfit being the site's scattering that no single element explains,
-        :func:`.batched.radial_misfit`) of a grid decoded
+        :func:`.batched.radial_misfit`; 0 where the misfit exceeds ``MAX_RADIAL_MISFIT``) of a grid decoded
         without a composition; below it the result is a ``DecodingError``, or kept and marked with
         ``keep_low_confidence``. The default ``MIN_CONFIDENCE`` and its measured false-accept / false-reject rates:
         docs/errors.md. Not applied with a given composition (the elements are then not guessed).
@@ -582,8 +587,9 @@ class ReciprocalGridDecoder(BatchedPeelingSolver, PeelingSolver, DeprecatedLastE
             misfit = np.clip(misfits[b, keep], 0, 1)
             occ = alpha[b, keep]
             # the element margin net of the scattering no single element explains (a disordered site), times the
-            # occupancy's agreement with one atom
-            confidence = np.clip(margin - misfit, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
+            # occupancy's agreement with one atom; no confidence at all past MAX_RADIAL_MISFIT
+            confidence = (np.clip(margin - misfit, 0, 1) * np.clip(1 - np.abs(occ - 1) / 0.5, 0, 1)
+                          * (misfit <= MAX_RADIAL_MISFIT))
             s = Structure(
                 lattice, numbers.tolist(), xs[b, keep],
                 site_properties={
