@@ -4,6 +4,10 @@
 #                                         # detached (setsid), the run's folder under /tmp/campaign
 #   bash tools/device_campaign.sh poll    # progress, newest export, metrics -> $OUT
 #   bash tools/device_campaign.sh wait    # poll, after waiting for the training process to end
+#   RUNS="a b" bash tools/device_campaign.sh judge   # after both runs end: CSP 200 x 1 and latent statistics (and,
+#                                         # with REC=1, VAE reconstruction) of each run's export, all results in ONE
+#                                         # file $OUT/results.tar, plus the export of the run with the best CSP as
+#                                         # $OUT/export_RUN.tar.part-* (at most 8 files / 64 MiB come back)
 # Carry: .whl (pymatgen-core, pymatgen, monty, spglib, periodictable, orjson, palettable, uncertainties, ruamel.yaml
 # wheels for cp312), .carry/data (pool.csv.gz, mp20 test.csv, mp_magnetic_orderings.csv.gz), .carry/bench (a small
 # array cache for the benchmark), .carry/baseline (the previous commit's package, for the before/after rows).
@@ -100,6 +104,29 @@ PY
       --eval-every 500 --ckpt-every 2000 --compact-checkpoints --device cuda --no-progress $OPTS ${EXTRA:-} \
       > $R/train.log 2>&1 < /dev/null &
   sleep 45; cd - >/dev/null; report
+elif [ "$mode" = judge ]; then
+  for r in ${RUNS:-a b}; do while pgrep -f "gpsk_materials.training --data /tmp/campaign_$r" >/dev/null; do sleep 5; done; done
+  mkdir -p /tmp/sh/data/mp20 /tmp/judge && cp .carry/eval/test.csv /tmp/sh/data/mp20/
+  for r in ${RUNS:-a b}; do M=/tmp/campaign_$r/run/export
+    cp /tmp/campaign_$r/run/metrics.jsonl /tmp/judge/metrics_$r.jsonl; cp /tmp/campaign_$r/train.log /tmp/judge/train_$r.log
+    cp $M/config.json /tmp/judge/export_config_$r.json
+    GPSK_SHARED_DIR=/tmp/sh PYTHONPATH=$PWD:/tmp/site MPLBACKEND=Agg python3 benchmarks/csp.py --model $M --device cuda \
+      --limit 200 --k 1 --workers 3 --out /tmp/judge/csp_$r.json > /tmp/judge/csp_$r.log 2>&1 &
+    GPSK_SHARED_DIR=/tmp/sh PYTHONPATH=$PWD:/tmp/site MPLBACKEND=Agg python3 benchmarks/latent_statistics.py --model $M \
+      --device cuda --n 40 --workers 2 --out /tmp/judge/lat_$r.json > /tmp/judge/lat_$r.log 2>&1 &
+    [ -z "${REC:-}" ] || GPSK_SHARED_DIR=/tmp/sh PYTHONPATH=$PWD:/tmp/site MPLBACKEND=Agg python3 \
+      benchmarks/vae_reconstruction.py --model $M --n 100 --n-formula 40 --device cuda --workers 3 \
+      --out /tmp/judge/vae_$r.json --per-structure /tmp/judge/vae_$r.csv > /tmp/judge/vae_$r.log 2>&1 &
+  done
+  wait
+  for f in /tmp/judge/*.log; do echo "== $f"; tail -n 3 $f | cut -c1-400; done
+  best=$(RUNS="${RUNS:-a b}" python3 -c "
+import json, os
+r = {m: json.load(open(f'/tmp/judge/csp_{m}.json')) for m in os.environ['RUNS'].split()}
+print(max(r, key=lambda m: (r[m]['match_rate_1'], r[m]['decoded'])))")
+  echo "best CSP: run $best"; tar -C /tmp/judge -cf $OUT/results.tar .
+  tar -C /tmp/campaign_$best/run -cf - export | split -b 15M - $OUT/export_$best.tar.part-
+  ls -la $OUT
 elif [ "$mode" = wait ]; then
   while pgrep -f "gpsk_materials.training --data $R" >/dev/null; do sleep 5; done
   report
