@@ -66,12 +66,13 @@ def latent_summary(z) -> dict:
 def target_conditions(cell, row, which: str):
     """The request for one target: its cell content, plus (``symmetry``) the MP space group and its crystal system,
     plus (``all``) the MP band gap, formation energy and energy above hull of its mp20 row."""
-    from gpsk_materials.models.conditioning import CRYSTAL_SYSTEMS, Conditions, crystal_system_index
+    from gpsk_materials.models.conditioning import Conditions
+    from gpsk_materials.vocabulary import crystal_system_of
 
     kw = {"composition": cell.composition}
     if which in ("symmetry", "all"):
         sg = int(row["spacegroup.number"])
-        kw.update(space_group=sg, crystal_system=CRYSTAL_SYSTEMS[int(crystal_system_index(sg))])
+        kw.update(space_group=sg, crystal_system=crystal_system_of(sg))
     if which == "all":
         kw.update(band_gap=float(row["band_gap"]), formation_energy=float(row["formation_energy_per_atom"]),
                   e_above_hull=float(row["e_above_hull"]))
