@@ -95,8 +95,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     cond_dropout: float = 0.1
-    cond_drop_all: float = 0.0
-    cond_composition_only: float = 0.0
+    cond_drop_all: float = 0.1
+    cond_composition_only: float = 0.3
     timestep_schedule: str = "logit_normal"
     val_fraction: float = 0.05
     split_by: str = "material_id"
