@@ -331,6 +331,51 @@ def test_vae_shell_weight_adds_the_shell_term_and_old_checkpoints_still_resume(c
         Trainer(cache, out, _cfg(vae_steps=6, ckpt_every=3, vae_shell_weight=0.5), progress=False).run(resume=True)
 
 
+def test_jittered_grids_move_every_site_by_the_set_distance_and_the_jitter_term_trains(cache, tmp_path):
+    """--vae-jitter-weight: the displaced copies are the rows' own crystals with every site moved by exactly
+    --vae-jitter Å (same lattice), the term is 0 for identical latents and 1 for unrelated ones, and a run with
+    it logs the term on train and validation rows."""
+    from gpsk_materials.representations.reciprocal import featurize_batch
+    from gpsk_materials.training.trainer import jitter_distance
+
+    cfg = _cfg(vae_steps=3, flow_steps=0, vae_jitter=0.2, vae_jitter_weight=1.0)
+    trainer = Trainer(cache, tmp_path / "jitter", cfg, progress=False)
+    idx = torch.arange(3)
+    lattice, frac = trainer.lattice[idx], trainer.frac[idx]
+    seen = {}
+
+    def spy(lat, fr, numbers, occupancy):
+        seen["frac"] = fr
+        return featurize_batch(lat, fr, numbers, occupancy)
+
+    import gpsk_materials.representations.reciprocal as reciprocal
+
+    original = reciprocal.featurize_batch
+    reciprocal.featurize_batch = spy
+    try:
+        moved = trainer.jittered_grids(idx)
+    finally:
+        reciprocal.featurize_batch = original
+    step = torch.einsum("bnf,bfc->bnc", seen["frac"] - frac, lattice)
+    real = trainer.occupancy[idx] > 0
+    assert torch.allclose(step.norm(dim=-1)[real], torch.full_like(step.norm(dim=-1)[real], 0.2), atol=1e-4)
+    clean = trainer.grids(idx)
+    assert moved.shape == clean.shape and not torch.allclose(moved[:, :2], clean[:, :2], atol=1e-3)
+    assert torch.allclose(moved[:, 2], clean[:, 2])  # the metric channel depends on the lattice alone
+
+    g = torch.Generator().manual_seed(0)
+    z, other = torch.randn(2, 64, 8, 4, 4, 4, generator=g)
+    assert float(jitter_distance(torch.cat([z, z]), 64)) == 0.0
+    assert abs(float(jitter_distance(torch.cat([z, other]), 64)) - 1.0) < 0.05
+
+    assert trainer.run() == "done"
+    rows = [r for r in MetricsLog(tmp_path / "jitter" / "metrics.jsonl").read() if r["stage"] == "vae"]
+    assert {r["split"] for r in rows if "jitter" in r} == {"train", "val"}
+    assert all(np.isfinite(r["jitter"]) and r["jitter"] >= 0 for r in rows if "jitter" in r)
+    with pytest.raises(ValueError, match="vae_jitter"):
+        _cfg(vae_jitter=0.0, vae_jitter_weight=1.0).check()
+
+
 def test_a_deeper_vae_grows_from_a_trained_one_and_computes_the_same(cache, tmp_path, monkeypatch):
     """--model with more VAE blocks per level + --init-weights: the grown VAE starts exactly where the trained one
     was (added residual blocks are identities), then trains; any other config change is refused."""

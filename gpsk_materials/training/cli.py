@@ -44,6 +44,10 @@ _HELP = {
                      "shows it)",
     "cond_composition_only": "share of flow training rows that keep only their composition (the request of crystal "
                              "structure prediction)",
+    "vae_jitter": "displacement in Å of every site in the copies --vae-jitter-weight compares (the setting held fixed)",
+    "vae_jitter_weight": "weight of the VAE term that keeps the latent of a crystal with every site displaced by "
+                         "--vae-jitter Å close to the crystal's own (relative to the spread of the batch's latents; "
+                         "benchmarks/latent_smoothness.py measures it); each VAE step then encodes both",
     "vae_shell_weight": "weight of the VAE's per-shell log-power term (GridVAE.shell_log_power_error), which keeps "
                         "the form-factor fall-off that tells elements apart",
 }

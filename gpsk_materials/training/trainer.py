@@ -112,6 +112,8 @@ class TrainConfig:
     export_minutes: float | None = None
     channels_last: bool = False
     vae_shell_weight: float = 0.0
+    vae_jitter: float = 0.05
+    vae_jitter_weight: float = 0.0
     anneal_to_deadline: bool = False
 
     def check(self) -> None:
@@ -132,6 +134,9 @@ class TrainConfig:
             raise ConfigError(f"export_minutes must be > 0, got {self.export_minutes}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (self.vae_jitter > 0 and self.vae_jitter_weight >= 0):
+            raise ConfigError(f"vae_jitter must be > 0 and vae_jitter_weight >= 0, got {self.vae_jitter} and "
+                              f"{self.vae_jitter_weight}")
 
 
 def cache_fingerprint(cache: ArrayCache) -> str:
@@ -260,6 +265,19 @@ class Trainer:
 
         with torch.autocast(self.device.type, enabled=False):  # the featurizer needs full precision
             return featurize_batch(self.lattice[idx], self.frac[idx], self.numbers[idx], self.occupancy[idx])
+
+    def jittered_grids(self, idx: Tensor) -> Tensor:
+        """The grids of cache rows ``idx`` with every site displaced by ``TrainConfig.vae_jitter`` Å in a random
+        direction (drawn from the trainer's generator) -> (B, 3, 32, 32, 32), the setting held fixed."""
+        from gpsk_materials.representations.reciprocal import featurize_batch
+
+        lattice, frac = self.lattice[idx], self.frac[idx]
+        step = torch.randn(frac.shape, generator=self.gen, device=frac.device, dtype=frac.dtype)
+        step = self.cfg.vae_jitter * step / step.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        # Cartesian rows r = f L, so a Cartesian step d is the fractional step d L^-1
+        frac = frac + torch.linalg.solve(lattice.transpose(-1, -2), step.transpose(-1, -2)).transpose(-1, -2)
+        with torch.autocast(self.device.type, enabled=False):
+            return featurize_batch(lattice, frac, self.numbers[idx], self.occupancy[idx])
 
     def conditions(self, idx: Tensor) -> ConditionBatch:
         return ConditionBatch.from_labels(
@@ -631,10 +649,17 @@ class Trainer:
         with torch.autocast(**self.autocast):
             if stage == "vae":
                 grid = self.grids(idx)
+                jitter = self.cfg.vae_jitter_weight > 0
+                if jitter:  # one forward pass over the rows and their displaced copies (one DDP forward per step)
+                    grid = torch.cat([grid, self.jittered_grids(idx)])
                 if self.cfg.channels_last:
                     grid = grid.contiguous(memory_format=torch.channels_last_3d)
                 recon, post = wrapped(grid, self.gen, check_finite=False)
                 loss, parts = model.loss_from(grid, recon, post, self.cfg.vae_shell_weight)
+                if jitter:
+                    parts["jitter"] = jitter_distance(post.mean, len(idx))
+                    loss = loss + self.cfg.vae_jitter_weight * parts["jitter"]
+                    parts["jitter"] = parts["jitter"].detach()
             else:
                 loss, parts = self._flow_loss(wrapped, idx, flow_ctx, dropout=True)
         opt.zero_grad(set_to_none=True)
@@ -778,6 +803,9 @@ class Trainer:
                     grid = self.grids(idx)
                     post = model.encode(grid)
                     loss, parts = model.loss_from(grid, model.decode(post.mean), post, self.cfg.vae_shell_weight)
+                    if self.cfg.vae_jitter_weight > 0:
+                        parts["jitter"] = jitter_distance(
+                            torch.cat([post.mean, model.encode(self.jittered_grids(idx)).mean]), len(idx))
                 else:
                     loss, parts = self._flow_loss(model, idx, flow_ctx, dropout=False, gen=gen)
             n = len(idx)
@@ -785,6 +813,17 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
         self.log.write({"stage": stage, "split": "val", "step": self.step, **{k: v / count for k, v in totals.items()}})
+
+
+def jitter_distance(mean: Tensor, n: int) -> Tensor:
+    """Mean squared distance between the posterior means of ``n`` rows (``mean[:n]``) and of their displaced copies
+    (``mean[n:]``), as a share of the mean squared distance between two different rows' latents (twice their
+    per-entry variance over the batch, detached, so the term cannot be lowered by shrinking every latent): 0 = the
+    latent ignores a displacement of ``TrainConfig.vae_jitter`` Å, 1 = it moves as far as to another crystal's
+    latent (``benchmarks/latent_smoothness.py`` measures the root of the same kind of ratio after training)."""
+    clean, moved = mean[:n].float(), mean[n:].float()
+    spread = clean.var(dim=0, unbiased=False).mean().detach().clamp_min(1e-12)
+    return (moved - clean).pow(2).mean() / (2 * spread)
 
 
 def config_from_args(args: Any) -> TrainConfig:
