@@ -7,7 +7,8 @@
 #   RUNS="a b" bash tools/device_campaign.sh judge   # after both runs end: CSP 200 x 1 and latent statistics (and,
 #                                         # with REC=1, VAE reconstruction) of each run's export, all results in ONE
 #                                         # file $OUT/results.tar, plus the export of the run with the best CSP as
-#                                         # $OUT/export_RUN.tar.part-* (at most 8 files / 64 MiB come back)
+#                                         # $OUT/export_RUN.tar.part-* (every run's when they fit in 8 files /
+#                                         # 64 MiB, else the best run's; EXPORTS=best forces the latter)
 # Carry: .whl (pymatgen-core, pymatgen, monty, spglib, periodictable, orjson, palettable, uncertainties, ruamel.yaml
 # wheels for cp312), .carry/data (pool.csv.gz, mp20 test.csv, mp_magnetic_orderings.csv.gz), .carry/bench (a small
 # array cache for the benchmark), .carry/baseline (the previous commit's package, for the before/after rows).
@@ -117,6 +118,8 @@ elif [ "$mode" = judge ]; then
     [ -z "${REC:-}" ] || GPSK_SHARED_DIR=/tmp/sh PYTHONPATH=$PWD:/tmp/site MPLBACKEND=Agg python3 \
       benchmarks/vae_reconstruction.py --model $M --n 100 --n-formula 40 --device cuda --workers 3 \
       --out /tmp/judge/vae_$r.json --per-structure /tmp/judge/vae_$r.csv > /tmp/judge/vae_$r.log 2>&1 &
+    GPSK_SHARED_DIR=/tmp/sh PYTHONPATH=$PWD:/tmp/site MPLBACKEND=Agg python3 benchmarks/latent_smoothness.py --model $M \
+      --device cuda --n 40 --out /tmp/judge/smooth_$r.json > /tmp/judge/smooth_$r.log 2>&1 &
   done
   wait
   for f in /tmp/judge/*.log; do echo "== $f"; tail -n 3 $f | cut -c1-400; done
@@ -125,7 +128,10 @@ import json, os
 r = {m: json.load(open(f'/tmp/judge/csp_{m}.json')) for m in os.environ['RUNS'].split()}
 print(max(r, key=lambda m: (r[m]['match_rate_1'], r[m]['decoded'])))")
   echo "best CSP: run $best"; tar -C /tmp/judge -cf $OUT/results.tar .
-  tar -C /tmp/campaign_$best/run -cf - export | split -b 15M - $OUT/export_$best.tar.part-
+  # every run's export comes back when they fit (8 files, 64 MiB); otherwise the best run's alone
+  size=0; for r in ${RUNS:-a b}; do size=$((size + $(du -sm /tmp/campaign_$r/run/export | cut -f1))); done
+  if [ "${EXPORTS:-all}" = all ] && [ "$size" -le 56 ]; then keep="${RUNS:-a b}"; else keep=$best; fi
+  for r in $keep; do tar -C /tmp/campaign_$r/run -cf - export | split -b 15M - $OUT/export_$r.tar.part-; done
   ls -la $OUT
 elif [ "$mode" = wait ]; then
   while pgrep -f "gpsk_materials.training --data $R" >/dev/null; do sleep 5; done
