@@ -13,8 +13,10 @@ then featurized (canonical cell, as in training), encoded by the VAE (posterior 
 flow sees it) and compared with the unperturbed crystal's latent. Distances are root-mean-square over all
 entries; every row is also divided by the median distance between the latents of *different* test crystals (1 =
 as far as another crystal). The same ratios are reported for the grids' Re/Im channels (the representation before
-the VAE) and per shell of |s| for the grids, which shows where a displacement moves the structure factor: the
-phase of F(hkl) turns by 2 pi h.u for a displacement u, so high-|s| reflections move first.
+the VAE) and, for the grids, per quartile of 1/d^2 (the metric channel; pooled over all crystals, so crystals whose
+canonical setting jumped dominate it), which shows where a displacement moves the structure factor: the phase of
+F(hkl) turns by 2 pi h.u for a displacement u, so high-|s| reflections move first. ``--fixed-setting`` perturbs the
+canonical cell and featurizes without re-canonicalizing, so only the physical change moves the grid.
 
 A displacement of 0.05 Å is well inside what StructureMatcher (stol 0.5) calls the same crystal, so a ratio near 1
 there means the flow must treat one crystal's neighbourhood as spread over the whole latent space.
