@@ -266,13 +266,15 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=False):  # the featurizer needs full precision
             return featurize_batch(self.lattice[idx], self.frac[idx], self.numbers[idx], self.occupancy[idx])
 
-    def jittered_grids(self, idx: Tensor) -> Tensor:
+    def jittered_grids(self, idx: Tensor, gen: torch.Generator | None = None) -> Tensor:
         """The grids of cache rows ``idx`` with every site displaced by ``TrainConfig.vae_jitter`` Å in a random
-        direction (drawn from the trainer's generator) -> (B, 3, 32, 32, 32), the setting held fixed."""
+        direction (drawn from ``gen``, default the trainer's generator) -> (B, 3, 32, 32, 32), the setting held
+        fixed."""
         from gpsk_materials.representations.reciprocal import featurize_batch
 
         lattice, frac = self.lattice[idx], self.frac[idx]
-        step = torch.randn(frac.shape, generator=self.gen, device=frac.device, dtype=frac.dtype)
+        step = torch.randn(frac.shape, generator=self.gen if gen is None else gen, device=frac.device,
+                           dtype=frac.dtype)
         step = self.cfg.vae_jitter * step / step.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         # Cartesian rows r = f L, so a Cartesian step d is the fractional step d L^-1
         frac = frac + torch.linalg.solve(lattice.transpose(-1, -2), step.transpose(-1, -2)).transpose(-1, -2)
@@ -805,7 +807,8 @@ class Trainer:
                     loss, parts = model.loss_from(grid, model.decode(post.mean), post, self.cfg.vae_shell_weight)
                     if self.cfg.vae_jitter_weight > 0:
                         parts["jitter"] = jitter_distance(
-                            torch.cat([post.mean, model.encode(self.jittered_grids(idx)).mean]), len(idx))
+                            torch.cat([post.mean, model.encode(self.jittered_grids(idx, gen)).mean]), len(idx))
+                        loss = loss + self.cfg.vae_jitter_weight * parts["jitter"]
                 else:
                     loss, parts = self._flow_loss(model, idx, flow_ctx, dropout=False, gen=gen)
             n = len(idx)
