@@ -100,7 +100,8 @@ SAMPLING_PRECISION = "fp32"
 #: the compiled step equals the eager one within float rounding (tests/test_decoder_speed_paths.py; issue 15)
 SAMPLER_COMPILE = "none"
 
-#: ``CrystalGenerator(pipeline=)``: decode sampler batch i on a worker thread while batch i + 1 is sampled. Off until
-#: measured where it pays: on the 2-core CPU both stages already use both cores (docs/benchmarks.md, issue 15); on a
-#: GPU the decoder's worker runs on its own CUDA stream beside the sampler
+#: ``CrystalGenerator(pipeline=)``: decode sampler batch i on a worker thread while batch i + 1 is sampled. Off: on
+#: the 2-core CPU both stages already use both cores, and on one H200 it lost in every configuration (0.78-0.98x of
+#: the same run unpipelined, 3 x 1,024 structures, 2026-12-02): the worker and the sampler contend for the Python
+#: interpreter and the GPU (docs/benchmarks.md, "The same code on one H200"; issue 15)
 PIPELINE = False
