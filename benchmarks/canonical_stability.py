@@ -55,31 +55,24 @@ def _score(c: np.ndarray, w: np.ndarray) -> float:
 
 def setting(rule: str, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> np.ndarray:
     """Canonical fractional coordinates of a reduced cell under ``rule`` (see the module docstring)."""
-    from gpsk_materials.representations.canonical import _PROPER_SIGNED_PERMUTATIONS, canonical_setting
+    from gpsk_materials.representations.canonical import candidate_settings, canonical_setting
 
     if rule == "lexicographic":
         return canonical_setting(lattice, frac, numbers)
-    metric = lattice @ lattice.T
-    scale = np.abs(metric).max()
-    ops = [m for m in _PROPER_SIGNED_PERMUTATIONS if np.allclose(m.T @ metric @ m, metric, atol=1e-5 * scale)]
-    if rule == "smooth":
-        species, counts = np.unique(numbers, return_counts=True)
-        anchors = np.flatnonzero(numbers == species[counts == counts.min()].max())
-    else:
-        anchors = np.arange(len(numbers))
     z = numbers.astype(float)
+    anchors = None if rule == "smooth" else np.arange(len(numbers))
     best = None
-    for m in ops:
-        rot = frac @ m
-        for a in anchors:
-            c = (rot - rot[a]) % 1.0
-            s = _score(c, z) if rule == "smooth" else _score(c, np.ones_like(z)) + 1e-3 * _score(c, z)
-            if best is None or s > best[0] + 1e-9:
-                best = (s, c)
+    for coords in candidate_settings(lattice, frac, numbers, anchors):
+        c = coords % 1.0
+        s = _score(c, z) if rule == "smooth" else _score(c, np.ones_like(z)) + 1e-3 * _score(c, z)
+        if best is None or s > best[0] + 1e-9:
+            best = (s, c)
     return best[1]
 
 
 def reduced(structure):
+    """The cell :func:`~gpsk_materials.representations.canonical.canonical_structure` chooses a setting of
+    (primitive at its default tolerance, Niggli-reduced)."""
     return structure.get_primitive_structure(tolerance=0.02).get_reduced_structure("niggli")
 
 

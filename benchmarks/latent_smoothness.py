@@ -91,10 +91,7 @@ def main(argv=None) -> int:
         return g, z, [e is None for e in errors]
 
     base_g, base_z, ok = encode(structures)
-    if not all(ok):
-        keep = [s for s, o in zip(structures, ok) if o]
-        structures = keep
-        base_g, base_z, _ = encode(structures)
+    structures = [s for s, o in zip(structures, ok) if o]  # the grids of the others were left out of base_g
     n = len(structures)
     # distance between different crystals: each to the next one (a fixed pairing)
     other = torch.roll(torch.arange(n), 1)
@@ -122,7 +119,7 @@ def main(argv=None) -> int:
         jumped = float((dz > 0.5 * ref_z).float().mean())
         rows.append({"displacement_A": d, "strain": e, "share_moved_over_half_the_distance": jumped,
                      "latent_rms_median": float(dz.median()), "latent_ratio_median": float(dz.median()) / ref_z,
-                     "latent_ratio_q10_q90": [float(x) / ref_z for x in torch.quantile(dz, torch.tensor([0.1, 0.9]))],
+                     "latent_ratio_q10_q90": [float(x) / ref_z for x in torch.quantile(dz, torch.tensor([0.1, 0.9], device=dz.device))],
                      "grid_ratio_median": float(dg.median()) / ref_g,
                      "grid_ratio_by_metric_quartile": shells})
         print(f"displacement {d:5.3f} A, strain {e:5.3f}: latent moves {rows[-1]['latent_ratio_median']:.3f} of the "

@@ -116,22 +116,32 @@ def _canonical_key(frac: np.ndarray, numbers: np.ndarray) -> np.ndarray:
     return np.column_stack([numbers[order], wrapped[order]]).ravel(), wrapped
 
 
-def canonical_setting(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-    """Return fractional coordinates in the canonical setting and origin of a (reduced) cell; the lattice
-    matrix is unchanged because every candidate setting has the same metric."""
+def candidate_settings(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, anchors: np.ndarray | None = None):
+    """Yield the fractional coordinates (N, 3), not wrapped, of a reduced cell in every candidate setting and origin:
+    each proper signed axis permutation M that leaves the metric unchanged (x' = M^T x), with the origin moved to
+    each site of ``anchors`` (default: the sites of the rarest species, ties to the heaviest). The lattice matrix is
+    the same for every candidate."""
     metric = lattice @ lattice.T
     scale = np.abs(metric).max()
     ops = [m for m in _PROPER_SIGNED_PERMUTATIONS if np.allclose(m.T @ metric @ m, metric, atol=1e-5 * scale)]
-    species, counts = np.unique(numbers, return_counts=True)
-    rarest = species[counts == counts.min()].max()
-    anchors = np.flatnonzero(numbers == rarest)
-    best_key, best = None, None
+    if anchors is None:
+        species, counts = np.unique(numbers, return_counts=True)
+        anchors = np.flatnonzero(numbers == species[counts == counts.min()].max())
     for m in ops:
         rotated = frac @ m  # x' = M^T x for row vectors
         for a in anchors:
-            key, wrapped = _canonical_key(rotated - rotated[a], numbers)
-            if best_key is None or tuple(key) < tuple(best_key):
-                best_key, best = key, wrapped
+            yield rotated - rotated[a]
+
+
+def canonical_setting(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    """Return fractional coordinates in the canonical setting and origin of a (reduced) cell: among
+    :func:`candidate_settings`, the one with the smallest key of sorted (species, wrapped coordinates). The lattice
+    matrix is unchanged because every candidate setting has the same metric."""
+    best_key, best = None, None
+    for coords in candidate_settings(lattice, frac, numbers):
+        key, wrapped = _canonical_key(coords, numbers)
+        if best_key is None or tuple(key) < tuple(best_key):
+            best_key, best = key, wrapped
     return best
 
 
