@@ -406,3 +406,16 @@ def test_pipelined_run_equals_sampling_then_decoding(tiny_model_dir, rock_salt_d
             np.testing.assert_allclose(s.frac_coords, t.frac_coords, rtol=0, atol=1e-9)
             assert [e.symbol for e in s.species] == [e.symbol for e in t.species]
     assert CrystalGenerator.from_dict(piped.as_dict()).pipeline
+
+
+def test_own_decoder_chunk_follows_the_device_and_a_given_decoder_keeps_its_own(tiny_model_dir):  # noqa: F811
+    from gpsk_materials.representations.decoding import ReciprocalGridDecoder
+
+    assert generator_module._decode_chunk("cuda") == generator_module.GPU_DECODE_BATCH_SIZE == 256
+    assert generator_module._decode_chunk(torch.device("cpu")) == generator_module.CPU_DECODE_BATCH_SIZE
+    own = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+    assert own.decoder.batch_size == generator_module.CPU_DECODE_BATCH_SIZE
+    own.decoder.batch_size = 3
+    assert own.to("cpu").decoder.batch_size == generator_module.CPU_DECODE_BATCH_SIZE
+    given = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4, decoder=ReciprocalGridDecoder(batch_size=5))
+    assert given.to("cpu").decoder.batch_size == 5

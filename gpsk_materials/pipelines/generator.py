@@ -56,10 +56,21 @@ DEFAULT_MAX_SITES = 20
 #: sampler batch when none is set: small on the CPU (a lone request pays for a whole padded batch), large on GPUs
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 64
+#: grids per closed-form decoder chunk on CUDA: the batched decoder is launch-bound there, so a chunk costs nearly the
+#: same time at 64 and 256 grids (one H200, 1,024 MP-20 test grids, composition given: 228 grids/s at 64, 729 at 256,
+#: 755 at 1,024; docs/benchmarks.md, "Decoder chunk size on the GPU"); 256 keeps the chunk's memory modest
+GPU_DECODE_BATCH_SIZE = 256
+#: the same on the CPU, where the batched decoder's time grows with the chunk
+CPU_DECODE_BATCH_SIZE = 16
 #: residual bound of the default decoder: a generated grid is a sample, not an exact featurization (0.3 is the
 #: bound for exact grids); candidates are ranked by it and the checks after decoding judge the structure
 GENERATED_MAX_RESIDUAL = 0.5
 _GRID_PREFIX = re.compile(r"^grid \d+: ")
+
+
+def _decode_chunk(device: torch.device | str) -> int:
+    """Grids per decoder chunk of the generator's own decoder on ``device``."""
+    return GPU_DECODE_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_DECODE_BATCH_SIZE
 
 
 def default_model_dir() -> Path:
@@ -203,9 +214,10 @@ class CrystalGenerator(MSONable):
         # a generated grid is judged by the checks after decoding: a decode the decoder cannot vouch for (low
         # confidence of an inferred composition, implausibly close atoms) is kept, marked low_confidence, and named
         # in the results table's flags column
+        self._own_decoder = decoder is None  # its chunk size then follows the device (see ``to``)
         self.decoder = decoder if decoder is not None else ReciprocalGridDecoder(
             max_sites=self.max_sites, max_residual=GENERATED_MAX_RESIDUAL, keep_low_confidence=True,
-            batch_size=GPU_BATCH_SIZE if self.device.type == "cuda" else 16)
+            batch_size=_decode_chunk(self.device))
         self.decoder.to(str(self.device))
         self._potential = potential if isinstance(potential, Potential) else None
         self.potential_spec = potential.spec if isinstance(potential, Potential) else potential
@@ -269,6 +281,8 @@ class CrystalGenerator(MSONable):
         self.model.vae.to(device)
         self.model.mmdit.to(device)
         self.decoder.to(str(device))
+        if self._own_decoder:
+            self.decoder.batch_size = _decode_chunk(device)
         if self._potential is not None:
             self._potential.to(device)
         return self
