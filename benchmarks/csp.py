@@ -19,6 +19,20 @@ gets; ``match_rate_k`` equals it).
 
     python benchmarks/csp.py --device cuda --limit 200 --k 20 --rank volume_scan --out results/csp_ranked_20.json
 
+``--method prototypes`` answers the same requests without the model: the ``--k`` best templates of
+:class:`gpsk_materials.prototypes.PrototypeSubstitutor` (the nearest training crystal of the same stoichiometry and
+site count on Pettifor's chemical scale, its elements substituted, its volume from pymatgen's RLSVolumePredictor)
+are the predictions, in rank order. The library is the flow's own training set, from which every test material was
+removed by id and by structure, so its remaining crystals of a target's own formula are other polymorphs;
+``--own-formula`` lets them serve as templates too (by default they do not: the request is then a new composition,
+as in CSP).
+
+    python benchmarks/csp.py --method prototypes --limit 200 --k 20 --out results/csp_prototypes.json
+
+With ``--rank`` and ``--prototypes K`` each request's ``--k`` model candidates are joined by the K best templates
+(``GenerationRequest.prototypes``) and the checks pick the one returned from all of them: what
+``gpsk generate --best-of k --prototypes K --checks volume_scan`` gives a user.
+
 ``--targets mp20/train.csv`` asks for crystals the model was trained on (every material of that file is in the
 training pool): the gap between it and the test split separates a flow that cannot fit its data from one that fits
 but does not generalize (issue 14, item 1).
@@ -44,6 +58,7 @@ TEST_CSV = "mp20/test.csv"
 
 
 def main(argv=None) -> int:
+    from gpsk_materials import provenance
     from gpsk_materials.evaluation import csp_metrics
     from gpsk_materials.vocabulary import integer_counts
 
@@ -57,15 +72,31 @@ def main(argv=None) -> int:
                    help="none: every candidate is a prediction (best of k); otherwise the post-checks pick one of k")
     p.add_argument("--projection", type=float, default=0.0,
                    help="re-enter each sample into the flow at this time after the decoder's projection (0 = off)")
+    p.add_argument("--method", choices=("flow", "prototypes"), default="flow",
+                   help="flow: the model's samples; prototypes: substituted training crystals (no model)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps of the sampler (default: the request's)")
+    p.add_argument("--prototypes", type=int, default=0, metavar="K",
+                   help="with --rank: each request also takes the K best prototype templates as candidates "
+                        "(GenerationRequest.prototypes), ranked with the model's; the returned one is matched")
+    p.add_argument("--own-formula", action="store_true",
+                   help="--method prototypes: crystals of the target's own reduced formula may serve as templates")
     args = p.parse_args(argv)
     print(f"NOTE: {args.targets} is a partial MP-20 split (shared/data/SOURCES.md); "
           "results are not comparable with published MP-20 numbers.")
     targets, df = read_structures(args.targets, limit=args.limit, workers=args.workers)
     target_ids = [str(m) for m in df["material_id"]]
+    if args.method == "prototypes":
+        return prototype_csp(args, targets, target_ids)
     gen = load_generator(args)
     ranked = args.rank != "none"
     per_request = {"n": 1, "best_of": args.k} if ranked else {"n": args.k}
     per_request["projection"] = args.projection
+    if args.steps is not None:
+        per_request["steps"] = args.steps
+    if args.prototypes:
+        if not ranked:
+            p.error("--prototypes needs --rank (the checks choose among the model's and the prototypes' candidates)")
+        per_request["prototypes"] = args.prototypes
     # the target's cell content, as given (formula_units set, so the generator does not choose Z)
     requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request,
                  "formula_units": integer_counts(t.composition.get_el_amt_dict())[1]} for t in targets]
@@ -88,7 +119,9 @@ def main(argv=None) -> int:
     result = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid)
     summary = result.summary()
     n_dec = sum(r.decoded for r in results)
+    from_prototypes = sum(bool(provenance.read(s, "prototype")) for r in results for s in r.structures)
     extra = {"split": f"{args.targets} (partial)", "rank": args.rank, "candidates_per_target": args.k,
+             "prototypes_per_target": args.prototypes, "returned_from_prototypes": from_prototypes,
              "projection": args.projection, "projected": sum(len(r.projected) for r in results),
              "generated": len(targets) * args.k, "decoded": n_dec,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
@@ -101,6 +134,41 @@ def main(argv=None) -> int:
               f"{summary['match_rate_1']:.4f}")
     else:
         print(f"match rate best of {args.k} {summary['match_rate_k']:.4f}  RMSE {summary['rmse_k']:.4f}")
+    write_summary(args.out, {**summary, **extra})
+    return 0
+
+
+def prototype_csp(args, targets, target_ids) -> int:
+    """``--method prototypes``: the ``--k`` best substituted templates of each target's cell content."""
+    from gpsk_materials.evaluation import csp_metrics
+    from gpsk_materials.prototypes import PrototypeLibrary, PrototypeSubstitutor
+    from gpsk_materials.vocabulary import integer_counts
+
+    library = PrototypeLibrary.load()
+    t0 = time.perf_counter()
+    preds, pred_ids, pred_valid, found, distances = [], [], [], 0, []
+    for tid, target in zip(target_ids, targets):
+        own = [] if args.own_formula else [target.composition.reduced_formula]
+        sub = PrototypeSubstitutor(library, exclude_formulas=own)
+        z = integer_counts(target.composition.get_el_amt_dict())[1]
+        got = sub.get_structures(target.composition.reduced_composition, n=args.k, formula_units=z)
+        found += bool(got)
+        distances += [s.properties["gpsk"]["prototype"]["pettifor_distance"] for s in got[:1]]
+        for j in range(args.k):
+            s = got[j] if j < len(got) else None
+            preds.append(s if s is not None else target)  # placeholder: invalid predictions are never matched
+            pred_ids.append(f"{tid}__{j}")
+            pred_valid.append(s is not None and all(is_valid(s)))
+    seconds = time.perf_counter() - t0
+    target_valid = [all(is_valid(t)) for t in targets]
+    summary = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid).summary()
+    extra = {"split": f"{args.targets} (partial)", "method": "prototypes", "own_formula": args.own_formula,
+             "candidates_per_target": args.k, "library_crystals": len(library), "targets_with_a_template": found,
+             "median_pettifor_distance_top1": float(sorted(distances)[len(distances) // 2]) if distances else None,
+             "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
+             "seconds_generation": seconds, "device": "cpu"}
+    print(f"{len(targets)} targets: {found} with a template; match rate top 1 {summary['match_rate_1']:.4f}, "
+          f"best of {args.k} {summary['match_rate_k']:.4f} ({seconds:.1f} s)")
     write_summary(args.out, {**summary, **extra})
     return 0
 

@@ -9,6 +9,8 @@ Sections (each a plain JSON dictionary):
 ``checks``  the post-checks of a generated structure: ``run`` (the checks run) and ``results``
 ``request`` the generation request as asked and how the structure was drawn (seed, sample, rank, candidates)
 ``model``   the weights that generated it (``name``, ``path``, ``hash``) and the ``device``
+``prototype`` a candidate substituted from a known crystal (:mod:`gpsk_materials.prototypes`): the template's
+            ``material_id`` and ``formula``, the ``pettifor_distance``, the element ``mapping``, ``volume``
 ``diffraction`` a structure solved from a powder pattern: ``rwp``, ``rp``, ``agreement``, the refined
             parameters and lattice, ``rank`` (:mod:`gpsk_materials.diffraction.solve`)
 =========== ===============================================================================================
@@ -23,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 KEY = "gpsk"
-SECTIONS = ("request", "model", "decode", "scores", "checks", "diffraction")
+SECTIONS = ("request", "model", "decode", "scores", "checks", "prototype", "diffraction")
 
 
 def _props(obj: Any) -> dict:

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--projection", type=_flow_time, default=PROJECTION_TIME, metavar="T",
                    help="re-enter each sample into the flow at time T (0 <= T < 1, 0 = off, the default) after the "
                    "decoder has projected it onto the requested atoms (docs/generator.md)")
+    p.add_argument("--prototypes", type=int, default=0, metavar="K",
+                   help="also take the K nearest known crystals of the same stoichiometry, their elements "
+                   "substituted (gpsk_materials.prototypes), as candidates ranked with the model's (default 0)")
     add(p, "checks")
     p.add_argument("--volume-scan", action="store_true", help="add the volume-scan check (as --checks volume_scan)")
     p.add_argument("--relax", action="store_true", help="add the relaxation check (as --checks relax)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     shared = Conditions(**{m: getattr(args, m) for m in MODALITIES[1:]})
     requests = [
         GenerationRequest(f, args.n, conditions=shared, guidance=args.guidance, steps=args.steps, best_of=args.best_of,
-                          formula_units=args.formula_units, projection=args.projection)
+                          formula_units=args.formula_units, projection=args.projection, prototypes=args.prototypes)
         for f in args.formulas
     ]
     checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,7 @@ class CrystalGenerator(MSONable):
         seed: int | None = None,
         best_of: int = 1,
         formula_units: int | None = None,
+        prototypes: int = 0,
         checks: str | Iterable[str] | None = DEFAULT_CHECKS,
         output: str = "structure",
         progress: bool | None = None,
@@ -418,7 +419,15 @@ class CrystalGenerator(MSONable):
         its refinement in ``properties["gpsk"]["diffraction"]``; ``pattern_guidance`` > 0 also guides the sampler
         toward the pattern (:func:`gpsk_materials.diffraction.solve.solve_pattern`, docs/diffraction.md).
         ``guidance_terms`` are further sampler guidance terms (:mod:`gpsk_materials.diffraction.guidance`).
+
+        ``prototypes=K`` adds the K nearest known crystals of the composition, their elements substituted
+        (:mod:`gpsk_materials.prototypes`), to the model's candidates; all are ranked by the checks together
+        (``GenerationRequest.prototypes``, docs/generator.md "Prototypes"). Not combined with ``diffraction`` yet:
+        :class:`ConditioningError` if both are given.
         """
+        if diffraction is not None and prototypes:
+            raise ConditioningError("prototypes= is not combined with diffraction= yet: solve from the model's "
+                                    "candidates, or refine PrototypeSubstitutor structures yourself")
         if diffraction is not None:
             from gpsk_materials.diffraction.solve import solve_pattern
 
@@ -427,7 +436,7 @@ class CrystalGenerator(MSONable):
                                  pattern_guidance=pattern_guidance, guidance_terms=guidance_terms, output=output,
                                  formula_units=formula_units, **conditions).structures
         request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of,
-                                    formula_units=formula_units, **conditions)
+                                    formula_units=formula_units, prototypes=prototypes, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress,
                           guidance_terms=guidance_terms)[0]
         return result.raise_for_error().structures
@@ -533,6 +542,8 @@ class CrystalGenerator(MSONable):
             if any(r.request.projection > 0 for r in resolved):
                 grids = self._project(resolved, grids, results, progress)
             decoded = self._decode(resolved, grids, progress)
+        if any(r.request.prototypes for r in resolved):
+            decoded = self._add_prototypes(resolved, decoded)
         for r, g, d in tqdm(list(zip(resolved, grids, decoded)), desc="checks", unit="request",
                             disable=not progress or len(resolved) < 2 or flags == frozenset()):
             res = results[r.index]
@@ -713,6 +724,32 @@ class CrystalGenerator(MSONable):
                     results[resolved[k].index].projected.append(j)
         return out
 
+    @property
+    def prototype_substitutor(self):
+        """The :class:`~gpsk_materials.prototypes.PrototypeSubstitutor` of ``request.prototypes`` (the shipped
+        library, the model's training crystals), loaded on first use."""
+        if getattr(self, "_prototype_substitutor", None) is None:
+            from gpsk_materials.prototypes import PrototypeSubstitutor
+
+            self._prototype_substitutor = PrototypeSubstitutor()
+        return self._prototype_substitutor
+
+    def _add_prototypes(self, resolved: Sequence[ResolvedRequest], decoded: list) -> list:
+        """Stage 3b: each request's ``prototypes`` substituted known crystals appended to its decoded candidates, so
+        candidate j >= ``candidates`` is prototype j - ``candidates``. A fixed cell content (``formula_units`` or an
+        explicit cell) is kept; a reduced formula takes the template's own number of formula units, within
+        ``max_sites``."""
+        out = []
+        for r, (structures, reasons) in zip(resolved, decoded):
+            if r.request.prototypes:
+                fixed = (r.cell_choice or {}).get("chosen_by") in ("formula_units", "explicit cell content")
+                extra = self.prototype_substitutor.get_structures(
+                    r.reduced, n=r.request.prototypes, formula_units=r.formula_units[0] if fixed else None)
+                extra = [s for s in extra if len(s) <= self.max_sites]
+                structures, reasons = list(structures) + extra, list(reasons) + [None] * len(extra)
+            out.append((structures, reasons))
+        return out
+
     def _decode(self, resolved: Sequence[ResolvedRequest], grids: Sequence[Tensor], progress: bool,
                 decoder: Any = None) -> list:
         """Stage 3 for all requests at once (the decoder batches across requests): per request, the decoded
@@ -743,7 +780,7 @@ class CrystalGenerator(MSONable):
         write the provenance (fills ``res``)."""
         decoded, reasons = decoded_reasons
         cands = [(j, s) for j, s in enumerate(decoded) if s is not None]
-        res.decoded = len(cands)
+        res.decoded = sum(j < r.candidates for j, _ in cands)  # prototype candidates (j >= candidates) were not sampled
         res.failures = [f"sample {j}: {_GRID_PREFIX.sub('', e)}" for j, e in enumerate(reasons) if e is not None]
         want = r.request.n
         if len(cands) < want:
@@ -756,7 +793,7 @@ class CrystalGenerator(MSONable):
             structures, r.conditions, flags,
             # the checks' total first; among equal totals (and without checks) the candidate whose grid its
             # decoded structure explains best
-            keep=want if r.request.best_of > 1 else None,
+            keep=want if r.request.best_of > 1 or r.request.prototypes else None,
             tie_break=[provenance.read(s, "decode", {}).get("relative_residual", 0.0) for s in structures],
             scorer=self._scorer(flags) if DEFAULT_CHECKS in flags else None,
             potential=self.potential if "energy" in flags else None,
@@ -774,25 +811,36 @@ class CrystalGenerator(MSONable):
                     "request %d (%s): returned structure %d: %s%s; see properties['gpsk']['checks']", r.index,
                     r.formula, rank, flagged,
                     "" if rec.checks.get("sound", True)
-                    else f"; the {res.decoded} decoded candidates held no sound one to take its place",
+                    else f"; the {res.decoded} decoded candidates"
+                    + (f" and {len(cands) - res.decoded} prototypes" if len(cands) > res.decoded else "")
+                    + " held no sound one to take its place",
                 )
             res.structures.append(s)
 
     def _provenance(self, r: ResolvedRequest, decoded, sample: int, rank: int, rec, flags: frozenset[str],
                     res: GenerationResult) -> dict[str, Any]:
-        """The ``gpsk`` sections of one kept structure (see :mod:`gpsk_materials.provenance`)."""
+        """The ``gpsk`` sections of one kept structure (see :mod:`gpsk_materials.provenance`). A prototype candidate
+        (``sample`` >= ``r.candidates``) has no sample index and keeps its ``prototype`` section instead of
+        ``decode``."""
         units = None
         if r.reduced is not None:
             units = len(decoded) // max(1, sum(r.reduced.values()))
+        if sample >= r.candidates:
+            cell = {el: v * units for el, v in r.reduced.items()}
+            conditions = replace(r.conditions, composition={el: float(cell[el]) for el in r.conditions.composition})
+            source = {"conditions": asdict(conditions), "sample_index": None,
+                      "prototype_index": sample - r.candidates,
+                      "cell": {"composition": formula_string(cell), "formula_units": units, "chosen_by": "prototype"}}
+        else:
+            source = {"conditions": asdict(r.candidate_conditions(sample)), "sample_index": sample,
+                      "cell": None if r.reduced is None else {
+                          "composition": formula_string(r.cell(sample)), "formula_units": r.formula_units[sample],
+                          **r.cell_choice}}
         return provenance.plain({
             "request": {
                 **r.request.to_dict(),
                 "index": r.index,
-                "conditions": asdict(r.candidate_conditions(sample)),
-                "cell": None if r.reduced is None else {
-                    "composition": formula_string(r.cell(sample)), "formula_units": r.formula_units[sample],
-                    **r.cell_choice},
-                "sample_index": sample,
+                **source,
                 "rank": rank,
                 "batch_size": self._batch_size(),
                 "precision": self.precision,
@@ -807,7 +855,8 @@ class CrystalGenerator(MSONable):
                 "hash": self.model_hash,
                 "device": str(self.device),
             },
-            "decode": {**provenance.read(decoded, "decode", {}), "formula_units": units},
+            **({"prototype": provenance.read(decoded, "prototype")} if sample >= r.candidates else
+               {"decode": {**provenance.read(decoded, "decode", {}), "formula_units": units}}),
             "scores": rec.scores,
             "checks": {"run": sorted(flags), "results": rec.checks,
                        "flags": result_flags(rec.checks, provenance.read(decoded, "decode", {}))},

@@ -15,7 +15,7 @@ from gpsk_materials.pipelines.generator import GenerationResult
 SUMMARY_COLUMNS = (
     "file", "request_index", "request", "formula", "nsites", "formula_units", "space_group_requested", "space_group",
     "space_group_match", "energy_per_atom", "e_above_hull", "valid", "strict_valid", "score",
-    "decode_residual", "flags", "seed", "sample_index", "projected",
+    "decode_residual", "flags", "seed", "sample_index", "projected", "source",
 )
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -57,7 +57,14 @@ def summary_record(structure: Any, file: str | None = None) -> dict[str, Any]:
         "seed": request.get("seed"),
         "sample_index": request.get("sample_index"),
         "projected": request.get("projected"),
+        "source": _source(s),
     }
+
+
+def _source(s) -> str:
+    """``model``, or ``prototype <material id> (<template formula>)`` for a substituted known crystal."""
+    proto = provenance.read(s, "prototype")
+    return "model" if not proto else f"prototype {proto.get('material_id')} ({proto.get('formula')})"
 
 
 def _flat_info(record: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +120,8 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     if any(r.get("energy_per_atom") is not None for r in records):
         cols.append(("energy_per_atom", "E (eV/atom)"))
     cols += [("e_above_hull", "E_hull"), ("valid", "valid"), ("strict_valid", "strict"), ("score", "score")]
+    if any(r.get("source", "model") != "model" for r in records):
+        cols.append(("source", "source"))
     if any(r.get("flags") for r in records):
         cols.append(("flags", "flags"))
 

@@ -45,7 +45,7 @@ __all__ = [
 
 
 #: what a request adds to its :class:`~gpsk_materials.models.conditioning.Conditions`
-SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed", "formula_units", "projection")
+SAMPLING_FIELDS = ("n", "guidance", "steps", "best_of", "seed", "formula_units", "projection", "prototypes")
 
 
 @dataclass(frozen=True, init=False)
@@ -87,6 +87,11 @@ class GenerationRequest:
         Flow time t (0 <= t < 1; 0 = off) at which each sample, projected onto the nearest arrangement of the requested atoms
         by the decoder and re-encoded, re-enters the flow for ``round(steps * t)`` more steps; 0 (the default,
         :data:`gpsk_materials.defaults.PROJECTION_TIME`) samples once (docs/generator.md, "Projection").
+    prototypes
+        Candidates substituted from the nearest known crystals (:class:`gpsk_materials.prototypes.PrototypeSubstitutor`:
+        the same stoichiometry, elements replaced along Pettifor's chemical scale) added to the model's
+        ``n * best_of``; they go through the same checks and ranking, and carry a ``prototype`` provenance section
+        instead of ``decode`` (0, the default, adds none; needs a composition; docs/generator.md, "Prototypes").
     """
 
     conditions: Conditions
@@ -97,6 +102,7 @@ class GenerationRequest:
     seed: int | None = None
     formula_units: int | None = None
     projection: float = PROJECTION_TIME
+    prototypes: int = 0
 
     def __init__(
         self,
@@ -110,6 +116,7 @@ class GenerationRequest:
         seed: int | None = None,
         formula_units: int | None = None,
         projection: float = PROJECTION_TIME,
+        prototypes: int = 0,
         **condition_fields: Any,
     ) -> None:
         base = Conditions() if conditions is None else conditions
@@ -122,7 +129,8 @@ class GenerationRequest:
             condition_fields["composition"] = composition
         for name, value in (("conditions", replace(base, **condition_fields)), ("n", n), ("guidance", guidance),
                             ("steps", steps), ("best_of", best_of), ("seed", seed),
-                            ("formula_units", formula_units), ("projection", projection)):
+                            ("formula_units", formula_units), ("projection", projection),
+                            ("prototypes", prototypes)):
             object.__setattr__(self, name, value)
 
     @property
@@ -263,12 +271,15 @@ def _resolve(request: GenerationRequest, index: int, base_seed: int, max_sites: 
     p = request.projection
     if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not 0.0 <= p < 1.0:
         raise ConditioningError(f"projection must be a flow time in [0, 1) (0 = off), got {p!r}")
+    _check_int("prototypes", request.prototypes, 0)
     seed = base_seed + index if request.seed is None else _check_int("seed", request.seed, 0)
     asked_z = None if request.formula_units is None else _check_int("formula_units", request.formula_units, 1)
     request = replace(request, seed=seed)
     if request.composition is None:
         if asked_z is not None:
             raise ConditioningError("formula_units needs a composition")
+        if request.prototypes:
+            raise ConditioningError("prototypes needs a composition")
         conditions = request.conditions.validated(max_elements)
         return ResolvedRequest(index, request, conditions, None, seed)
     amounts = composition_amounts(request.composition)

@@ -1,0 +1,125 @@
+"""Prototype substitution: Pettifor mapping, the library's arrays, the substitutor, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Element, Lattice, Structure
+
+from gpsk_materials.errors import ConditioningError, DataError
+from gpsk_materials.prototypes import PrototypeLibrary, PrototypeSubstitutor, pettifor_mapping
+from test_generator_helpers import tiny_model_dir  # noqa: F401
+
+
+def rock_salt(a: str = "Na", b: str = "Cl", lat: float = 5.64) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(lat), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure()
+
+
+def rutile() -> Structure:
+    return Structure.from_spacegroup("P4_2/mnm", Lattice.tetragonal(4.59, 2.96), ["Ti", "O"],
+                                     [[0, 0, 0], [0.305, 0.305, 0]])
+
+
+@pytest.fixture()
+def library() -> PrototypeLibrary:
+    return PrototypeLibrary.from_structures([rock_salt(), rutile()], ["mp-22862", "mp-2657"], [0.0, 0.0])
+
+
+def test_pettifor_mapping_keeps_counts_and_takes_the_nearest_elements():
+    m = {s: Element(s).mendeleev_no for s in ("Na", "Cl", "K", "Br", "Ti", "O", "Sn", "F")}
+    dist, mapping = pettifor_mapping({"K": 1, "Br": 1}, {"Na": 1, "Cl": 1})
+    assert mapping == {"Na": "K", "Cl": "Br"}
+    assert dist == abs(m["K"] - m["Na"]) + abs(m["Br"] - m["Cl"])
+    dist, mapping = pettifor_mapping({"Sn": 2, "F": 4}, {"Ti": 1, "O": 2})  # one common factor apart
+    assert mapping == {"Ti": "Sn", "O": "F"} and dist == abs(m["Sn"] - m["Ti"]) + abs(m["F"] - m["O"])
+    assert pettifor_mapping({"Ti": 1, "O": 2}, {"Na": 1, "Cl": 1}) is None
+    assert pettifor_mapping({"Ti": 1, "O": 2}, {"Ti": 1, "O": 1, "N": 1}) is None
+
+
+def test_library_round_trips_through_its_file(library, tmp_path):
+    path = library.save(tmp_path / "lib.npz")
+    back = PrototypeLibrary.load(path)
+    assert len(back) == 2 and list(back.material_id) == ["mp-22862", "mp-2657"]
+    for i in range(2):
+        a, b = library.structure(i), back.structure(i)
+        assert a.composition == b.composition
+        assert np.allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-5)
+        assert np.allclose(a.frac_coords, b.frac_coords, atol=1e-6)
+
+
+def test_substitutor_puts_the_new_elements_on_the_nearest_prototype(library):
+    sub = PrototypeSubstitutor(library)
+    (kbr,) = sub.get_structures("KBr", n=3)  # one AB crystal in the library
+    info = kbr.properties["gpsk"]["prototype"]
+    assert kbr.composition.reduced_formula == "KBr" and info["formula"] == "NaCl" and info["material_id"] == "mp-22862"
+    assert kbr.get_space_group_info()[1] == 225
+    assert info["volume"] == "RLS" and kbr.volume > rock_salt().volume  # K-Br bonds are longer than Na-Cl
+    (snf2,) = sub.get_structures("SnF2")
+    assert snf2.properties["gpsk"]["prototype"]["formula"] == "TiO2" and len(snf2) == 6
+    # the cell content must match the template's when it is given
+    assert sub.get_structures("KBr", formula_units=2) == []
+    assert len(sub.get_structures("Sn2F4")) == 1 and sub.get_structures("Sn4F8") == []
+    assert PrototypeSubstitutor(library, exclude_formulas=["NaCl"]).get_structures("KBr") == []
+    assert PrototypeSubstitutor(library, scale_volume=False).get_structures("KBr")[0].volume == pytest.approx(
+        rock_salt().volume)
+
+
+def test_bad_requests_and_files_raise_project_errors(library, tmp_path):
+    sub = PrototypeSubstitutor(library)
+    for bad in ("Xx2", "", "Na0.5Cl"):
+        with pytest.raises(ConditioningError, match="prototype request"):
+            sub.get_structures(bad)
+    with pytest.raises(ConditioningError, match="n must be"):
+        sub.get_structures("KBr", n=0)
+    with pytest.raises(ConditioningError, match="formula_units"):
+        sub.get_structures("KBr", formula_units=0)
+    with pytest.raises(DataError, match="does not exist"):
+        PrototypeLibrary.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="not a prototype library"):
+        PrototypeLibrary.load(tmp_path / "other.npz")
+    with pytest.raises(DataError, match="disagree"):
+        PrototypeLibrary(np.eye(3)[None], np.zeros((2, 3)), [11, 17], [0, 3], ["x"], [0.0])
+    with pytest.raises(DataError, match="disordered"):
+        s = rock_salt()
+        s.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
+        PrototypeLibrary.from_structures([s], ["x"])
+
+
+def test_shipped_library_is_the_training_set_and_answers_a_request():
+    lib = PrototypeLibrary.load()
+    assert len(lib) == 33866  # benchmarks/build_prototype_library.py from the shipped model's training cache
+    got = PrototypeSubstitutor(lib).get_structures("KBr", n=2)
+    assert len(got) == 2 and all(s.composition.reduced_formula == "KBr" for s in got)
+
+
+def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_they_came_from(library, tiny_model_dir):  # noqa: F811
+    from gpsk_materials import CrystalGenerator
+    from gpsk_materials.pipelines.output import summary_record
+
+    gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+    gen._prototype_substitutor = PrototypeSubstitutor(library)
+    res = gen.run([{"composition": "KBr", "n": 1, "prototypes": 1, "steps": 2},
+                   {"composition": "Sn2F4", "n": 1, "prototypes": 3, "steps": 2},
+                   {"composition": "KBr", "prototypes": -1, "steps": 2},
+                   {"prototypes": 1, "steps": 2}], seed=0, checks="validity_symmetry")
+    assert res[0].ok and res[0].candidates == 1 and res[0].decoded <= 1
+    best = res[0].structures[0]
+    info = best.properties["gpsk"]
+    # the substituted rock salt is sound, so it ranks above whatever the tiny model decoded
+    assert info["prototype"]["formula"] == "NaCl" and "decode" not in info
+    assert info["request"]["sample_index"] is None and info["request"]["prototype_index"] == 0
+    assert info["request"]["cell"] == {"composition": "KBr", "formula_units": 1, "chosen_by": "prototype"}
+    assert summary_record(best)["source"] == "prototype mp-22862 (NaCl)"
+    # an explicit cell content keeps its size: Sn2F4 takes the rutile cell (6 atoms), the only template of it
+    assert res[1].ok and len(res[1].structures) == 1
+    kept = res[1].structures[0]
+    if "prototype" in kept.properties["gpsk"]:
+        assert kept.properties["gpsk"]["prototype"]["formula"] == "TiO2" and len(kept) == 6
+    assert len(gen.prototype_substitutor.get_structures({"Sn": 1, "F": 2}, n=3, formula_units=2)) == 1
+    assert "prototypes must be an integer >= 0" in str(res[2].error)
+    assert "prototypes needs a composition" in str(res[3].error)
+    # the same through generate(), which refuses to mix prototypes into a powder-pattern solution (not built yet)
+    assert gen.generate("KBr", prototypes=1, steps=2, seed=0)[0].properties["gpsk"]["prototype"]["formula"] == "NaCl"
+    with pytest.raises(ConditioningError, match="not combined with diffraction"):
+        gen.generate("KBr", prototypes=1, diffraction=([10.0, 20.0], [1.0, 2.0]))
