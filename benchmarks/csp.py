@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     p.add_argument("--prototypes", type=int, default=0, metavar="K",
                    help="with --rank: each request also takes the K best prototype templates as candidates "
                         "(GenerationRequest.prototypes), ranked with the model's; the returned one is matched")
+    p.add_argument("--max-e-above-hull", type=float, default=0.1,
+                   help="--method prototypes: templates within this energy above hull (eV/atom) rank first, "
+                        "unknown stability next (PrototypeSubstitutor); inf ranks by Pettifor distance alone")
     p.add_argument("--own-formula", action="store_true",
                    help="--method prototypes: crystals of the target's own reduced formula may serve as templates")
     args = p.parse_args(argv)
@@ -149,7 +152,7 @@ def prototype_csp(args, targets, target_ids) -> int:
     preds, pred_ids, pred_valid, found, distances = [], [], [], 0, []
     for tid, target in zip(target_ids, targets):
         own = [] if args.own_formula else [target.composition.reduced_formula]
-        sub = PrototypeSubstitutor(library, exclude_formulas=own)
+        sub = PrototypeSubstitutor(library, exclude_formulas=own, max_e_above_hull=args.max_e_above_hull)
         z = integer_counts(target.composition.get_el_amt_dict())[1]
         got = sub.get_structures(target.composition.reduced_composition, n=args.k, formula_units=z)
         found += bool(got)
@@ -163,6 +166,7 @@ def prototype_csp(args, targets, target_ids) -> int:
     target_valid = [all(is_valid(t)) for t in targets]
     summary = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid).summary()
     extra = {"split": f"{args.targets} (partial)", "method": "prototypes", "own_formula": args.own_formula,
+             "max_e_above_hull": args.max_e_above_hull,
              "candidates_per_target": args.k, "library_crystals": len(library), "targets_with_a_template": found,
              "median_pettifor_distance_top1": float(sorted(distances)[len(distances) // 2]) if distances else None,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),

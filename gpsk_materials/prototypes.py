@@ -10,12 +10,16 @@ does that over a library of known crystals (by default the model's own training 
 2. each candidate's elements are mapped onto the requested ones, keeping the stoichiometric counts, by the mapping
    of smallest Pettifor distance: the sum of |M(requested) - M(template)| over the mapped elements, M the Mendeleev
    number of D. G. Pettifor, "A chemical scale for crystal-structure maps", Solid State Commun. 51, 31 (1984)
-   (``pymatgen.core.Element.mendeleev_no``); candidates are ranked by that distance, then by their energy above
-   hull (the more stable prototype first), then by material id;
+   (``pymatgen.core.Element.mendeleev_no``); candidates known to lie within ``max_e_above_hull`` of the hull rank
+   first, those of unknown stability next, the rest last, each group by that distance, then energy above hull,
+   then material id;
 3. the substituted cell gets its volume from pymatgen's ``RLSVolumePredictor`` with the template as the reference
-   (the template's volume scaled by the ratio of ionic radii, atomic radii where no oxidation state can be
-   guessed: KBr from KI comes out 35.9 Å³/atom, experiment 35.9; CaO from MgO 13.5, experiment 13.9; the
-   template's own volume where an element has no radius).
+   (the template's volume scaled by the ratio of ionic radii, the oxidation states from pymatgen's guesses: KBr from
+   KI comes out 36.1 Å³/atom, experiment 35.9); the template's own volume where an ion has no tabulated radius or
+   the composition no oxidation states.
+
+The shipped library is the model's training set: the MP-20 test materials are missing from it by design (see
+docs/generator.md, "Prototypes"); ``PrototypeLibrary.from_structures`` builds one from any crystals.
 
 It is the baseline every generative model of crystals has to beat on composition-only structure prediction
 (``benchmarks/csp.py --method prototypes``, docs/benchmarks.md), and a source of candidates in its own right.
@@ -28,9 +32,8 @@ It is the baseline every generative model of crystals has to beat on composition
 from __future__ import annotations
 
 import itertools
+import logging
 import math
-import os
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -42,6 +45,8 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 
 from gpsk_materials import provenance
 from gpsk_materials.errors import ConditioningError, DataError
+
+logger = logging.getLogger(__name__)
 
 #: the shipped library: the training crystals of the shipped model (``benchmarks/build_prototype_library.py``)
 LIBRARY_FILE = Path(__file__).resolve().parent / "data" / "prototypes.npz"
@@ -64,6 +69,31 @@ def _as_composition(composition: Any, where: str) -> Composition:
     if any(abs(v - round(v)) > 1e-6 for v in comp.values()):
         raise ConditioningError(f"{where}: the composition {composition!r} has fractional amounts")
     return comp
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or :class:`ConditioningError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise ConditioningError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _mendeleev(symbol: str) -> float:
+    m = Element(symbol).mendeleev_no
+    if m is None:
+        raise ConditioningError(f"{symbol} has no Mendeleev number on Pettifor's scale (pymatgen knows it for Z <= 103)")
+    return float(m)
+
+
+def _with_oxidation_states(structure: Structure) -> Structure:
+    """A copy decorated with pymatgen's most likely oxidation states of its composition (``oxi_state_guesses``);
+    ValueError when there is none (an intermetallic), so that the caller keeps the template's volume."""
+    guesses = structure.composition.oxi_state_guesses(max_sites=-50)
+    if not guesses:
+        raise ValueError(f"no oxidation states for {structure.composition.reduced_formula}")
+    out = structure.copy()
+    out.add_oxidation_state_by_element(guesses[0])
+    return out
 
 
 def _pattern(counts: Sequence[int]) -> tuple[int, ...]:
@@ -100,10 +130,23 @@ def pettifor_mapping(requested: Mapping[str, int], template: Mapping[str, int]) 
         if len(tpl) != len(req):
             return None
         best = min(itertools.permutations(tpl), key=lambda perm: (
-            sum(abs(Element(r).mendeleev_no - Element(t).mendeleev_no) for r, t in zip(req, perm)), perm))
-        distance += sum(abs(Element(r).mendeleev_no - Element(t).mendeleev_no) for r, t in zip(req, best))
+            sum(abs(_mendeleev(r) - _mendeleev(t)) for r, t in zip(req, perm)), perm))
+        distance += sum(abs(_mendeleev(r) - _mendeleev(t)) for r, t in zip(req, best))
         mapping.update({t: r for r, t in zip(req, best)})
     return distance, mapping
+
+
+def _open_npz(path: Path, what: str):
+    """``np.load`` of an ``.npz`` archive (never pickles), or :class:`DataError` saying the file is not ``what``."""
+    import zipfile
+
+    try:
+        d = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not {what} (an .npz archive of arrays): {type(exc).__name__}") from exc
+    if not hasattr(d, "files"):
+        raise DataError(f"{path} is not {what}: it holds a single array, not an .npz archive")
+    return d
 
 
 class PrototypeLibrary:
@@ -127,13 +170,22 @@ class PrototypeLibrary:
     """
 
     def __init__(self, lattice, frac_coords, numbers, offsets, material_id, e_above_hull) -> None:
-        self.lattice = np.asarray(lattice, dtype=np.float64).reshape(-1, 3, 3)
-        self.frac_coords = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
-        self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-        self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
-        self.material_id = np.asarray(material_id).astype(str)
-        self.e_above_hull = np.asarray(e_above_hull, dtype=np.float64).reshape(-1)
+        try:
+            self.lattice = np.asarray(lattice, dtype=np.float64).reshape(-1, 3, 3)
+            self.frac_coords = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
+            self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+            self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+            self.material_id = np.asarray(material_id).astype(str).reshape(-1)
+            self.e_above_hull = np.asarray(e_above_hull, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"prototype library arrays of the wrong kind: {exc}") from exc
         n = len(self.lattice)
+        if len(self.numbers) and not (self.numbers.min() >= 1 and self.numbers.max() <= 103):
+            raise DataError("prototype library atomic numbers must lie in 1..103, got "
+                            f"{self.numbers.min()}..{self.numbers.max()}")
+        if n and not np.all(np.abs(np.linalg.det(self.lattice)) > 1e-6):
+            raise DataError(f"prototype library lattices {np.flatnonzero(np.abs(np.linalg.det(self.lattice)) <= 1e-6)[:5].tolist()} "
+                            "have no volume")
         if not (len(self.offsets) == n + 1 and len(self.material_id) == n and len(self.e_above_hull) == n
                 and self.offsets[0] == 0 and self.offsets[-1] == len(self.frac_coords) == len(self.numbers)
                 and np.all(np.diff(self.offsets) > 0)):
@@ -155,11 +207,19 @@ class PrototypeLibrary:
         DataError
             A disordered structure, or ``material_ids`` of another length.
         """
-        if len(material_ids) != len(structures):
-            raise DataError(f"{len(structures)} structures but {len(material_ids)} material ids")
+        if isinstance(material_ids, str) or len(material_ids) != len(structures):
+            raise DataError(f"{len(structures)} structures need as many material ids, got {material_ids!r}")
+        if not len(structures):
+            raise DataError("a prototype library needs at least one structure")
         for i, s in enumerate(structures):
-            if not s.is_ordered:
-                raise DataError(f"structure {i} ({material_ids[i]}) is disordered; a prototype must be ordered")
+            if not isinstance(s, Structure):
+                raise DataError(f"structure {i} ({material_ids[i]}) is a {type(s).__name__}, not a pymatgen Structure")
+            if not s.is_ordered or not len(s):
+                raise DataError(f"structure {i} ({material_ids[i]}) is disordered or empty; a prototype must be an "
+                                "ordered crystal")
+            if not all(isinstance(sp, Element) for sp in s.composition.elements):
+                raise DataError(f"structure {i} ({material_ids[i]}) holds {s.composition.elements}: a prototype's "
+                                "sites must be plain elements")
         offsets = np.cumsum([0] + [len(s) for s in structures])
         return cls(np.stack([s.lattice.matrix for s in structures]),
                    np.concatenate([s.frac_coords for s in structures]),
@@ -176,8 +236,10 @@ class PrototypeLibrary:
             The file is not such a cache.
         """
         path = Path(path)
+        if not path.is_file():
+            raise DataError(f"training cache {path} does not exist or is not a file")
         try:
-            with np.load(path, allow_pickle=False) as d:
+            with _open_npz(path, "a training cache") as d:
                 numbers = d["numbers"].astype(np.int64)
                 occ = d["occupancy"] if "occupancy" in d.files else (numbers > 0).astype(np.float32)
                 if np.any((numbers > 0) & (occ < 1.0 - 1e-6)):
@@ -200,28 +262,36 @@ class PrototypeLibrary:
         """
         path = Path(path) if path is not None else LIBRARY_FILE
         if not path.is_file():
-            raise DataError(f"prototype library {path} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as d:
-                return cls(*(d[k] for k in _FIELDS))
-        except (KeyError, ValueError, OSError) as exc:
-            raise DataError(f"{path} is not a prototype library ({exc})") from exc
+            raise DataError(f"prototype library {path} does not exist or is not a file")
+        d = _open_npz(path, "a prototype library")
+        with d:
+            missing = [k for k in _FIELDS if k not in d.files]
+            if missing:
+                raise DataError(f"{path} is not a prototype library: it lacks {missing}")
+            return cls(*(d[k] for k in _FIELDS))
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays to a compressed ``.npz`` atomically (lattices float32, coordinates float32: 1e-7
-        fractional, far below what any comparison resolves). Returns the path."""
+        fractional, far below what any comparison resolves). Returns the path.
+
+        Raises
+        ------
+        DataError
+            ``path`` cannot be written (a folder, a missing permission).
+        """
+        from gpsk_materials.atomic_files import write_atomic
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        try:
+
+        def write(tmp: str) -> None:
             np.savez_compressed(tmp, lattice=self.lattice.astype(np.float32), frac_coords=self.frac_coords.astype(np.float32),
                                 numbers=self.numbers.astype(np.uint8), offsets=self.offsets.astype(np.int32),
                                 material_id=self.material_id, e_above_hull=self.e_above_hull.astype(np.float32))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        try:
+            write_atomic(path, write, suffix=".npz")
+        except OSError as exc:
+            raise DataError(f"cannot write the prototype library to {path}: {exc}") from exc
         return path
 
     def composition(self, i: int) -> dict[str, int]:
@@ -253,16 +323,34 @@ class PrototypeSubstitutor:
     library : PrototypeLibrary or path, optional
         Default: the shipped library (the shipped model's training crystals).
     scale_volume : bool
-        Scale the substituted cell to the volume of pymatgen's ``RLSVolumePredictor`` (default True).
-    exclude_formulas : sequence of str
+        Scale the substituted cell to the volume of pymatgen's ``RLSVolumePredictor`` (ionic radii; default True).
+    exclude_formulas : str or sequence of str
         Reduced formulas whose crystals never serve as templates (a benchmark leaves the target's own out).
+    max_e_above_hull : float
+        Templates known to lie at most this far above the hull (eV/atom; default 0.1) rank first, those of unknown
+        stability next and the rest last, each group by Pettifor distance: a stable analogue one step away on the
+        chemical scale is a better guess than a high-energy polymorph of the very formula (KBr: rock salt from KI
+        before a 0.2 eV/atom KBr entry). ``inf`` ranks by distance alone.
+
+    Raises
+    ------
+    DataError
+        ``library`` is neither a :class:`PrototypeLibrary` nor the path of a library file.
+    ConditioningError
+        An ``exclude_formulas`` entry that is not a formula, or a negative or non-numeric ``max_e_above_hull``.
     """
 
     def __init__(self, library: PrototypeLibrary | str | Path | None = None, scale_volume: bool = True,
-                 exclude_formulas: Sequence[str] = ()) -> None:
+                 exclude_formulas: str | Sequence[str] = (), max_e_above_hull: float = 0.1) -> None:
+        if library is not None and not isinstance(library, (PrototypeLibrary, str, Path)):
+            raise DataError(f"library must be a PrototypeLibrary or the path of one, got {type(library).__name__}")
         self.library = library if isinstance(library, PrototypeLibrary) else PrototypeLibrary.load(library)
         self.scale_volume = bool(scale_volume)
-        self.exclude_formulas = tuple(exclude_formulas)
+        self.exclude_formulas = (exclude_formulas,) if isinstance(exclude_formulas, str) else tuple(exclude_formulas)
+        self._excluded = {_as_composition(f, "exclude_formulas").reduced_formula for f in self.exclude_formulas}
+        if isinstance(max_e_above_hull, bool) or not isinstance(max_e_above_hull, (int, float)) or not max_e_above_hull >= 0:
+            raise ConditioningError(f"max_e_above_hull must be a number >= 0 (eV/atom), got {max_e_above_hull!r}")
+        self.max_e_above_hull = float(max_e_above_hull)
 
     def rank(self, composition: Any, formula_units: int | None = None) -> list[tuple[float, int, dict[str, str]]]:
         """All templates for ``composition``, best first: (Pettifor distance, library index, element mapping).
@@ -270,52 +358,71 @@ class PrototypeSubstitutor:
         ``composition`` is a reduced formula (any number of formula units per cell, as the template has it) unless
         ``formula_units`` is given, in which case the cell content is ``formula_units`` times the reduced formula
         and only templates with exactly that many atoms qualify; a composition with a common factor (``Ti2O4``)
-        counts as that cell content.
+        counts as that cell content. Order: stability group (see ``max_e_above_hull``), Pettifor distance, energy
+        above hull, material id.
 
         Raises
         ------
         ConditioningError
-            An unreadable composition or a ``formula_units`` < 1.
+            An unreadable composition, an element off Pettifor's scale, a ``formula_units`` that is not an integer
+            >= 1 or that disagrees with a cell content.
         """
         comp = _as_composition(composition, "prototype request")
         counts = {el.symbol: int(round(v)) for el, v in comp.items()}
         reduced, z = comp.get_reduced_composition_and_factor()
         if formula_units is not None:
-            if isinstance(formula_units, bool) or int(formula_units) != formula_units or formula_units < 1:
-                raise ConditioningError(f"formula_units must be a positive integer, got {formula_units!r}")
-            counts = {el.symbol: int(round(v)) * int(formula_units) for el, v in reduced.items()}
+            fu = _positive_int("formula_units", formula_units)
+            if z > 1 and fu != int(round(z)):
+                raise ConditioningError(f"prototype request: the cell content {comp.formula} holds {z:g} formula units "
+                                        f"of {reduced.formula}, but formula_units={fu} was asked")
+            counts = {el.symbol: int(round(v)) * fu for el, v in reduced.items()}
+        for el in counts:
+            _mendeleev(el)
         n_atoms = sum(counts.values()) if (formula_units is not None or z > 1) else None
-        excluded = {Composition(f).reduced_formula for f in self.exclude_formulas}
         out = []
         for i in self.library.candidates(_pattern(list(counts.values()))):
             tpl = self.library.composition(i)
             if n_atoms is not None and sum(tpl.values()) != n_atoms:
                 continue
-            if excluded and Composition(tpl).reduced_formula in excluded:
+            if self._excluded and Composition(tpl).reduced_formula in self._excluded:
                 continue
             hit = pettifor_mapping(counts, tpl)
             if hit is not None:
                 out.append((hit[0], i, hit[1]))
         e = self.library.e_above_hull
-        out.sort(key=lambda r: (r[0], np.nan_to_num(e[r[1]], nan=np.inf), self.library.material_id[r[1]]))
+        cut = self.max_e_above_hull
+
+        def key(r):
+            ei = e[r[1]]
+            group = 1 if np.isnan(ei) else (0 if ei <= cut else 2)
+            return group, r[0], np.nan_to_num(ei, nan=np.inf), self.library.material_id[r[1]]
+
+        out.sort(key=key)
         return out
 
     def get_structures(self, composition: Any, n: int = 1, formula_units: int | None = None) -> list[Structure]:
-        """Up to ``n`` predicted structures of ``composition``, best template first (fewer when fewer exist).
+        """Up to ``n`` predicted structures of ``composition``, best template first (fewer when fewer exist; none
+        is logged as a warning naming the stoichiometry).
 
         Each Structure's ``properties["gpsk"]["prototype"]`` holds the template's ``material_id``, reduced
-        ``formula``, ``pettifor_distance``, the element ``mapping`` and how its ``volume`` was set (``"RLS"`` or
-        ``"template"``) (:mod:`gpsk_materials.provenance`, section ``prototype``).
+        ``formula``, ``e_above_hull`` (eV/atom, None if unknown), ``pettifor_distance``, the element ``mapping`` and
+        how its ``volume`` was set (``"RLS"``: ionic radii; ``"template"``: the template's, where pymatgen has no
+        ionic radius for an element in its guessed oxidation state) (:mod:`gpsk_materials.provenance`, section
+        ``prototype``).
 
         Raises
         ------
         ConditioningError
-            As :meth:`rank`, or ``n`` < 1.
+            As :meth:`rank`, or ``n`` not an integer >= 1.
         """
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ConditioningError(f"n must be a positive integer, got {n!r}")
+        n = _positive_int("n", n)
+        ranked = self.rank(composition, formula_units)
+        if not ranked:
+            logger.warning("no prototype of the stoichiometry of %s%s in the library (%d crystals)",
+                           composition if isinstance(composition, str) else _as_composition(composition, "").formula,
+                           "" if formula_units is None else f" with {formula_units} formula units", len(self.library))
         out = []
-        for distance, i, mapping in self.rank(composition, formula_units)[: int(n)]:
+        for distance, i, mapping in ranked[:n]:
             template = self.library.structure(i)
             template_formula = template.composition.reduced_formula
             s = template.copy()
@@ -327,14 +434,17 @@ class PrototypeSubstitutor:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        v = RLSVolumePredictor().predict(s, template)
+                        v = RLSVolumePredictor(radii_type="ionic", use_bv=False).predict(
+                            _with_oxidation_states(s), _with_oxidation_states(template))
                     if np.isfinite(v) and v > 0:
                         s.scale_lattice(float(v))
                         volume = "RLS"
-                except (ValueError, KeyError, TypeError, ZeroDivisionError):  # no radius: keep the template's volume
+                except (ValueError, KeyError, TypeError, ZeroDivisionError):  # no ionic radius: the template's volume
                     pass
+            e = self.library.e_above_hull[i]
             provenance.write(s, "prototype", {
                 "material_id": str(self.library.material_id[i]), "formula": template_formula,
+                "e_above_hull": None if np.isnan(e) else float(e),
                 "pettifor_distance": float(distance), "mapping": dict(mapping), "volume": volume})
             out.append(s)
         return out

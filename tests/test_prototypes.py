@@ -60,6 +60,7 @@ def test_substitutor_puts_the_new_elements_on_the_nearest_prototype(library):
     assert sub.get_structures("KBr", formula_units=2) == []
     assert len(sub.get_structures("Sn2F4")) == 1 and sub.get_structures("Sn4F8") == []
     assert PrototypeSubstitutor(library, exclude_formulas=["NaCl"]).get_structures("KBr") == []
+    assert PrototypeSubstitutor(library, exclude_formulas="NaCl").get_structures("KBr") == []  # one formula, not letters
     assert PrototypeSubstitutor(library, scale_volume=False).get_structures("KBr")[0].volume == pytest.approx(
         rock_salt().volume)
 
@@ -69,10 +70,32 @@ def test_bad_requests_and_files_raise_project_errors(library, tmp_path):
     for bad in ("Xx2", "", "Na0.5Cl"):
         with pytest.raises(ConditioningError, match="prototype request"):
             sub.get_structures(bad)
-    with pytest.raises(ConditioningError, match="n must be"):
-        sub.get_structures("KBr", n=0)
-    with pytest.raises(ConditioningError, match="formula_units"):
-        sub.get_structures("KBr", formula_units=0)
+    for bad_n in (0, None, float("nan"), "2", 2.0, [2]):
+        with pytest.raises(ConditioningError, match="n must be"):
+            sub.get_structures("KBr", n=bad_n)
+    for bad_z in (0, float("inf"), "abc"):
+        with pytest.raises(ConditioningError, match="formula_units"):
+            sub.get_structures("KBr", formula_units=bad_z)
+    with pytest.raises(ConditioningError, match="formula_units=3"):
+        sub.get_structures("Ti2O4", formula_units=3)
+    with pytest.raises(ConditioningError, match="Pettifor"):
+        sub.get_structures("Og2F")
+    with pytest.raises(ConditioningError, match="max_e_above_hull"):
+        PrototypeSubstitutor(library, max_e_above_hull=-1)
+    with pytest.raises(DataError, match="PrototypeLibrary or the path"):
+        PrototypeSubstitutor(42)
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    with pytest.raises(DataError, match="not a prototype library"):
+        PrototypeLibrary.load(tmp_path / "arr.npy")
+    (tmp_path / "trunc.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="not a prototype library"):
+        PrototypeLibrary.load(tmp_path / "trunc.npz")
+    with pytest.raises(DataError, match="cannot write"):
+        library.save(tmp_path)  # a folder
+    for structures, ids, match in (([], [], "at least one"), (["NaCl"], ["x"], "not a pymatgen Structure"),
+                                   ([rock_salt()], "x", "material ids")):
+        with pytest.raises(DataError, match=match):
+            PrototypeLibrary.from_structures(structures, ids)
     with pytest.raises(DataError, match="does not exist"):
         PrototypeLibrary.load(tmp_path / "missing.npz")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
@@ -123,3 +146,13 @@ def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_the
     assert gen.generate("KBr", prototypes=1, steps=2, seed=0)[0].properties["gpsk"]["prototype"]["formula"] == "NaCl"
     with pytest.raises(ConditioningError, match="not combined with diffraction"):
         gen.generate("KBr", prototypes=1, diffraction=([10.0, 20.0], [1.0, 2.0]))
+
+
+def test_a_stable_analogue_ranks_before_an_unstable_polymorph_of_the_very_formula():
+    unstable_kbr = rock_salt("K", "Br", 7.5)  # stands in for a high-energy KBr entry
+    lib = PrototypeLibrary.from_structures([unstable_kbr, rock_salt("K", "I", 7.07)], ["kbr-hi", "ki"], [0.3, 0.0])
+    assert [lib.material_id[i] for _, i, _ in PrototypeSubstitutor(lib).rank("KBr")] == ["ki", "kbr-hi"]
+    by_distance = PrototypeSubstitutor(lib, max_e_above_hull=float("inf")).rank("KBr")
+    assert [lib.material_id[i] for _, i, _ in by_distance] == ["kbr-hi", "ki"]
+    got = PrototypeSubstitutor(lib).get_structures("KBr")[0].properties["gpsk"]["prototype"]
+    assert got["e_above_hull"] == 0.0 and got["volume"] == "RLS"
