@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-e-above-hull", type=float, default=0.1,
                    help="--method prototypes: templates within this energy above hull (eV/atom) rank first, "
                         "unknown stability next (PrototypeSubstitutor); inf ranks by Pettifor distance alone")
+    p.add_argument("--space-group", action="store_true",
+                   help="--method prototypes: also give each target's space group (mp20 spacegroup.number): templates "
+                        "of that group rank first")
     p.add_argument("--own-formula", action="store_true",
                    help="--method prototypes: crystals of the target's own reduced formula may serve as templates")
     args = p.parse_args(argv)
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
     targets, df = read_structures(args.targets, limit=args.limit, workers=args.workers)
     target_ids = [str(m) for m in df["material_id"]]
     if args.method == "prototypes":
-        return prototype_csp(args, targets, target_ids)
+        return prototype_csp(args, targets, target_ids,
+                             [int(g) for g in df["spacegroup.number"]] if args.space_group else None)
     gen = load_generator(args)
     ranked = args.rank != "none"
     per_request = {"n": 1, "best_of": args.k} if ranked else {"n": args.k}
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def prototype_csp(args, targets, target_ids) -> int:
+def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
     """``--method prototypes``: the ``--k`` best substituted templates of each target's cell content."""
     from gpsk_materials.evaluation import csp_metrics
     from gpsk_materials.prototypes import PrototypeLibrary, PrototypeSubstitutor
@@ -150,11 +154,12 @@ def prototype_csp(args, targets, target_ids) -> int:
     library = PrototypeLibrary.load()
     t0 = time.perf_counter()
     preds, pred_ids, pred_valid, found, distances = [], [], [], 0, []
-    for tid, target in zip(target_ids, targets):
+    for k, (tid, target) in enumerate(zip(target_ids, targets)):
         own = [] if args.own_formula else [target.composition.reduced_formula]
         sub = PrototypeSubstitutor(library, exclude_formulas=own, max_e_above_hull=args.max_e_above_hull)
         z = integer_counts(target.composition.get_el_amt_dict())[1]
-        got = sub.get_structures(target.composition.reduced_composition, n=args.k, formula_units=z)
+        got = sub.get_structures(target.composition.reduced_composition, n=args.k, formula_units=z,
+                                 space_group=None if space_groups is None else space_groups[k])
         found += bool(got)
         distances += [s.properties["gpsk"]["prototype"]["pettifor_distance"] for s in got[:1]]
         for j in range(args.k):
@@ -166,7 +171,7 @@ def prototype_csp(args, targets, target_ids) -> int:
     target_valid = [all(is_valid(t)) for t in targets]
     summary = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid).summary()
     extra = {"split": f"{args.targets} (partial)", "method": "prototypes", "own_formula": args.own_formula,
-             "max_e_above_hull": args.max_e_above_hull,
+             "max_e_above_hull": args.max_e_above_hull, "space_group_given": space_groups is not None,
              "candidates_per_target": args.k, "library_crystals": len(library), "targets_with_a_template": found,
              "median_pettifor_distance_top1": float(sorted(distances)[len(distances) // 2]) if distances else None,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),

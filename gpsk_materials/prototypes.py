@@ -47,6 +47,9 @@ from gpsk_materials import provenance
 from gpsk_materials.errors import ConditioningError, DataError
 
 logger = logging.getLogger(__name__)
+#: templates whose space group :meth:`PrototypeSubstitutor.rank` determines when one is requested (spglib costs
+#: milliseconds per crystal; the best-ranked few hundred hold the useful ones)
+SYMMETRY_CHECKS = 200
 
 #: the shipped library: the training crystals of the shipped model (``benchmarks/build_prototype_library.py``)
 LIBRARY_FILE = Path(__file__).resolve().parent / "data" / "prototypes.npz"
@@ -193,6 +196,7 @@ class PrototypeLibrary:
                             f"{len(self.frac_coords)} coordinates, {len(self.numbers)} atomic numbers, "
                             f"{len(self.material_id)} ids, {len(self.e_above_hull)} energies")
         self._index: dict[tuple[int, ...], list[int]] | None = None
+        self._space_groups: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.lattice)
@@ -304,6 +308,18 @@ class PrototypeLibrary:
         sl = slice(self.offsets[i], self.offsets[i + 1])
         return Structure(Lattice(self.lattice[i]), [int(z) for z in self.numbers[sl]], self.frac_coords[sl])
 
+    def space_group(self, i: int) -> int:
+        """International number of crystal ``i``'s space group (pymatgen ``SpacegroupAnalyzer``, symprec 0.1; cached;
+        0 where spglib finds none)."""
+        if i not in self._space_groups:
+            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+            try:
+                self._space_groups[i] = int(SpacegroupAnalyzer(self.structure(i), symprec=0.1).get_space_group_number())
+            except (ValueError, TypeError):  # spglib found no symmetry dataset
+                self._space_groups[i] = 0
+        return self._space_groups[i]
+
     def candidates(self, pattern: tuple[int, ...]) -> list[int]:
         """Indices of the crystals whose cell has stoichiometric ``pattern`` (:func:`_pattern`)."""
         if self._index is None:
@@ -352,21 +368,27 @@ class PrototypeSubstitutor:
             raise ConditioningError(f"max_e_above_hull must be a number >= 0 (eV/atom), got {max_e_above_hull!r}")
         self.max_e_above_hull = float(max_e_above_hull)
 
-    def rank(self, composition: Any, formula_units: int | None = None) -> list[tuple[float, int, dict[str, str]]]:
+    def rank(self, composition: Any, formula_units: int | None = None,
+             space_group: int | None = None) -> list[tuple[float, int, dict[str, str]]]:
         """All templates for ``composition``, best first: (Pettifor distance, library index, element mapping).
 
         ``composition`` is a reduced formula (any number of formula units per cell, as the template has it) unless
         ``formula_units`` is given, in which case the cell content is ``formula_units`` times the reduced formula
         and only templates with exactly that many atoms qualify; a composition with a common factor (``Ti2O4``)
         counts as that cell content. Order: stability group (see ``max_e_above_hull``), Pettifor distance, energy
-        above hull, material id.
+        above hull, material id; with ``space_group`` (1-230), the templates of that space group (spglib through
+        pymatgen's ``SpacegroupAnalyzer``, symprec 0.1, on the first :data:`SYMMETRY_CHECKS` of that order; element
+        substitution keeps a template's symmetry) move ahead of the others, in that order.
 
         Raises
         ------
         ConditioningError
             An unreadable composition, an element off Pettifor's scale, a ``formula_units`` that is not an integer
-            >= 1 or that disagrees with a cell content.
+            >= 1 or that disagrees with a cell content, a ``space_group`` outside 1-230.
         """
+        if space_group is not None and (isinstance(space_group, bool) or not isinstance(space_group, (int, np.integer))
+                                        or not 1 <= int(space_group) <= 230):
+            raise ConditioningError(f"space_group must be an integer in 1..230, got {space_group!r}")
         comp = _as_composition(composition, "prototype request")
         counts = {el.symbol: int(round(v)) for el, v in comp.items()}
         reduced, z = comp.get_reduced_composition_and_factor()
@@ -398,14 +420,20 @@ class PrototypeSubstitutor:
             return group, r[0], np.nan_to_num(ei, nan=np.inf), self.library.material_id[r[1]]
 
         out.sort(key=key)
+        if space_group is not None:
+            head = out[:SYMMETRY_CHECKS]
+            hits = [r for r in head if self.library.space_group(r[1]) == int(space_group)]
+            out = hits + [r for r in out if r not in hits]
         return out
 
-    def get_structures(self, composition: Any, n: int = 1, formula_units: int | None = None) -> list[Structure]:
+    def get_structures(self, composition: Any, n: int = 1, formula_units: int | None = None,
+                       space_group: int | None = None) -> list[Structure]:
         """Up to ``n`` predicted structures of ``composition``, best template first (fewer when fewer exist; none
         is logged as a warning naming the stoichiometry).
 
         Each Structure's ``properties["gpsk"]["prototype"]`` holds the template's ``material_id``, reduced
-        ``formula``, ``e_above_hull`` (eV/atom, None if unknown), ``pettifor_distance``, the element ``mapping`` and
+        ``formula``, ``e_above_hull`` (eV/atom, None if unknown), its ``space_group`` when one was requested (as
+        :meth:`rank` computes it), ``pettifor_distance``, the element ``mapping`` and
         how its ``volume`` was set (``"RLS"``: ionic radii; ``"template"``: the template's, where pymatgen has no
         ionic radius for an element in its guessed oxidation state) (:mod:`gpsk_materials.provenance`, section
         ``prototype``).
@@ -416,7 +444,7 @@ class PrototypeSubstitutor:
             As :meth:`rank`, or ``n`` not an integer >= 1.
         """
         n = _positive_int("n", n)
-        ranked = self.rank(composition, formula_units)
+        ranked = self.rank(composition, formula_units, space_group)
         if not ranked:
             logger.warning("no prototype of the stoichiometry of %s%s in the library (%d crystals)",
                            composition if isinstance(composition, str) else _as_composition(composition, "").formula,
@@ -445,6 +473,7 @@ class PrototypeSubstitutor:
             provenance.write(s, "prototype", {
                 "material_id": str(self.library.material_id[i]), "formula": template_formula,
                 "e_above_hull": None if np.isnan(e) else float(e),
+                **({} if space_group is None else {"space_group": self.library.space_group(i)}),
                 "pettifor_distance": float(distance), "mapping": dict(mapping), "volume": volume})
             out.append(s)
         return out

@@ -156,3 +156,15 @@ def test_a_stable_analogue_ranks_before_an_unstable_polymorph_of_the_very_formul
     assert [lib.material_id[i] for _, i, _ in by_distance] == ["kbr-hi", "ki"]
     got = PrototypeSubstitutor(lib).get_structures("KBr")[0].properties["gpsk"]["prototype"]
     assert got["e_above_hull"] == 0.0 and got["volume"] == "RLS"
+
+
+def test_a_requested_space_group_puts_its_templates_first():
+    cscl = Structure(Lattice.cubic(4.11), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    lib = PrototypeLibrary.from_structures([rock_salt(), cscl], ["rs", "b2"], [0.0, 0.0])
+    sub = PrototypeSubstitutor(lib)
+    assert [lib.material_id[i] for _, i, _ in sub.rank("KBr")] == ["rs", "b2"]  # Na-Cl is nearer K-Br than Cs-Cl
+    (kbr,) = sub.get_structures("KBr", space_group=221)
+    assert kbr.properties["gpsk"]["prototype"]["space_group"] == 221 and kbr.get_space_group_info()[1] == 221
+    assert [lib.material_id[i] for _, i, _ in sub.rank("KBr", space_group=225)] == ["rs", "b2"]
+    with pytest.raises(ConditioningError, match="space_group"):
+        sub.rank("KBr", space_group=231)

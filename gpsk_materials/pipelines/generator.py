@@ -738,13 +738,14 @@ class CrystalGenerator(MSONable):
         """Stage 3b: each request's ``prototypes`` substituted known crystals appended to its decoded candidates, so
         candidate j >= ``candidates`` is prototype j - ``candidates``. A fixed cell content (``formula_units`` or an
         explicit cell) is kept; a reduced formula takes the template's own number of formula units, within
-        ``max_sites``."""
+        ``max_sites``; a requested space group puts the templates of that group first."""
         out = []
         for r, (structures, reasons) in zip(resolved, decoded):
             if r.request.prototypes:
                 fixed = (r.cell_choice or {}).get("chosen_by") in ("formula_units", "explicit cell content")
                 extra = self.prototype_substitutor.get_structures(
-                    r.reduced, n=r.request.prototypes, formula_units=r.formula_units[0] if fixed else None)
+                    r.reduced, n=r.request.prototypes, formula_units=r.formula_units[0] if fixed else None,
+                    space_group=r.conditions.space_group)
                 extra = [s for s in extra if len(s) <= self.max_sites]
                 structures, reasons = list(structures) + extra, list(reasons) + [None] * len(extra)
             out.append((structures, reasons))
