@@ -153,7 +153,7 @@ def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
 
     library = PrototypeLibrary.load()
     t0 = time.perf_counter()
-    preds, pred_ids, pred_valid, found, distances = [], [], [], 0, []
+    preds, pred_ids, pred_valid, found, distances, sg_hits = [], [], [], 0, [], 0
     for k, (tid, target) in enumerate(zip(target_ids, targets)):
         own = [] if args.own_formula else [target.composition.reduced_formula]
         sub = PrototypeSubstitutor(library, exclude_formulas=own, max_e_above_hull=args.max_e_above_hull)
@@ -161,6 +161,8 @@ def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
         got = sub.get_structures(target.composition.reduced_composition, n=args.k, formula_units=z,
                                  space_group=None if space_groups is None else space_groups[k])
         found += bool(got)
+        if space_groups is not None and got:
+            sg_hits += got[0].properties["gpsk"]["prototype"].get("space_group") == space_groups[k]
         distances += [s.properties["gpsk"]["prototype"]["pettifor_distance"] for s in got[:1]]
         for j in range(args.k):
             s = got[j] if j < len(got) else None
@@ -172,6 +174,7 @@ def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
     summary = csp_metrics(preds, pred_ids, pred_valid, targets, target_ids, target_valid).summary()
     extra = {"split": f"{args.targets} (partial)", "method": "prototypes", "own_formula": args.own_formula,
              "max_e_above_hull": args.max_e_above_hull, "space_group_given": space_groups is not None,
+             "top_template_in_requested_space_group": sg_hits if space_groups is not None else None,
              "candidates_per_target": args.k, "library_crystals": len(library), "targets_with_a_template": found,
              "median_pettifor_distance_top1": float(sorted(distances)[len(distances) // 2]) if distances else None,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
