@@ -132,9 +132,9 @@ def pettifor_mapping(requested: Mapping[str, int], template: Mapping[str, int]) 
         tpl = by_count_t.get(c, [])
         if len(tpl) != len(req):
             return None
-        best = min(itertools.permutations(tpl), key=lambda perm: (
-            sum(abs(_mendeleev(r) - _mendeleev(t)) for r, t in zip(req, perm)), perm))
-        distance += sum(abs(_mendeleev(r) - _mendeleev(t)) for r, t in zip(req, best))
+        d, best = min((sum(abs(_mendeleev(r) - _mendeleev(t)) for r, t in zip(req, perm)), perm)
+                      for perm in itertools.permutations(tpl))
+        distance += d
         mapping.update({t: r for r, t in zip(req, best)})
     return distance, mapping
 
@@ -421,9 +421,8 @@ class PrototypeSubstitutor:
 
         out.sort(key=key)
         if space_group is not None:
-            head = out[:SYMMETRY_CHECKS]
-            hits = [r for r in head if self.library.space_group(r[1]) == int(space_group)]
-            out = hits + [r for r in out if r not in hits]
+            hit = {r[1] for r in out[:SYMMETRY_CHECKS] if self.library.space_group(r[1]) == int(space_group)}
+            out.sort(key=lambda r: r[1] not in hit)  # stable: the requested group's templates first, in order
         return out
 
     def get_structures(self, composition: Any, n: int = 1, formula_units: int | None = None,
