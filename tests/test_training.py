@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gpsk_materials.datasets import ArrayCache
-from gpsk_materials.errors import CheckpointError
+from gpsk_materials.errors import CheckpointError, ConfigError
 from gpsk_materials.models.io import load_model_folder, load_tensors
 from gpsk_materials.training import TrainConfig, Trainer
 from gpsk_materials.training.checkpoint import latest_checkpoint, optimizer_from_tensors, optimizer_to_tensors
@@ -567,3 +567,54 @@ def test_anneal_to_deadline_resumes_where_its_budget_stood(cache, tmp_path, monk
     assert lrs[6] == pytest.approx(first[6]) and lrs[7] == pytest.approx(first[7], rel=0.02) and lrs[6] < 0.75e-3
     assert max(lrs[s] for s in lrs if s > 5) <= lrs[5] + 1e-9
     assert lrs[max(lrs)] < 0.2 * 1e-3 and 10 < max(lrs) < 25  # annealed at the original deadline
+
+
+def test_space_to_depth_and_depth_to_space_are_inverse_and_keep_each_block_together():
+    from gpsk_materials.models.vae import depth_to_space, space_to_depth
+
+    x = torch.randn(2, 3, 8, 8, 8)
+    y = space_to_depth(x)
+    assert y.shape == (2, 24, 4, 4, 4)
+    assert torch.equal(depth_to_space(y), x)
+    # channel c * 8 + i * 4 + j * 2 + k of block (a, b, d) holds voxel (2a + i, 2b + j, 2d + k)
+    assert y[1, 2 * 8 + 1 * 4 + 0 * 2 + 1, 3, 2, 1] == x[1, 2, 7, 4, 3]
+
+
+def test_subvoxel_branches_grow_from_a_trained_vae_and_a_frozen_encoder_keeps_the_latent(cache, tmp_path,
+                                                                                          monkeypatch):
+    """--model with subvoxel=True + --init-weights: the VAE starts exactly where the trained one was (the branches
+    start at zero); --vae-freeze-encoder trains the decoder and its new head while the encoder stays put."""
+    from dataclasses import replace
+
+    from gpsk_materials.models.configs import CONFIGS
+    from gpsk_materials.models.growth import add_subvoxel, can_add_subvoxel
+    from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
+
+    first = tmp_path / "first"
+    Trainer(cache, first, _cfg(vae_steps=2, flow_steps=1), progress=False).run()
+    trained = load_model_folder(first / "model")
+    tiny = CONFIGS["tiny"]
+    sub = replace(tiny, name="tiny-subvoxel", vae=replace(tiny.vae, subvoxel=True))
+    monkeypatch.setitem(CONFIGS, "tiny-subvoxel", sub)
+    assert can_add_subvoxel(tiny.vae, sub.vae) and not can_add_subvoxel(sub.vae, tiny.vae)
+    grown = add_subvoxel(trained.vae, sub.vae).eval()
+    grids = torch.as_tensor(ReciprocalGridFeaturizer().featurize_many(toy_structures()[0][:3])).float()
+    with torch.no_grad():
+        a, b = trained.vae.encode(grids), grown.encode(grids)
+        assert torch.allclose(a.mean, b.mean, atol=1e-6)
+        assert torch.allclose(trained.vae.decode(a.mean), grown.decode(a.mean), atol=1e-6)
+    with pytest.raises(CheckpointError, match="sub-voxel"):
+        add_subvoxel(trained.vae, replace(sub.vae, channels=(8, 16, 48)))
+    with pytest.raises(ConfigError, match="subvoxel"):
+        replace(sub, vae=replace(sub.vae, domain="reciprocal"))
+
+    second = tmp_path / "second"
+    run = Trainer(cache, second, _cfg(model="tiny-subvoxel", vae_steps=3, flow_steps=1, vae_freeze_encoder=True),
+                  progress=False, init_weights=first / "model")
+    assert run.run() == "done"
+    after = load_model_folder(second / "model")
+    assert after.config.vae.subvoxel and after.mmdit is not None
+    with torch.no_grad():
+        assert torch.allclose(after.vae.encode(grids).mean, a.mean, atol=1e-6)  # the latent is unchanged
+        assert after.vae.dec_subvoxel[-1].weight.abs().sum() > 0  # the new head trained
+        assert not torch.allclose(after.vae.decode(a.mean), trained.vae.decode(a.mean), atol=1e-4)

@@ -1,4 +1,5 @@
-"""Reshaping a trained GridVAE into a deeper one, or one with fewer latent channels, so training continues from it.
+"""Reshaping a trained GridVAE into a deeper one, one with fewer latent channels, or one with sub-voxel branches, so
+training continues from it.
 
 A VAE config that differs from a trained one only in ``blocks_per_level`` (more residual blocks at every level of
 the encoder and the decoder) can start from the trained weights: every block that exists in both is copied, and
@@ -15,6 +16,11 @@ mean m and the top-k eigenvectors P, and the decoder receives z = m + P y, folde
 convolution and the metric head (the decoder's convolutions pad periodically, so a constant channel offset is a
 constant bias). Until training moves the weights, the compressed VAE decodes y as the trained one decodes z
 projected onto those k directions; ``benchmarks/latent_channels.py`` measures what that projection keeps.
+
+A VAE config that differs from a trained one only in ``subvoxel`` (False -> True) gains the sub-voxel branches of
+:mod:`gpsk_materials.models.vae` with their last convolutions at zero (:func:`add_subvoxel`): the grown VAE encodes
+and decodes exactly as the trained one until training moves the new weights, so its latent, and an MMDiT trained
+on it, stay valid.
 """
 
 from __future__ import annotations
@@ -204,3 +210,28 @@ def _conv(module: nn.Module) -> nn.Conv3d:
     if len(inner) != 1:
         raise CheckpointError(f"expected one Conv3d in {type(module).__name__}, found {len(inner)}")
     return inner[0]
+
+
+def can_add_subvoxel(source: VAEConfig, target: VAEConfig) -> bool:
+    """True when ``target`` equals ``source`` except that it has the sub-voxel branches and the source has not."""
+    same = all(getattr(source, f.name) == getattr(target, f.name) for f in fields(VAEConfig) if f.name != "subvoxel")
+    return same and target.subvoxel and not source.subvoxel
+
+
+def add_subvoxel(source: GridVAE, config: VAEConfig) -> GridVAE:
+    """A new :class:`GridVAE` of ``config`` (the source's with ``subvoxel=True``) holding every weight of ``source``;
+    the added branches start at zero, so encode and decode agree with the source's exactly (module docstring).
+
+    Raises
+    ------
+    CheckpointError
+        If ``config`` differs from the source's config in anything but ``subvoxel`` turned on.
+    """
+    if not can_add_subvoxel(source.config, config):
+        raise CheckpointError(f"cannot add sub-voxel branches to a VAE of {source.config} to get {config}")
+    p = next(source.parameters())
+    grown = GridVAE(config).to(device=p.device, dtype=p.dtype)
+    missing, unexpected = grown.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(("enc_subvoxel.", "dec_subvoxel.")) for k in missing):
+        raise CheckpointError(f"cannot add sub-voxel branches: weights differ beyond them ({missing + unexpected})")
+    return grown.train(source.training)

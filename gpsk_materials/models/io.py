@@ -104,9 +104,13 @@ def save_tensors(
 
 
 def load_tensors(
-    folder: str | os.PathLike, name: str, config: Mapping[str, Any] | None = None, device: str | torch.device = "cpu"
+    folder: str | os.PathLike, name: str, config: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+    defaults: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a tensor set; check shard sizes and hashes and, if given, that it was saved with ``config``.
+
+    ``defaults`` fills the fields a set saved before they existed lacks (the configuration dataclass's defaults,
+    which keep the old behaviour), so that adding a field does not orphan every shipped set.
 
     Returns the tensors and the index's ``metadata``.
     """
@@ -117,9 +121,12 @@ def load_tensors(
     index = read_json(folder / f"{name}.json")
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise CheckpointError(f"{folder / name}.json is not a {FORMAT} index")
-    if config is not None and index.get("config") != json.loads(json.dumps(config)):
+    saved = index.get("config")
+    if defaults is not None and isinstance(saved, dict):
+        saved = {**json.loads(json.dumps(dict(defaults))), **saved}
+    if config is not None and saved != json.loads(json.dumps(config)):
         raise CheckpointError(
-            f"checkpoint {folder / name} was saved for another configuration:\n  saved:    {index.get('config')}\n"
+            f"checkpoint {folder / name} was saved for another configuration:\n  saved:    {saved}\n"
             f"  expected: {dict(config)}"
         )
     flat: dict[str, Tensor] = {}
@@ -230,7 +237,9 @@ def load_model_folder(
 
     ``expect`` (a config or its name) raises :class:`CheckpointError` if the folder holds another configuration.
     """
-    from gpsk_materials.models.configs import get_config
+    from dataclasses import asdict
+
+    from gpsk_materials.models.configs import MMDiTConfig, VAEConfig, get_config
     from gpsk_materials.models.generative import GPSKModel
     from gpsk_materials.models.mmdit import MMDiT
     from gpsk_materials.models.vae import GridVAE
@@ -247,11 +256,11 @@ def load_model_folder(
             raise CheckpointError(f"model folder {path} holds config {config.name!r}, expected {expect.name!r}")
     cfg = config.to_dict()
     vae = GridVAE(config.vae)
-    load_module_weights(vae, load_tensors(path, "vae", cfg["vae"])[0], f"{path}/vae")
+    load_module_weights(vae, load_tensors(path, "vae", cfg["vae"], defaults=asdict(VAEConfig()))[0], f"{path}/vae")
     mmdit = None
     if meta.get("has_mmdit", True):
         mmdit = MMDiT(config.mmdit)
-        load_module_weights(mmdit, load_tensors(path, "mmdit", cfg["mmdit"])[0], f"{path}/mmdit")
+        load_module_weights(mmdit, load_tensors(path, "mmdit", cfg["mmdit"], defaults=asdict(MMDiTConfig()))[0], f"{path}/mmdit")
     t = lambda x: None if x is None else torch.tensor(x, dtype=torch.float32)  # noqa: E731
     return GPSKModel(
         config=config,

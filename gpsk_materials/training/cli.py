@@ -48,6 +48,8 @@ _HELP = {
     "vae_jitter_weight": "weight of the VAE term that keeps the latent of a crystal with every site displaced by "
                          "--vae-jitter Å close to the crystal's own (relative to the spread of the batch's latents; "
                          "benchmarks/latent_smoothness.py measures it); each VAE step then encodes both",
+    "vae_freeze_encoder": "train only the VAE's decoder (and metric head): the latent, and an MMDiT started from "
+                          "--init-weights, stay valid",
     "vae_shell_weight": "weight of the VAE's per-shell log-power term (GridVAE.shell_log_power_error), which keeps "
                         "the form-factor fall-off that tells elements apart",
 }

@@ -44,7 +44,15 @@ from gpsk_materials.errors import CheckpointError, ConfigError, DataError
 from gpsk_materials.models import rectified_flow as rf
 from gpsk_materials.models.conditioning import ConditionBatch, ConditionStats, drop_modalities
 from gpsk_materials.models.configs import ModelConfig, VAEConfig, check_fields, get_config
-from gpsk_materials.models.growth import can_compress, can_deepen, channel_pca, compress_vae, deepen_vae
+from gpsk_materials.models.growth import (
+    add_subvoxel,
+    can_add_subvoxel,
+    can_compress,
+    can_deepen,
+    channel_pca,
+    compress_vae,
+    deepen_vae,
+)
 from gpsk_materials.models.io import (
     load_model_folder,
     load_module_weights,
@@ -114,6 +122,7 @@ class TrainConfig:
     vae_shell_weight: float = 0.0
     vae_jitter: float = 0.05
     vae_jitter_weight: float = 0.0
+    vae_freeze_encoder: bool = False
     anneal_to_deadline: bool = False
 
     def check(self) -> None:
@@ -471,6 +480,10 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         cfg = self.model_config
         model = (GridVAE(cfg.vae) if stage == "vae" else MMDiT(cfg.mmdit)).to(self.device)
+        if stage == "vae" and self.cfg.vae_freeze_encoder:
+            for name, p in model.named_parameters():  # the latent stays what the starting VAE's MMDiT was trained on
+                if name.startswith(("enc_in.", "encoder.", "enc_out.", "enc_subvoxel.")):
+                    p.requires_grad_(False)
         if stage == "vae" and self.cfg.channels_last:
             for p in model.parameters():  # cuDNN's preferred 3D convolution layout, for the 5-D kernels
                 if p.ndim == 5:
@@ -536,6 +549,10 @@ class Trainer:
                 logger.info("growing the VAE of %s from %d to %d blocks per level (added blocks start as identities)",
                             folder, theirs.vae.blocks_per_level, mine.vae.blocks_per_level)
             return deepen_vae(start.vae, mine.vae)
+        if stage == "vae" and can_add_subvoxel(theirs.vae, mine.vae):
+            if self.info.is_main:
+                logger.info("adding sub-voxel branches to the VAE of %s (they start at zero)", folder)
+            return add_subvoxel(start.vae, mine.vae)
         if stage == "vae" and can_compress(theirs.vae, mine.vae):
             return self._compressed_vae(start.vae, mine.vae, folder)
         raise CheckpointError(f"model folder {folder} holds config {theirs.name!r}, which the {stage} stage of "
