@@ -12,11 +12,18 @@ composition (``checks="none"``).
   prediction is the refined structure.
 * ``no pattern``: the same model and noise, candidates in sample order (the CSP benchmark's protocol).
 
-With ``--pattern-guidance 0`` both arms share the very same candidates (one sampling run), so the difference is the
+* ``prototypes`` (``--prototypes K``): the K best substituted known crystals of the target's cell content
+  (``CrystalGenerator.prototype_candidates``, the shipped library, which holds no MP-20 test material) in their own
+  order, no pattern (the prototype CSP baseline on the same targets);
+* ``pattern_prototypes``: the model's candidates and the K prototypes refined against the pattern together, ranked
+  by Rwp (``generate(..., diffraction=p, prototypes=K)``). ``--k 0`` leaves the model out (prototypes alone).
+
+With ``--pattern-guidance 0`` both model arms share the very same candidates (one sampling run), so the difference is the
 ranking and the lattice refinement alone; with guidance > 0 the pattern arm samples again, guided.
 Matching: StructureMatcher stol 0.5, angle_tol 10, ltol 0.3 (``csp_metrics``), match rate at 1 and at k candidates.
 
     python benchmarks/powder_solve.py --device cuda --limit 200 --k 20 --out results/powder_solve.json
+    python benchmarks/powder_solve.py --limit 200 --k 0 --prototypes 5 --out results/powder_solve_prototypes.json
 """
 
 from __future__ import annotations
@@ -51,7 +58,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package default)")
     p.add_argument("--pattern-guidance", type=float, default=0.0, help="sampler guidance toward the pattern")
     p.add_argument("--workers", type=int, default=2, help="processes parsing the CIFs")
+    p.add_argument("--prototypes", type=int, default=0, help="substituted known crystals per target (K)")
     args = p.parse_args(argv)
+    if args.k < 0 or args.prototypes < 0 or args.k + args.prototypes < 1:
+        p.error("--k and --prototypes must be >= 0 and not both 0")
+    if args.k == 0 and args.pattern_guidance > 0:
+        p.error("--pattern-guidance needs model candidates (--k > 0)")
     print(f"NOTE: {TEST_CSV} is a partial MP-20 test split (shared/data/SOURCES.md).")
     targets, df = read_structures(TEST_CSV, limit=args.limit, workers=args.workers)
     tids = [str(m) for m in df["material_id"]]
@@ -61,13 +73,23 @@ def main(argv=None) -> int:
     patterns = [simulate_measurement(t, "CuKa", seed=i)[0] for i, t in enumerate(targets)]
     comps = [t.composition.formula.replace(" ", "") for t in targets]
     t0 = time.perf_counter()
-    base = gen.run([{"composition": c, "n": args.k, **steps} for c in comps], seed=args.seed, checks="none",
-                   progress=True)
+    base = (gen.run([{"composition": c, "n": args.k, **steps} for c in comps], seed=args.seed, checks="none",
+                    progress=True) if args.k else [None] * len(comps))
     t_sample = time.perf_counter() - t0
-    ranked, rwp_best, rwp_true, refine_s = [], [], [], 0.0
+    protos = []
+    if args.prototypes:
+        from gpsk_materials.pipelines.requests import GenerationRequest, resolve_request
+
+        for c in tqdm(comps, desc="prototypes", unit="target"):
+            r = resolve_request(GenerationRequest(c, 1, prototypes=args.prototypes), 0, 0, gen.max_sites,
+                                gen.model.config.mmdit.max_elements)
+            protos.append(gen.prototype_candidates(r, args.prototypes))
+    ranked, ranked_p, rwp_best, rwp_best_p, rwp_true, refine_s = [], [], [], [], [], 0.0
     for i, (t, res, pat) in enumerate(tqdm(list(zip(targets, base, patterns)), desc="solving", unit="target")):
         t1 = time.perf_counter()
-        if args.pattern_guidance > 0:
+        if res is None:
+            fits, structures = [], []
+        elif args.pattern_guidance > 0:
             sol = solve_pattern(gen, comps[i], pat, args.k, seed=args.seed + i, checks="none",
                                 pattern_guidance=args.pattern_guidance, refiner=refiner, **steps)
             fits = sol.refinements
@@ -77,35 +99,51 @@ def main(argv=None) -> int:
             order = sorted([j for j, f in enumerate(fits_all) if f is not None], key=lambda j: fits_all[j].rwp)
             fits = [fits_all[j] for j in order]
             structures = [f.structure for f in fits]
+        if args.prototypes:  # the model's refined candidates and the prototypes, one ranking by Rwp
+            pf = [f for f in refiner.rank(protos[i], pat) if f is not None]
+            both = sorted(list(fits) + pf, key=lambda f: f.rwp)
+            ranked_p.append([f.structure for f in both])
+            rwp_best_p.append(both[0].rwp if both else None)
         refine_s += time.perf_counter() - t1
         ranked.append(structures)
         rwp_best.append(fits[0].rwp if fits else None)
         rwp_true.append(refiner.refine(t, pat).rwp)  # the target itself: the floor set by the noise model
     seconds = time.perf_counter() - t0
     target_valid = [all(is_valid(t)) for t in targets]
-    summary = {"split": f"{TEST_CSV} (partial)", "targets": len(targets), "k": args.k,
+    summary = {"split": f"{TEST_CSV} (partial)", "targets": len(targets), "k": args.k, "prototypes": args.prototypes,
                "pattern_guidance": args.pattern_guidance, "seconds": seconds, "seconds_sampling": t_sample,
                "seconds_refinement": refine_s, "device": str(gen.device), "steps": args.steps,
-               "decoded": int(sum(r.decoded for r in base)), "generated": int(sum(r.candidates for r in base)),
-               "targets_with_a_refined_candidate": int(sum(v is not None for v in rwp_best))}
-    for arm in ("no_pattern", "pattern"):
+               "decoded": int(sum(r.decoded for r in base if r)), "generated": int(sum(r.candidates for r in base if r)),
+               "targets_with_a_refined_candidate": int(sum(v is not None for v in rwp_best)),
+               "targets_with_a_prototype": int(sum(bool(p) for p in protos))}
+    arms = (["no_pattern", "pattern"] if args.k else []) + (["prototypes", "pattern_prototypes"] if args.prototypes else [])
+    for arm in arms:
         preds, pids, pvalid = [], [], []
-        for tid, t, res, rk in zip(tids, targets, base, ranked):
-            slots = (_slots(res.structures, args.k, lambda s, j: sample_index(s, j)) if arm == "no_pattern"
-                     else (rk + [None] * args.k)[: args.k])
+        width = args.prototypes if arm == "prototypes" else args.k + (args.prototypes if arm == "pattern_prototypes" else 0)
+        for i, (tid, t, res, rk) in enumerate(zip(tids, targets, base, ranked)):
+            if arm == "no_pattern":
+                slots = _slots(res.structures, args.k, lambda s, j: sample_index(s, j))
+            else:
+                got = {"pattern": rk, "prototypes": protos[i] if protos else [],
+                       "pattern_prototypes": ranked_p[i] if ranked_p else []}[arm]
+                slots = (list(got) + [None] * width)[:width]
             for j, s in enumerate(slots):
                 preds.append(s if s is not None else t)  # placeholder, never matched (invalid)
                 pids.append(f"{tid}__{j}")
                 pvalid.append(s is not None and all(is_valid(s)))
         r = csp_metrics(preds, pids, pvalid, targets, tids, target_valid, progress=False).summary()
         summary[arm] = {"match_rate_1": r["match_rate_1"], "match_rate_k": r["match_rate_k"], "rmse_1": r["rmse_1"],
-                        "rmse_k": r["rmse_k"]}
-        print(f"{arm:>10}: match rate at 1 {r['match_rate_1']:.4f}, at {args.k} {r['match_rate_k']:.4f}")
+                        "rmse_k": r["rmse_k"], "candidates": width}
+        print(f"{arm:>18}: match rate at 1 {r['match_rate_1']:.4f}, at {width} {r['match_rate_k']:.4f}")
+    if args.prototypes:
+        okp = [v for v in rwp_best_p if v is not None]
+        summary["rwp_best_median_with_prototypes"] = float(sorted(okp)[len(okp) // 2]) if okp else None
     ok = [v for v in rwp_best if v is not None]
     summary["rwp_best_median"] = float(sorted(ok)[len(ok) // 2]) if ok else None
     summary["rwp_target_median"] = float(sorted(rwp_true)[len(rwp_true) // 2])
-    summary["per_target"] = [{"id": tid, "rwp_best": rb, "rwp_target": rt} for tid, rb, rt in
-                             zip(tids, rwp_best, rwp_true)]
+    summary["per_target"] = [{"id": tid, "rwp_best": rb, "rwp_target": rt,
+                              "rwp_best_with_prototypes": rwp_best_p[i] if rwp_best_p else None}
+                             for i, (tid, rb, rt) in enumerate(zip(tids, rwp_best, rwp_true))]
     print(f"median Rwp: best candidate {summary['rwp_best_median']}, true structure {summary['rwp_target_median']:.4f}"
           f"; {seconds:.0f} s")
     write_summary(args.out, summary)

@@ -15,6 +15,7 @@ option              meaning (wherever it appears)
 ``--space-group``   space-group number 1-230 (requested, or compared with)
 ``--crystal-system`` crystal system triclinic ... cubic (requested)
 ``--best-of``       candidates drawn per kept structure; the best are kept
+``--prototypes K``  also take the K nearest known crystals of the stoichiometry, elements substituted, as candidates
 ``--checks``        post-checks of the candidates (``validity_symmetry``, the default; ``basic`` its old name)
 ``--potential``     interatomic potential of the energy checks
 ``--fmax``          relaxation force tolerance, eV/A
@@ -61,6 +62,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "crystal_system": (("--crystal-system",), dict(default=None, help="triclinic ... cubic")),
     "best_of": (("--best-of",), dict(type=int, default=1,
                                      help="candidates per wanted structure; the best are kept (default %(default)s)")),
+    "prototypes": (("--prototypes",), dict(type=int, default=0, metavar="K",
+                                           help="also take the K nearest known crystals of the same stoichiometry, "
+                                                "their elements substituted (gpsk_materials.prototypes), as "
+                                                "candidates ranked with the model's (default 0)")),
     "checks": (("--checks",), dict(default=DEFAULT_CHECKS,
                                    help=f"comma-separated post-checks: none, {DEFAULT_CHECKS} (validity, symmetry, "
                                         "connectivity; the default; 'basic' is its old name), energy, volume_scan, "

@@ -142,10 +142,54 @@ def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_the
     assert len(gen.prototype_substitutor.get_structures({"Sn": 1, "F": 2}, n=3, formula_units=2)) == 1
     assert "prototypes must be an integer >= 0" in str(res[2].error)
     assert "prototypes needs a composition" in str(res[3].error)
-    # the same through generate(), which refuses to mix prototypes into a powder-pattern solution (not built yet)
+    # the same through generate()
     assert gen.generate("KBr", prototypes=1, steps=2, seed=0)[0].properties["gpsk"]["prototype"]["formula"] == "NaCl"
-    with pytest.raises(ConditioningError, match="not combined with diffraction"):
-        gen.generate("KBr", prototypes=1, diffraction=([10.0, 20.0], [1.0, 2.0]))
+
+
+def test_prototypes_join_the_candidates_of_a_powder_solution(library, tiny_model_dir, tmp_path, capsys,  # noqa: F811
+                                                             monkeypatch):
+    """diffraction= with prototypes=K: the substituted templates are refined against the pattern beside the model's
+    candidates; the rock-salt KBr template explains a KBr rock-salt pattern, so it ranks first, with its
+    provenance, in generate() and in gpsk solve's files."""
+    import csv
+
+    from gpsk_materials import CrystalGenerator, provenance
+    from gpsk_materials.cli import main
+    from gpsk_materials.diffraction import simulate_measurement
+    from gpsk_materials.diffraction.solve import solve_pattern
+
+    kbr = rock_salt("K", "Br", 6.60)
+    pattern = simulate_measurement(kbr, "CuKa", seed=3)[0]
+    gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
+    gen._prototype_substitutor = PrototypeSubstitutor(library)
+    sol = solve_pattern(gen, "KBr", pattern, 2, steps=2, seed=0, checks="none", prototypes=1)
+    assert sol.result.candidates == 2 and sol.refined >= 1
+    best = sol.structures[0]
+    assert provenance.read(best, "prototype")["formula"] == "NaCl"
+    req = provenance.read(best, "request")
+    assert req["sample_index"] is None and req["prototype_index"] == 0 and req["prototypes"] == 1
+    assert req["composition"] == "KBr" and req["rank"] == 0
+    d = provenance.read(best, "diffraction")
+    assert d["rwp"] < 0.2 and d["rank"] == 0
+    assert max(best.lattice.abc) == pytest.approx(6.60, rel=0.01)  # refined from the RLS volume to the pattern's
+    assert gen.generate("KBr", steps=2, seed=0, checks="none", diffraction=pattern, prototypes=1)[0] \
+        .properties["gpsk"]["prototype"]["formula"] == "NaCl"
+
+    pattern_file = tmp_path / "kbr.xy"
+    np.savetxt(pattern_file, np.column_stack([pattern.two_theta, pattern.intensity]))
+    real = CrystalGenerator.from_pretrained
+
+    def with_library(*args, **kwargs):  # the CLI builds its own generator: give it the test's library
+        g = real(tiny_model_dir, batch_size=4)
+        g._prototype_substitutor = PrototypeSubstitutor(library)
+        return g
+
+    monkeypatch.setattr(CrystalGenerator, "from_pretrained", staticmethod(with_library))
+    assert main(["solve", str(pattern_file), "--composition", "KBr", "-n", "1", "--best-of", "1", "--steps", "2",
+                 "--checks", "none", "--prototypes", "1", "--no-progress", "--out", str(tmp_path / "solved")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "solved" / "solve_summary.csv")))
+    assert rows[0]["source"].startswith("prototype") and "NaCl" in rows[0]["source"]
+    assert "prototype" in capsys.readouterr().out
 
 
 def test_a_stable_analogue_ranks_before_an_unstable_polymorph_of_the_very_formula():

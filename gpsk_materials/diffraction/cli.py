@@ -12,7 +12,7 @@ from gpsk_materials.cli_options import add
 
 #: columns of ``solve_summary.csv``
 SOLVE_COLUMNS = ("rank", "file", "plot", "formula", "rwp", "rp", "agreement", "crystal_system", "space_group",
-                 "a", "b", "c", "alpha", "beta", "gamma", "zero_shift", "sample_index")
+                 "a", "b", "c", "alpha", "beta", "gamma", "zero_shift", "sample_index", "source")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         crystal_system=dict(help="triclinic ... cubic, if known"))
     p.add_argument("--pattern-guidance", type=float, default=0.0,
                    help="strength of sampler guidance toward the pattern (0 = off; 0.3 measured best for the shipped model, docs/diffraction.md; slow on a CPU)")
+    add(p, "prototypes", prototypes=dict(help="also refine the K nearest known crystals of the same stoichiometry, "
+                                               "their elements substituted (gpsk_materials.prototypes), beside the "
+                                               "model's candidates (default 0)"))
     add(p, "guidance", "steps", "seed", "checks", "model", "device", "no_progress", "out",
         out=dict(default=Path("solved"), help="output folder (default ./solved)"))
     p.set_defaults(func=run)
@@ -51,7 +54,7 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
     from pymatgen.io.cif import CifWriter
 
     from gpsk_materials import provenance
-    from gpsk_materials.pipelines.output import _UNSAFE
+    from gpsk_materials.pipelines.output import _UNSAFE, _source
 
     folder.mkdir(parents=True, exist_ok=True)
     name = _UNSAFE.sub("_", label) or "structure"
@@ -69,7 +72,7 @@ def write_solution(solution, folder: Path, label: str) -> list[dict]:
                      "crystal_system": fit.crystal_system, "space_group": checks.get("space_group"),
                      "a": round(a, 4), "b": round(b, 4), "c": round(c, 4), "alpha": round(al, 3),
                      "beta": round(be, 3), "gamma": round(ga, 3), "zero_shift": round(fit.zero_shift, 4),
-                     "sample_index": req.get("sample_index")})
+                     "sample_index": req.get("sample_index"), "source": _source(s)})
     write_csv_atomic(folder / "solve_summary.csv", rows, SOLVE_COLUMNS)
     return rows
 
@@ -86,12 +89,14 @@ def run(args: argparse.Namespace) -> int:
     solution = solve_pattern(gen, args.composition, pattern, args.n, best_of=args.best_of, guidance=args.guidance,
                              steps=args.steps, seed=args.seed, checks=args.checks,
                              progress=False if args.no_progress else None, pattern_guidance=args.pattern_guidance,
-                             space_group=args.space_group, crystal_system=args.crystal_system)
+                             space_group=args.space_group, crystal_system=args.crystal_system,
+                             prototypes=args.prototypes)
     rows = write_solution(solution, args.out, args.composition)
     if rows:
         print(format_table(rows, [("file", "file"), ("formula", "formula"), ("space_group", "SG"),
                                   ("crystal_system", "system"), ("rwp", "Rwp"), ("rp", "Rp"),
-                                  ("agreement", "agreement"), ("a", "a"), ("b", "b"), ("c", "c")]))
+                                  ("agreement", "agreement"), ("a", "a"), ("b", "b"), ("c", "c"),
+                                  ("source", "source")]))
     for note in solution.notes:
         print(f"gpsk solve: warning: {note}", file=sys.stderr)
     res = solution.result

@@ -58,7 +58,7 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
                   guidance: float = GUIDANCE, steps: int = SAMPLER_STEPS, seed: int | None = None, best_of: int = 1,
                   checks: Any = DEFAULT_CHECKS, progress: bool | None = None, pattern_guidance: float = 0.0,
                   guidance_terms: Sequence[Any] | None = None, refiner: PatternRefiner | None = None,
-                  output: str = "structure", **conditions: Any) -> PowderSolution:
+                  output: str = "structure", prototypes: int = 0, **conditions: Any) -> PowderSolution:
     """Solve a structure of ``composition`` from a powder pattern.
 
     Draws ``n * best_of`` candidates with ``generator`` (the same noise as ``generate(composition, n * best_of)``),
@@ -66,6 +66,9 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
     refines each decoded candidate against the pattern with ``refiner`` (:class:`PatternRefiner`: scale, zero
     shift, Chebyshev background, Caglioti widths and the lattice under its crystal system's constraints) and keeps
     the ``n`` of lowest Rwp. ``conditions`` are further conditions (``space_group``, ``crystal_system``, ...).
+    ``prototypes=K`` adds the K best substituted known crystals of the composition
+    (:meth:`CrystalGenerator.prototype_candidates`, :mod:`gpsk_materials.prototypes`) to the candidates refined and
+    ranked; a kept one has ``request.source`` "prototype" and its ``prototype`` provenance section.
 
     Poor agreement (Rwp above :data:`~gpsk_materials.diffraction.refine.POOR_RWP`) is logged as a warning and
     recorded as ``agreement: "poor"`` in each structure's ``properties["gpsk"]["diffraction"]``.
@@ -78,7 +81,7 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
         The request is invalid.
     """
     from gpsk_materials.diffraction.guidance import PatternGuidance
-    from gpsk_materials.pipelines.requests import GenerationRequest, resolve_request
+    from gpsk_materials.pipelines.requests import GenerationRequest, composition_label, resolve_request
 
     from gpsk_materials.errors import ConditioningError
 
@@ -89,15 +92,19 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
     terms = list(guidance_terms or [])
     if pattern_guidance:
         terms.append(PatternGuidance(generator.model, pattern, scale=pattern_guidance))
-    request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of, **conditions)
+    request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of,
+                                prototypes=prototypes, **conditions)
     # the request as asked is validated first (its own error, naming n or best_of, before anything is sampled)
-    resolve_request(request, 0, 0, generator.max_sites, generator.model.config.mmdit.max_elements)
-    n_int, b_int = int(n), int(best_of)
+    resolved = resolve_request(request, 0, 0, generator.max_sites, generator.model.config.mmdit.max_elements)
+    n_int, b_int, k_int = int(n), int(best_of), int(prototypes)
     # every candidate is refined: the checks must not select among them
     wide = GenerationRequest(composition, n_int * b_int, guidance=guidance, steps=steps, best_of=1, **conditions)
     res = generator.run([wide], seed=seed, checks=checks, progress=progress, guidance_terms=terms)[0].raise_for_error()
-    fits = refiner.rank(res.structures, pattern, progress=bool(progress))
-    pairs = sorted([(f, s) for f, s in zip(fits, res.structures) if f is not None], key=lambda p: p[0].rwp)
+    candidates = list(res.structures)
+    if k_int:
+        candidates += generator.prototype_candidates(resolved, k_int)
+    fits = refiner.rank(candidates, pattern, progress=bool(progress))
+    pairs = sorted([(f, s) for f, s in zip(fits, candidates) if f is not None], key=lambda p: p[0].rwp)
     kept = pairs[:n_int]
     structures, refinements = [], []
     for rank, (fit, cand) in enumerate(kept):
@@ -107,7 +114,10 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
             if value is not None:
                 provenance.write(s, section, value)
         req = dict(provenance.read(s, "request") or {})
-        req.update({"n": n_int, "best_of": b_int, "rank": rank})
+        if provenance.read(cand, "prototype") is not None:
+            req.update({"composition": composition_label(composition), "sample_index": None,
+                        "prototype_index": candidates.index(cand) - len(res.structures)})
+        req.update({"n": n_int, "best_of": b_int, "prototypes": k_int, "rank": rank})
         provenance.write(s, "request", req)
         provenance.write(s, "diffraction", {
             **fit.summary(), "rank": rank, "candidates_refined": len(pairs),

@@ -45,10 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--projection", type=_flow_time, default=PROJECTION_TIME, metavar="T",
                    help="re-enter each sample into the flow at time T (0 <= T < 1, 0 = off, the default) after the "
                    "decoder has projected it onto the requested atoms (docs/generator.md)")
-    p.add_argument("--prototypes", type=int, default=0, metavar="K",
-                   help="also take the K nearest known crystals of the same stoichiometry, their elements "
-                   "substituted (gpsk_materials.prototypes), as candidates ranked with the model's (default 0)")
-    add(p, "checks")
+    add(p, "prototypes", "checks")
     p.add_argument("--volume-scan", action="store_true", help="add the volume-scan check (as --checks volume_scan)")
     p.add_argument("--relax", action="store_true", help="add the relaxation check (as --checks relax)")
     add(p, "hull", hull=dict(choices=("self",), help="add the energy above the potential's own hull of "

@@ -422,19 +422,16 @@ class CrystalGenerator(MSONable):
 
         ``prototypes=K`` adds the K nearest known crystals of the composition, their elements substituted
         (:mod:`gpsk_materials.prototypes`), to the model's candidates; all are ranked by the checks together
-        (``GenerationRequest.prototypes``, docs/generator.md "Prototypes"). Not combined with ``diffraction`` yet:
-        :class:`ConditioningError` if both are given.
+        (``GenerationRequest.prototypes``, docs/generator.md "Prototypes"); with ``diffraction`` they are refined
+        against the pattern and ranked by Rwp beside the model's candidates.
         """
-        if diffraction is not None and prototypes:
-            raise ConditioningError("prototypes= is not combined with diffraction= yet: solve from the model's "
-                                    "candidates, or refine PrototypeSubstitutor structures yourself")
         if diffraction is not None:
             from gpsk_materials.diffraction.solve import solve_pattern
 
             return solve_pattern(self, composition, diffraction, n, wavelength=wavelength, guidance=guidance,
                                  steps=steps, seed=seed, best_of=best_of, checks=checks, progress=progress,
                                  pattern_guidance=pattern_guidance, guidance_terms=guidance_terms, output=output,
-                                 formula_units=formula_units, **conditions).structures
+                                 formula_units=formula_units, prototypes=prototypes, **conditions).structures
         request = GenerationRequest(composition, n, guidance=guidance, steps=steps, best_of=best_of,
                                     formula_units=formula_units, prototypes=prototypes, **conditions)
         result = self.run([request], seed=seed, checks=checks, output=output, progress=progress,
@@ -742,14 +739,20 @@ class CrystalGenerator(MSONable):
         out = []
         for r, (structures, reasons) in zip(resolved, decoded):
             if r.request.prototypes:
-                fixed = (r.cell_choice or {}).get("chosen_by") in ("formula_units", "explicit cell content")
-                extra = self.prototype_substitutor.get_structures(
-                    r.reduced, n=r.request.prototypes, formula_units=r.formula_units[0] if fixed else None,
-                    space_group=r.conditions.space_group)
-                extra = [s for s in extra if len(s) <= self.max_sites]
+                extra = self.prototype_candidates(r, r.request.prototypes)
                 structures, reasons = list(structures) + extra, list(reasons) + [None] * len(extra)
             out.append((structures, reasons))
         return out
+
+    def prototype_candidates(self, r: ResolvedRequest, k: int) -> list:
+        """Up to ``k`` substituted known crystals for one resolved request (the generator's and the powder
+        solver's prototype candidates): a fixed cell content (``formula_units`` or an explicit cell) is kept, a
+        reduced formula takes the template's own number of formula units within ``max_sites``, a requested space
+        group puts the templates of that group first (:meth:`PrototypeSubstitutor.get_structures`)."""
+        fixed = (r.cell_choice or {}).get("chosen_by") in ("formula_units", "explicit cell content")
+        extra = self.prototype_substitutor.get_structures(
+            r.reduced, n=k, formula_units=r.formula_units[0] if fixed else None, space_group=r.conditions.space_group)
+        return [s for s in extra if len(s) <= self.max_sites]
 
     def _decode(self, resolved: Sequence[ResolvedRequest], grids: Sequence[Tensor], progress: bool,
                 decoder: Any = None) -> list:
