@@ -37,6 +37,14 @@ returns every decoded candidate unranked. For each crystal: how many decoded can
 are within 3 % of experiment after the volume scan, and the detected space groups. The script checks that the
 structure returned by the ranked run is among them (same sample index and cell).
 
+Volume guidance (``--volume-guidance SCALE``, issue 18's "energy guidance, the volume term alone"): each crystal
+is sampled in its own run (``seed = --seed + i``, as request i of the batched run) with a
+:class:`~gpsk_materials.diffraction.guidance.VolumeGuidance` term whose target is the volume of the nearest known
+crystal of another formula with the same stoichiometry, its elements substituted and its volume set by pymatgen's
+``RLSVolumePredictor`` (ionic radii; :class:`~gpsk_materials.prototypes.PrototypeSubstitutor` with the crystal's
+own formula excluded, e.g. NaCl's target from the KCl or NaBr rock salt). "before" is then the guided cell; the
+target and its template are reported per crystal.
+
 Run on the CPU (one torch thread; ``HF_HUB_OFFLINE=1`` is set by the script for the offline potential):
 
     python benchmarks/known_crystals.py --seed 0 --out docs/results/known_crystals.json --plot docs/results/known_crystals.png
@@ -245,13 +253,37 @@ def main(argv=None) -> int:
     p.add_argument("--no-candidates", action="store_true", help="skip the diagnostic over all decoded candidates")
     p.add_argument("--checks", choices=["basic", "volume_scan"], default="basic",
                    help="ranking of the best-of candidates: basic checks, or GPSK-05's energy after the volume scan")
+    p.add_argument("--volume-guidance", type=float, default=0.0,
+                   help="scale of the volume guidance toward the substituted nearest analogue's volume (0 = off)")
     args = p.parse_args(argv)
 
     gen = load_generator(args)
     requests = [{"composition": cell, "n": 1, "best_of": args.best_of, "formula_units": cell_units(cell)}
                 for _, cell, *_ in CRYSTALS]
     t0 = time.perf_counter()
-    results = gen.run(requests, seed=args.seed, checks=args.checks)
+    targets = []
+    if args.volume_guidance > 0:
+        from gpsk_materials.diffraction.guidance import VolumeGuidance
+        from gpsk_materials.prototypes import PrototypeSubstitutor
+
+        from pymatgen.core import Composition
+
+        results = []
+        for i, ((name, cell, *_), req) in enumerate(zip(CRYSTALS, requests)):
+            own = Composition(cell).reduced_formula
+            analogue = PrototypeSubstitutor(exclude_formulas=[own]).get_structures(
+                cell, 1, formula_units=cell_units(cell))
+            if not analogue:
+                targets.append(None)
+                results.append(gen.run([req], seed=args.seed + i, checks=args.checks)[0])
+                continue
+            v = float(analogue[0].volume)
+            targets.append({"volume": v, "volume_per_atom": v / len(analogue[0]),
+                            "template": provenance.read(analogue[0], "prototype")})
+            term = VolumeGuidance(gen.model, v, scale=args.volume_guidance)
+            results.append(gen.run([req], seed=args.seed + i, checks=args.checks, guidance_terms=[term])[0])
+    else:
+        results = gen.run(requests, seed=args.seed, checks=args.checks)
     seconds_generation = time.perf_counter() - t0
     if args.checks == "volume_scan":  # the generator returns scanned cells: "before" is the cell it scanned
         for res in results:
@@ -281,6 +313,7 @@ def main(argv=None) -> int:
             "scale_factor": None, "scan_status": None, "scan_success": None, "scan_at_boundary": None,
             "energy_per_atom_after": None,
             "space_group_before": None, "space_group_after": None, "prototype_match": None,
+            "volume_guidance_target": targets[k] if targets else None,
         }
         if k in scanned:
             before, sr = res.structures[0], scanned[k]
@@ -336,6 +369,7 @@ def main(argv=None) -> int:
 
     summary = {
         "seed": args.seed, "best_of": args.best_of, "device": str(gen.device), "checks": args.checks,
+        "volume_guidance": args.volume_guidance,
         "model_path": args.model, "model_hash": gen.model_hash, "potential": scan.potential.spec,
         "volume_scan": scan.as_dict(), "symprec": SYMPREC, "tolerance": TOLERANCE,
         "seconds_generation": seconds_generation, "seconds_volume_scan": seconds_scan,

@@ -75,7 +75,8 @@ def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+            # "\n", not the csv module's default "\r\n": the files are read by Unix tools as often as by spreadsheets
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})

@@ -88,7 +88,17 @@ def test_checkpoints_and_generation_results_go_through_atomic_files(tmp_path, mo
     from gpsk_materials.pipelines import output
 
     monkeypatch.setattr(output, "write_csv_atomic", lambda p, r, c: seen.append(("csv", p)) or csv_(p, r, c))
-    assert write_results([], tmp_path / "out") == []
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.csv").write_text("an earlier run's summary\n")
+    assert write_results([], tmp_path / "out") == []  # nothing to write: an earlier run's files stay
+    assert (tmp_path / "out" / "summary.csv").read_text() == "an earlier run's summary\n"
+    from pymatgen.core import Lattice, Structure
+
+    from gpsk_materials.pipelines import GenerationRequest, GenerationResult
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert len(write_results([GenerationResult(0, GenerationRequest("NaCl"), structures=[nacl])], tmp_path / "out")) == 1
     assert seen[-1] == ("csv", tmp_path / "out" / "summary.csv")
-    assert (tmp_path / "out" / "summary.csv").read_text().strip() == ",".join(SUMMARY_COLUMNS)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["structures.extxyz", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["NaCl_0.cif", "structures.extxyz", "summary.csv"]
+    text = (tmp_path / "out" / "summary.csv").read_bytes()
+    assert b"\r" not in text and text.decode().splitlines()[0] == ",".join(SUMMARY_COLUMNS)

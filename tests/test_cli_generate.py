@@ -59,10 +59,12 @@ def test_console_script_end_to_end(tmp_path, tiny_model_dir):  # noqa: F811
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = _summary(out)
+    rows = _summary(out) if (out / "summary.csv").exists() else []
     assert len(rows) == len(list(out.glob("Fe2O3_*.cif"))) <= 2
-    assert (out / "structures.extxyz").is_file()
-    assert f"wrote {len(rows)} structures" in proc.stdout
+    if rows:
+        assert (out / "structures.extxyz").is_file() and f"wrote {len(rows)} structures" in proc.stdout
+    else:  # nothing decoded: nothing written, and said so
+        assert not out.exists() and "no structures: nothing written" in proc.stdout
     if len(rows) < 2:  # the untrained model rarely decodes; the shortfall is reported, not hidden
         assert "candidates decoded, seed 0" in proc.stderr
     bad = subprocess.run([str(gpsk), "generate", "NaCl", "--model", str(tmp_path / "missing"), "--out", str(out)],

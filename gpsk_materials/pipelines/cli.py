@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate, write the files, print the table; exit code 1 if any request was invalid."""
-    from gpsk_materials.pipelines.generator import CrystalGenerator
+    from gpsk_materials.pipelines.generator import REQUEST_ERROR, CrystalGenerator
     from gpsk_materials.pipelines.output import format_table, write_results
     from gpsk_materials.models.conditioning import Conditions
     from gpsk_materials.pipelines.requests import GenerationRequest
@@ -75,7 +76,15 @@ def run(args: argparse.Namespace) -> int:
         for f in args.formulas
     ]
     checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])
-    results = gen.run(requests, seed=args.seed, checks=checks, progress=False if args.no_progress else None)
+    # rejected requests are printed below, once: the generator's own log line of each is filtered out
+    reported = logging.Filter()
+    reported.filter = lambda record: not getattr(record, REQUEST_ERROR, False)
+    gen_logger = logging.getLogger("gpsk_materials.pipelines.generator")
+    gen_logger.addFilter(reported)
+    try:
+        results = gen.run(requests, seed=args.seed, checks=checks, progress=False if args.no_progress else None)
+    finally:
+        gen_logger.removeFilter(reported)
     records = write_results(results, args.out)
     if records:
         print(format_table(records))
@@ -89,5 +98,8 @@ def run(args: argparse.Namespace) -> int:
             reason = f"; first failure: {res.failures[0]}" if res.failures else ""
             print(f"gpsk generate: request {res.index} ({label}): {len(res.structures)} of {res.request.n} structures "
                   f"({res.decoded} of {res.candidates} candidates decoded, seed {res.seed}){reason}", file=sys.stderr)
-    print(f"wrote {len(records)} structures to {args.out}/ (CIF files, structures.extxyz, summary.csv)")
+    if records:
+        print(f"wrote {len(records)} structures to {args.out}/ (CIF files, structures.extxyz, summary.csv)")
+    else:
+        print(f"no structures: nothing written to {args.out}/")
     return 1 if bad else 0

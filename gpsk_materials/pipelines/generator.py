@@ -50,6 +50,9 @@ from gpsk_materials.pipelines.requests import GenerationRequest, ResolvedRequest
 from gpsk_materials.vocabulary import formula_string
 
 logger = logging.getLogger(__name__)
+#: attribute of the log records of rejected requests (a caller that reports ``GenerationResult.error`` itself, as
+#: ``gpsk generate`` does, filters them out instead of showing each rejection twice)
+REQUEST_ERROR = "gpsk_request_error"
 
 #: cells a model folder is assumed to support when its config.json does not say (the default training cache)
 DEFAULT_MAX_SITES = 20
@@ -517,14 +520,14 @@ class CrystalGenerator(MSONable):
             except (ConditioningError, TypeError) as exc:
                 err = ConditioningError(f"request {i}: {exc}")
                 results.append(GenerationResult(i, GenerationRequest(), error=err))
-                logger.warning("%s", err)
+                logger.warning("%s", err, extra={REQUEST_ERROR: True})
                 continue
             try:
                 r = resolve_request(req, i, int(seed), self.max_sites, self.model.config.mmdit.max_elements,
                                     self.formula_unit_prior)
             except ConditioningError as exc:
                 results.append(GenerationResult(i, req, error=exc))
-                logger.warning("%s", exc)
+                logger.warning("%s", exc, extra={REQUEST_ERROR: True})
                 continue
             resolved.append(r)
             results.append(GenerationResult(i, r.request, seed=r.seed, candidates=r.candidates))

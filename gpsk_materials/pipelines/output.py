@@ -77,14 +77,14 @@ def write_results(results: Sequence[GenerationResult], folder: str | Path) -> li
     each atomically (:mod:`gpsk_materials.atomic_files`).
 
     ``<formula>`` is the request's formula (the structure's own for a free composition) and ``i`` counts the
-    structures written under that name. Returns the summary rows.
+    structures written under that name. Returns the summary rows. With no structure at all nothing is written,
+    so the files of an earlier run in ``folder`` are not replaced by empty ones.
     """
     from ase.io import write as ase_write
     from pymatgen.io.ase import AseAtomsAdaptor
     from pymatgen.io.cif import CifWriter
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     records: list[dict[str, Any]] = []
     frames = []
@@ -96,20 +96,16 @@ def write_results(results: Sequence[GenerationResult], folder: str | Path) -> li
             i = counts.get(name, 0)
             counts[name] = i + 1
             fname = f"{name}_{i}.cif"
+            folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / fname, lambda tmp, s=s: CifWriter(s).write_file(tmp), ".cif")
             rec = summary_record(s, fname)
             records.append(rec)
             atoms = AseAtomsAdaptor.get_atoms(s)
             atoms.info = _flat_info(rec)
             frames.append(atoms)
-
-    def write_frames(tmp: str) -> None:
-        if frames:
-            ase_write(tmp, frames, format="extxyz")
-        else:
-            Path(tmp).write_text("")
-
-    write_atomic(folder / "structures.extxyz", write_frames, ".extxyz")
+    if not records:
+        return records
+    write_atomic(folder / "structures.extxyz", lambda tmp: ase_write(tmp, frames, format="extxyz"), ".extxyz")
     write_csv_atomic(folder / "summary.csv", records, SUMMARY_COLUMNS)
     return records
 
