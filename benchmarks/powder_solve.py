@@ -12,7 +12,7 @@ composition (``checks="none"``).
   prediction is the refined structure.
 * ``no pattern``: the same model and noise, candidates in sample order (the CSP benchmark's protocol).
 
-* ``prototypes`` (``--prototypes K``): the K best substituted known crystals of the target's cell content
+* ``prototype_order`` (``--prototypes K``): the K best substituted known crystals of the target's cell content
   (``CrystalGenerator.prototype_candidates``, the shipped library, which holds no MP-20 test material) in their own
   order, no pattern (the prototype CSP baseline on the same targets);
 * ``pattern_prototypes``: the model's candidates and the K prototypes refined against the pattern together, ranked
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--pattern-guidance", type=float, default=0.0, help="sampler guidance toward the pattern")
     p.add_argument("--workers", type=int, default=2, help="processes parsing the CIFs")
     p.add_argument("--prototypes", type=int, default=0, help="substituted known crystals per target (K)")
+    p.add_argument("--space-group", action="store_true",
+                   help="also give each target's space group (mp20 spacegroup.number), as a solver that indexed the "
+                        "pattern would: a condition of the model's candidates, and the templates of that group first")
     args = p.parse_args(argv)
     if args.k < 0 or args.prototypes < 0 or args.k + args.prototypes < 1:
         p.error("--k and --prototypes must be >= 0 and not both 0")
@@ -72,17 +75,25 @@ def main(argv=None) -> int:
     refiner = PatternRefiner()
     patterns = [simulate_measurement(t, "CuKa", seed=i)[0] for i, t in enumerate(targets)]
     comps = [t.composition.formula.replace(" ", "") for t in targets]
+    groups = [int(g) for g in df["spacegroup.number"]] if args.space_group else [None] * len(comps)
     t0 = time.perf_counter()
-    base = (gen.run([{"composition": c, "n": args.k, **steps} for c in comps], seed=args.seed, checks="none",
-                    progress=True) if args.k else [None] * len(comps))
+    base = (gen.run([{"composition": c, "n": args.k, "space_group": g, **steps} for c, g in zip(comps, groups)],
+                    seed=args.seed, checks="none", progress=True) if args.k else [None] * len(comps))
     t_sample = time.perf_counter() - t0
-    protos = []
+    protos, refused = [], []
     if args.prototypes:
         from gpsk_materials.pipelines.requests import GenerationRequest, resolve_request
 
-        for c in tqdm(comps, desc="prototypes", unit="target"):
-            r = resolve_request(GenerationRequest(c, 1, prototypes=args.prototypes), 0, 0, gen.max_sites,
-                                gen.model.config.mmdit.max_elements)
+        from gpsk_materials.errors import ConditioningError
+
+        for c, g in tqdm(list(zip(comps, groups)), desc="prototypes", unit="target"):
+            try:
+                r = resolve_request(GenerationRequest(c, 1, prototypes=args.prototypes, space_group=g), 0, 0,
+                                    gen.max_sites, gen.model.config.mmdit.max_elements)
+            except ConditioningError as exc:  # counted: a space group the generator refuses for this cell
+                refused.append(f"{c}: {exc}")
+                r = resolve_request(GenerationRequest(c, 1, prototypes=args.prototypes), 0, 0, gen.max_sites,
+                                    gen.model.config.mmdit.max_elements)
             protos.append(gen.prototype_candidates(r, args.prototypes))
     ranked, ranked_p, rwp_best, rwp_best_p, rwp_true, refine_s = [], [], [], [], [], 0.0
     for i, (t, res, pat) in enumerate(tqdm(list(zip(targets, base, patterns)), desc="solving", unit="target")):
@@ -90,7 +101,7 @@ def main(argv=None) -> int:
         if res is None:
             fits, structures = [], []
         elif args.pattern_guidance > 0:
-            sol = solve_pattern(gen, comps[i], pat, args.k, seed=args.seed + i, checks="none",
+            sol = solve_pattern(gen, comps[i], pat, args.k, seed=args.seed + i, checks="none", space_group=groups[i],
                                 pattern_guidance=args.pattern_guidance, refiner=refiner, **steps)
             fits = sol.refinements
             structures = sol.structures
@@ -111,20 +122,22 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     target_valid = [all(is_valid(t)) for t in targets]
     summary = {"split": f"{TEST_CSV} (partial)", "targets": len(targets), "k": args.k, "prototypes": args.prototypes,
+               "space_group_given": args.space_group, "space_group_refused": refused,
                "pattern_guidance": args.pattern_guidance, "seconds": seconds, "seconds_sampling": t_sample,
                "seconds_refinement": refine_s, "device": str(gen.device), "steps": args.steps,
                "decoded": int(sum(r.decoded for r in base if r)), "generated": int(sum(r.candidates for r in base if r)),
                "targets_with_a_refined_candidate": int(sum(v is not None for v in rwp_best)),
                "targets_with_a_prototype": int(sum(bool(p) for p in protos))}
-    arms = (["no_pattern", "pattern"] if args.k else []) + (["prototypes", "pattern_prototypes"] if args.prototypes else [])
+    arms = (["no_pattern", "pattern"] if args.k else []) + (["prototype_order", "pattern_prototypes"] if args.prototypes
+                                                             else [])
     for arm in arms:
         preds, pids, pvalid = [], [], []
-        width = args.prototypes if arm == "prototypes" else args.k + (args.prototypes if arm == "pattern_prototypes" else 0)
+        width = args.prototypes if arm == "prototype_order" else args.k + (args.prototypes if arm == "pattern_prototypes" else 0)
         for i, (tid, t, res, rk) in enumerate(zip(tids, targets, base, ranked)):
             if arm == "no_pattern":
                 slots = _slots(res.structures, args.k, lambda s, j: sample_index(s, j))
             else:
-                got = {"pattern": rk, "prototypes": protos[i] if protos else [],
+                got = {"pattern": rk, "prototype_order": protos[i] if protos else [],
                        "pattern_prototypes": ranked_p[i] if ranked_p else []}[arm]
                 slots = (list(got) + [None] * width)[:width]
             for j, s in enumerate(slots):
