@@ -228,7 +228,7 @@ def test_mmdit_trained_output_depends_on_inputs(mmdit):
 
 
 def test_named_configs_are_consistent_and_roundtrip():
-    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "fine", "wide512", "compact16", "gpsk300"}
+    assert set(CONFIGS) == {"tiny", "default", "deep", "wide", "fine", "wide512", "compact16", "subvoxel", "gpsk300"}
     for cfg in CONFIGS.values():
         assert ModelConfig.from_dict(json.loads(cfg.to_json())) == cfg
     # the two flow candidates give every token as many dimensions as the latent numbers it carries
@@ -242,6 +242,10 @@ def test_named_configs_are_consistent_and_roundtrip():
     compact, default = CONFIGS["compact16"], CONFIGS["default"]
     assert can_compress(default.vae, compact.vae) and compact.mmdit.latent_channels == compact.vae.latent_channels == 16
     assert compact.mmdit.hidden >= compact.mmdit.latent_channels * compact.mmdit.patch**3
+    # subvoxel: the default with the sub-voxel branches, grown onto a default VAE; the same MMDiT (it adopts it)
+    from gpsk_materials.models.growth import can_add_subvoxel
+
+    assert can_add_subvoxel(default.vae, CONFIGS["subvoxel"].vae) and CONFIGS["subvoxel"].mmdit == default.mmdit
     with pytest.raises(KeyError, match="named configs"):
         get_config("huge")
 
