@@ -82,8 +82,9 @@ def main(argv=None) -> int:
                    help="--method prototypes: templates within this energy above hull (eV/atom) rank first, "
                         "unknown stability next (PrototypeSubstitutor); inf ranks by Pettifor distance alone")
     p.add_argument("--space-group", action="store_true",
-                   help="--method prototypes: also give each target's space group (mp20 spacegroup.number): templates "
-                        "of that group rank first")
+                   help="also give each target's space group (mp20 spacegroup.number): --method prototypes puts the "
+                        "templates of that group first; the flow method adds it to each request's conditions and "
+                        "reports how often the returned structure has it (spglib at the generator's symprec)")
     p.add_argument("--own-formula", action="store_true",
                    help="--method prototypes: crystals of the target's own reduced formula may serve as templates")
     args = p.parse_args(argv)
@@ -105,8 +106,9 @@ def main(argv=None) -> int:
             p.error("--prototypes needs --rank (the checks choose among the model's and the prototypes' candidates)")
         per_request["prototypes"] = args.prototypes
     # the target's cell content, as given (formula_units set, so the generator does not choose Z)
-    requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request,
-                 "formula_units": integer_counts(t.composition.get_el_amt_dict())[1]} for t in targets]
+    groups = [int(g) for g in df["spacegroup.number"]] if args.space_group else [None] * len(targets)
+    requests = [{"composition": t.composition.formula.replace(" ", ""), **per_request, "space_group": g,
+                 "formula_units": integer_counts(t.composition.get_el_amt_dict())[1]} for t, g in zip(targets, groups)]
     t0 = time.perf_counter()
     results = gen.run(requests, seed=args.seed, checks=args.rank)
     k = 1 if ranked else args.k
@@ -133,6 +135,8 @@ def main(argv=None) -> int:
              "generated": len(targets) * args.k, "decoded": n_dec,
              "valid_predictions": int(sum(pred_valid)), "valid_targets": int(sum(target_valid)),
              "request_errors": errors, "seconds_generation": seconds, "device": str(gen.device)}
+    if args.space_group:
+        extra.update(space_group_hits(gen, results, groups, ranked))
     print(f"{len(targets)} targets x {args.k} samples: {n_dec} decoded, {sum(pred_valid)} valid "
           f"({errors} requests refused); generation {seconds:.1f} s")
     print(f"match rate 1 sample {summary['match_rate_1']:.4f}  RMSE {summary['rmse_1']:.4f}")
@@ -143,6 +147,30 @@ def main(argv=None) -> int:
         print(f"match rate best of {args.k} {summary['match_rate_k']:.4f}  RMSE {summary['rmse_k']:.4f}")
     write_summary(args.out, {**summary, **extra})
     return 0
+
+
+def space_group_hits(gen, results, groups, ranked: bool) -> dict:
+    """How often the returned structures (the first of each request when ``ranked``, else every one) have the
+    requested space group and its crystal system, detected by spglib at the generator's symprec; over requests (a
+    request that returned nothing is a miss)."""
+    from gpsk_materials.checks.symmetry import SymmetryCheck, crystal_system_of
+    from gpsk_materials.errors import GPSKError
+
+    check = SymmetryCheck(symprec=gen.symprec)
+    asked = hit_group = hit_system = 0
+    for res, g in zip(results, groups):
+        got = res.structures[:1] if ranked else res.structures
+        want = len(got) if got else 1
+        asked += want
+        for s in got:
+            try:
+                found = check.check(s, space_group=g).space_group_number
+            except GPSKError:
+                continue
+            hit_group += found == g
+            hit_system += crystal_system_of(found) == crystal_system_of(g)
+    return {"space_group_given": True, "symprec": gen.symprec, "space_group_hit": hit_group / asked,
+            "crystal_system_hit": hit_system / asked, "space_group_structures": asked}
 
 
 def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
