@@ -13,7 +13,7 @@ The first ``--models`` entry is the baseline: every other model's band errors ar
 (measured in the same run). Why it exists: the c7 VAE reproduces F to 1-3 % below max |h_i| = 12 and to 13-30 %
 at the grid's edge, 61 % of its error (docs/benchmarks.md "VAE error by Miller band").
 
-    python benchmarks/vae_frequency_error.py --n 24 --models gpsk_materials/weights/default EXPORT \\
+    python benchmarks/vae_frequency_error.py --n 24 --floors --models gpsk_materials/weights/default EXPORT \\
         --out docs/results/vae_frequency_error.json
 """
 
@@ -31,14 +31,16 @@ MAX_EDGES = (0, 2, 4, 6, 8, 10, 12, 14, 15.5, 16.5)
 RADIUS_EDGES = (0, 4, 8, 12, 14, 16, 20, 28)
 
 
-def band_errors(vae, grids) -> dict:
-    """Per band of max |h_i| and of |h|: median relative error, power share and error share (see module doc)."""
+def band_errors(vae, grids, rec=None) -> dict:
+    """Per band of max |h_i| and of |h|: median relative error, power share and error share (see module doc) of
+    ``rec`` (default: the VAE's reconstruction of ``grids`` from the posterior mean)."""
     import torch
 
     from gpsk_materials.representations.grid import expand_structure_factor
 
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(grids).mean).float()
+    if rec is None:
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(grids).mean).float()
     re, im = expand_structure_factor(grids[:, 0].double(), grids[:, 1].double())
     rr, ri = expand_structure_factor(rec[:, 0].double(), rec[:, 1].double())
     power = (re**2 + im**2).flatten(1)
@@ -64,6 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=24, help="first N test rows")
     p.add_argument("--models", nargs="+", default=None,
                    help="model folders (or the trainer's exports); the first is the baseline (default: shipped)")
+    p.add_argument("--floors", action="store_true",
+                   help="also the errors of the true grids' own density (the real-space VAE's output domain) rounded "
+                        "to bf16 and with Gaussian noise of 0.03 added to its asinh: what numerical precision costs")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     models = args.models or [default_model()]
@@ -73,6 +78,16 @@ def main(argv=None) -> int:
     for folder in models:
         r = band_errors(load_model_folder(folder).vae.eval(), grids)
         results.append({"model": str(folder), "vae_sha256": vae_digest(folder), **r})
+    if args.floors:
+        import torch
+
+        vae = load_model_folder(models[0]).vae.eval()
+        y = vae.to_density(grids)
+        gen = torch.Generator().manual_seed(0)
+        for name, yy in (("true density rounded to bf16", y.bfloat16().float()),
+                         ("true density, asinh + N(0, 0.03)", y + 0.03 * torch.randn(y.shape, generator=gen))):
+            rec = torch.cat([vae.from_density(yy), grids[:, 2:3]], 1)
+            results.append({"model": name, "vae_sha256": None, **band_errors(vae, grids, rec)})
     base = results[0]
     for r in results:
         for name in ("max_abs_h", "radius"):
