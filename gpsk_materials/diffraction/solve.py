@@ -104,10 +104,12 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
     if k_int:
         candidates += generator.prototype_candidates(resolved, k_int)
     fits = refiner.rank(candidates, pattern, progress=bool(progress))
-    pairs = sorted([(f, s) for f, s in zip(fits, candidates) if f is not None], key=lambda p: p[0].rwp)
+    # (refinement, candidate index): a prototype is candidate len(res.structures) + its prototype index
+    pairs = sorted([(f, j) for j, f in enumerate(fits) if f is not None], key=lambda p: p[0].rwp)
     kept = pairs[:n_int]
     structures, refinements = [], []
-    for rank, (fit, cand) in enumerate(kept):
+    for rank, (fit, j) in enumerate(kept):
+        cand = candidates[j]
         s = fit.structure
         for section in provenance.SECTIONS:
             value = provenance.read(cand, section)
@@ -116,7 +118,7 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
         req = dict(provenance.read(s, "request") or {})
         if provenance.read(cand, "prototype") is not None:
             req.update({"composition": composition_label(composition), "sample_index": None,
-                        "prototype_index": candidates.index(cand) - len(res.structures)})
+                        "prototype_index": j - len(res.structures)})
         req.update({"n": n_int, "best_of": b_int, "prototypes": k_int, "rank": rank})
         provenance.write(s, "request", req)
         provenance.write(s, "diffraction", {
