@@ -65,6 +65,21 @@ def timed(fn, *args, device: str = "cpu", repeat: int = 3, **kwargs):
     return float(np.median(times)), out
 
 
+def benchmark_library():
+    """The shipped prototype library without its held-out MP-20 test materials (``PrototypeLibrary.without_holdout``):
+    the model's training crystals exactly, so no benchmark on those targets can find the answer itself."""
+    from gpsk_materials.prototypes import PrototypeLibrary
+
+    return PrototypeLibrary.load().without_holdout()
+
+
+def use_benchmark_library(gen) -> None:
+    """Point ``gen``'s ``prototypes=`` candidates at :func:`benchmark_library`."""
+    from gpsk_materials.prototypes import PrototypeSubstitutor
+
+    gen.prototype_substitutor = PrototypeSubstitutor(benchmark_library())
+
+
 def default_model() -> str:
     """Folder of the model shipped in the package (the ``--model`` default of the generation benchmarks)."""
     from gpsk_materials.pipelines.generator import default_model_dir

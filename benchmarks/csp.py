@@ -46,11 +46,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import (  # noqa: E402
+    benchmark_library,
     generation_parser,
     is_valid,
     load_generator,
     read_structures,
     sample_index,
+    use_benchmark_library,
     write_summary,
 )
 
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
         return prototype_csp(args, targets, target_ids,
                              [int(g) for g in df["spacegroup.number"]] if args.space_group else None)
     gen = load_generator(args)
+    use_benchmark_library(gen)
     ranked = args.rank != "none"
     per_request = {"n": 1, "best_of": args.k} if ranked else {"n": args.k}
     per_request["projection"] = args.projection
@@ -176,10 +179,10 @@ def space_group_hits(gen, results, groups, ranked: bool) -> dict:
 def prototype_csp(args, targets, target_ids, space_groups=None) -> int:
     """``--method prototypes``: the ``--k`` best substituted templates of each target's cell content."""
     from gpsk_materials.evaluation import csp_metrics
-    from gpsk_materials.prototypes import PrototypeLibrary, PrototypeSubstitutor
+    from gpsk_materials.prototypes import PrototypeSubstitutor
     from gpsk_materials.vocabulary import integer_counts
 
-    library = PrototypeLibrary.load()
+    library = benchmark_library()
     t0 = time.perf_counter()
     preds, pred_ids, pred_valid, found, distances, sg_hits = [], [], [], 0, [], 0
     for k, (tid, target) in enumerate(zip(target_ids, targets)):

@@ -61,7 +61,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import generation_parser, load_generator, write_summary  # noqa: E402
+from _common import benchmark_library, generation_parser, load_generator, write_summary  # noqa: E402
 
 from gpsk_materials import provenance  # noqa: E402
 
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
         results = []
         for i, ((name, cell, *_), req) in enumerate(zip(CRYSTALS, requests)):
             own = Composition(cell).reduced_formula
-            analogue = PrototypeSubstitutor(exclude_formulas=[own]).get_structures(
+            analogue = PrototypeSubstitutor(benchmark_library(), exclude_formulas=[own]).get_structures(
                 cell, 1, formula_units=cell_units(cell))
             if not analogue:
                 targets.append(None)

@@ -33,7 +33,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import generation_parser, is_valid, load_generator, read_structures, sample_index, write_summary  # noqa: E402
+from _common import (  # noqa: E402
+    generation_parser,
+    is_valid,
+    load_generator,
+    read_structures,
+    sample_index,
+    use_benchmark_library,
+    write_summary,
+)
 
 TEST_CSV = "mp20/test.csv"
 
@@ -71,6 +79,7 @@ def main(argv=None) -> int:
     targets, df = read_structures(TEST_CSV, limit=args.limit, workers=args.workers)
     tids = [str(m) for m in df["material_id"]]
     gen = load_generator(args)
+    use_benchmark_library(gen)
     steps = {} if args.steps is None else {"steps": args.steps}
     refiner = PatternRefiner()
     patterns = [simulate_measurement(t, "CuKa", seed=i)[0] for i, t in enumerate(targets)]

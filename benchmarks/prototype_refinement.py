@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import generation_parser, is_valid, load_generator, read_structures, write_summary  # noqa: E402
+from _common import (  # noqa: E402
+    benchmark_library,
+    generation_parser,
+    is_valid,
+    load_generator,
+    read_structures,
+    write_summary,
+)
 
 
 def main(argv=None) -> int:
@@ -27,7 +34,7 @@ def main(argv=None) -> int:
 
     from gpsk_materials.evaluation import csp_metrics
     from gpsk_materials.models.conditioning import Conditions
-    from gpsk_materials.prototypes import PrototypeLibrary, PrototypeSubstitutor
+    from gpsk_materials.prototypes import PrototypeSubstitutor
     from gpsk_materials.representations.reciprocal import ReciprocalGridFeaturizer
     from gpsk_materials.vocabulary import integer_counts
 
@@ -42,7 +49,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     targets, df = read_structures("mp20/test.csv", limit=args.limit, workers=args.workers)
     ids = [str(m) for m in df["material_id"]]
-    library = PrototypeLibrary.load()
+    library = benchmark_library()
     templates = []
     for target in targets:
         sub = PrototypeSubstitutor(library, exclude_formulas=[target.composition.reduced_formula])

@@ -165,6 +165,10 @@ class PrototypeLibrary:
     offsets : array (N + 1,)
     material_id : array (N,) of str
     e_above_hull : array (N,), eV/atom (NaN where unknown)
+    holdout : array (N,) of bool, optional
+        Crystals kept out of the model's training because they are evaluation targets (the MP-20 test materials,
+        by id and by structure). A user wants them (the known answer, e.g. diamond Si); a benchmark must not see
+        them: :meth:`without_holdout`. Default: none.
 
     Raises
     ------
@@ -172,7 +176,7 @@ class PrototypeLibrary:
         Arrays of inconsistent shapes.
     """
 
-    def __init__(self, lattice, frac_coords, numbers, offsets, material_id, e_above_hull) -> None:
+    def __init__(self, lattice, frac_coords, numbers, offsets, material_id, e_above_hull, holdout=None) -> None:
         try:
             self.lattice = np.asarray(lattice, dtype=np.float64).reshape(-1, 3, 3)
             self.frac_coords = np.asarray(frac_coords, dtype=np.float64).reshape(-1, 3)
@@ -180,6 +184,8 @@ class PrototypeLibrary:
             self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
             self.material_id = np.asarray(material_id).astype(str).reshape(-1)
             self.e_above_hull = np.asarray(e_above_hull, dtype=np.float64).reshape(-1)
+            self.holdout = (np.zeros(len(self.lattice), dtype=bool) if holdout is None
+                            else np.asarray(holdout, dtype=bool).reshape(-1))
         except (TypeError, ValueError) as exc:
             raise DataError(f"prototype library arrays of the wrong kind: {exc}") from exc
         n = len(self.lattice)
@@ -190,11 +196,13 @@ class PrototypeLibrary:
             raise DataError(f"prototype library lattices {np.flatnonzero(np.abs(np.linalg.det(self.lattice)) <= 1e-6)[:5].tolist()} "
                             "have no volume")
         if not (len(self.offsets) == n + 1 and len(self.material_id) == n and len(self.e_above_hull) == n
+                and len(self.holdout) == n
                 and self.offsets[0] == 0 and self.offsets[-1] == len(self.frac_coords) == len(self.numbers)
                 and np.all(np.diff(self.offsets) > 0)):
             raise DataError(f"prototype library arrays disagree: {n} lattices, {len(self.offsets)} offsets, "
                             f"{len(self.frac_coords)} coordinates, {len(self.numbers)} atomic numbers, "
-                            f"{len(self.material_id)} ids, {len(self.e_above_hull)} energies")
+                            f"{len(self.material_id)} ids, {len(self.e_above_hull)} energies, "
+                            f"{len(self.holdout)} holdout flags")
         self._index: dict[tuple[int, ...], list[int]] | None = None
         self._space_groups: dict[int, int] = {}
 
@@ -272,7 +280,7 @@ class PrototypeLibrary:
             missing = [k for k in _FIELDS if k not in d.files]
             if missing:
                 raise DataError(f"{path} is not a prototype library: it lacks {missing}")
-            return cls(*(d[k] for k in _FIELDS))
+            return cls(*(d[k] for k in _FIELDS), holdout=d["holdout"] if "holdout" in d.files else None)
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays to a compressed ``.npz`` atomically (lattices float32, coordinates float32: 1e-7
@@ -290,13 +298,29 @@ class PrototypeLibrary:
         def write(tmp: str) -> None:
             np.savez_compressed(tmp, lattice=self.lattice.astype(np.float32), frac_coords=self.frac_coords.astype(np.float32),
                                 numbers=self.numbers.astype(np.uint8), offsets=self.offsets.astype(np.int32),
-                                material_id=self.material_id, e_above_hull=self.e_above_hull.astype(np.float32))
+                                material_id=self.material_id, e_above_hull=self.e_above_hull.astype(np.float32),
+                                holdout=self.holdout)
 
         try:
             write_atomic(path, write, suffix=".npz")
         except OSError as exc:
             raise DataError(f"cannot write the prototype library to {path}: {exc}") from exc
         return path
+
+    def subset(self, indices: Sequence[int]) -> PrototypeLibrary:
+        """A library of the crystals ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(idx):
+            raise DataError("a prototype library needs at least one structure")
+        sites = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+        offsets = np.concatenate([[0], np.cumsum(np.diff(self.offsets)[idx])])
+        return PrototypeLibrary(self.lattice[idx], self.frac_coords[sites], self.numbers[sites], offsets,
+                                self.material_id[idx], self.e_above_hull[idx], self.holdout[idx])
+
+    def without_holdout(self) -> PrototypeLibrary:
+        """The library without its held-out evaluation crystals: what a benchmark on those targets must use (the
+        shipped library without them is the model's training set exactly)."""
+        return self.subset(np.flatnonzero(~self.holdout)) if self.holdout.any() else self
 
     def composition(self, i: int) -> dict[str, int]:
         """Element symbol -> count in crystal ``i``'s cell."""

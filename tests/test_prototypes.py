@@ -47,6 +47,27 @@ def test_library_round_trips_through_its_file(library, tmp_path):
         assert np.allclose(a.frac_coords, b.frac_coords, atol=1e-6)
 
 
+def test_holdout_crystals_round_trip_and_a_benchmark_drops_them(library, tmp_path):
+    """Held-out evaluation crystals stay in the file (users want the known answer) and ``without_holdout`` gives
+    the training set a benchmark must use; a file written before the flag existed loads with none held out."""
+    flagged = PrototypeLibrary(library.lattice, library.frac_coords, library.numbers, library.offsets,
+                               library.material_id, library.e_above_hull, holdout=[False, True])
+    back = PrototypeLibrary.load(flagged.save(tmp_path / "lib.npz"))
+    assert back.holdout.tolist() == [False, True]
+    train = back.without_holdout()
+    assert list(train.material_id) == ["mp-22862"] and train.structure(0).composition == rock_salt().composition
+    assert PrototypeSubstitutor(train).rank("SnF2") == [] and PrototypeSubstitutor(back).rank("SnF2")
+    assert library.without_holdout() is library  # nothing held out: the library itself
+    np.savez(tmp_path / "old.npz", **{k: getattr(library, k) for k in
+                                      ("lattice", "frac_coords", "numbers", "offsets", "material_id", "e_above_hull")})
+    assert PrototypeLibrary.load(tmp_path / "old.npz").holdout.tolist() == [False, False]
+    with pytest.raises(DataError, match="holdout flags"):
+        PrototypeLibrary(library.lattice, library.frac_coords, library.numbers, library.offsets,
+                         library.material_id, library.e_above_hull, holdout=[True])
+    with pytest.raises(DataError, match="at least one"):
+        flagged.subset([])
+
+
 def test_substitutor_puts_the_new_elements_on_the_nearest_prototype(library):
     sub = PrototypeSubstitutor(library)
     (kbr,) = sub.get_structures("KBr", n=3)  # one AB crystal in the library
@@ -109,11 +130,18 @@ def test_bad_requests_and_files_raise_project_errors(library, tmp_path):
         PrototypeLibrary.from_structures([s], ["x"])
 
 
-def test_shipped_library_is_the_training_set_and_answers_a_request():
+def test_shipped_library_is_the_pool_with_its_test_materials_flagged_and_answers_a_request():
     lib = PrototypeLibrary.load()
-    assert len(lib) == 33866  # benchmarks/build_prototype_library.py from the shipped model's training cache
+    # benchmarks/build_prototype_library.py: the pool's 40,847 crystals, of which the 6,981 the shipped model was not
+    # trained on (the MP-20 test materials and their StructureMatcher twins) are flagged holdout
+    assert len(lib) == 40847 and int(lib.holdout.sum()) == 6981 and len(lib.without_holdout()) == 33866
+    assert lib.holdout[list(lib.material_id).index("mp-390")]  # anatase, an MP-20 test material
     got = PrototypeSubstitutor(lib).get_structures("KBr", n=2)
     assert len(got) == 2 and all(s.composition.reduced_formula == "KBr" for s in got)
+    anatase = PrototypeSubstitutor(lib).get_structures("Ti2O4", n=5)
+    assert "mp-390" in [s.properties["gpsk"]["prototype"]["material_id"] for s in anatase]
+    held_out = PrototypeSubstitutor(lib.without_holdout()).get_structures("Ti2O4", n=50)
+    assert "mp-390" not in [s.properties["gpsk"]["prototype"]["material_id"] for s in held_out]
 
 
 def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_they_came_from(library, tiny_model_dir):  # noqa: F811
@@ -121,7 +149,7 @@ def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_the
     from gpsk_materials.pipelines.output import summary_record
 
     gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
-    gen._prototype_substitutor = PrototypeSubstitutor(library)
+    gen.prototype_substitutor = PrototypeSubstitutor(library)
     res = gen.run([{"composition": "KBr", "n": 1, "prototypes": 1, "steps": 2},
                    {"composition": "Sn2F4", "n": 1, "prototypes": 3, "steps": 2},
                    {"composition": "KBr", "prototypes": -1, "steps": 2},
@@ -144,6 +172,8 @@ def test_generator_ranks_prototype_candidates_with_the_models_and_says_where_the
     assert "prototypes needs a composition" in str(res[3].error)
     # the same through generate()
     assert gen.generate("KBr", prototypes=1, steps=2, seed=0)[0].properties["gpsk"]["prototype"]["formula"] == "NaCl"
+    with pytest.raises(ConditioningError, match="must be a PrototypeSubstitutor"):
+        gen.prototype_substitutor = library
 
 
 def test_prototypes_join_the_candidates_of_a_powder_solution(library, tiny_model_dir, tmp_path, capsys,  # noqa: F811
@@ -161,7 +191,7 @@ def test_prototypes_join_the_candidates_of_a_powder_solution(library, tiny_model
     kbr = rock_salt("K", "Br", 6.60)
     pattern = simulate_measurement(kbr, "CuKa", seed=3)[0]
     gen = CrystalGenerator.from_pretrained(tiny_model_dir, batch_size=4)
-    gen._prototype_substitutor = PrototypeSubstitutor(library)
+    gen.prototype_substitutor = PrototypeSubstitutor(library)
     sol = solve_pattern(gen, "KBr", pattern, 2, steps=2, seed=0, checks="none", prototypes=1)
     assert sol.result.candidates == 2 and sol.refined >= 1
     best = sol.structures[0]
@@ -181,7 +211,7 @@ def test_prototypes_join_the_candidates_of_a_powder_solution(library, tiny_model
 
     def with_library(*args, **kwargs):  # the CLI builds its own generator: give it the test's library
         g = real(tiny_model_dir, batch_size=4)
-        g._prototype_substitutor = PrototypeSubstitutor(library)
+        g.prototype_substitutor = PrototypeSubstitutor(library)
         return g
 
     monkeypatch.setattr(CrystalGenerator, "from_pretrained", staticmethod(with_library))

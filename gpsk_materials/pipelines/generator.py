@@ -231,6 +231,7 @@ class CrystalGenerator(MSONable):
         self._in_memory = model_hash is None
         self._scorers: dict[frozenset[str], Any] = {}
         self._hull = reference_hull
+        self._prototype_substitutor = None  # loaded on first use (prototype_substitutor)
         self.formula_unit_prior_path = None if formula_unit_prior is None else Path(formula_unit_prior)
         self.formula_unit_prior = FormulaUnitPrior.from_file(self.formula_unit_prior_path)
 
@@ -726,13 +727,23 @@ class CrystalGenerator(MSONable):
 
     @property
     def prototype_substitutor(self):
-        """The :class:`~gpsk_materials.prototypes.PrototypeSubstitutor` of ``request.prototypes`` (the shipped
-        library, the model's training crystals), loaded on first use."""
-        if getattr(self, "_prototype_substitutor", None) is None:
+        """The :class:`~gpsk_materials.prototypes.PrototypeSubstitutor` of ``request.prototypes``: by default the
+        shipped library (the model's training crystals and the held-out MP-20 test materials), loaded on first use;
+        assign another (e.g. ``PrototypeSubstitutor(PrototypeLibrary.load().without_holdout())`` for a benchmark on
+        those test materials, or one of your own crystals)."""
+        if self._prototype_substitutor is None:
             from gpsk_materials.prototypes import PrototypeSubstitutor
 
             self._prototype_substitutor = PrototypeSubstitutor()
         return self._prototype_substitutor
+
+    @prototype_substitutor.setter
+    def prototype_substitutor(self, substitutor) -> None:
+        from gpsk_materials.prototypes import PrototypeSubstitutor
+
+        if not isinstance(substitutor, PrototypeSubstitutor):
+            raise ConditioningError(f"prototype_substitutor must be a PrototypeSubstitutor, got {type(substitutor).__name__}")
+        self._prototype_substitutor = substitutor
 
     def _add_prototypes(self, resolved: Sequence[ResolvedRequest], decoded: list) -> list:
         """Stage 3b: each request's ``prototypes`` substituted known crystals appended to its decoded candidates, so
