@@ -68,7 +68,8 @@ def solve_pattern(generator: Any, composition: Any, diffraction: Any, n: int = 1
     the ``n`` of lowest Rwp. ``conditions`` are further conditions (``space_group``, ``crystal_system``, ...).
     ``prototypes=K`` adds the K best substituted known crystals of the composition
     (:meth:`CrystalGenerator.prototype_candidates`, :mod:`gpsk_materials.prototypes`) to the candidates refined and
-    ranked; a kept one has ``request.source`` "prototype" and its ``prototype`` provenance section.
+    ranked; a kept one has its ``prototype`` provenance section and ``request.sample_index`` None with
+    ``request.prototype_index``.
 
     Poor agreement (Rwp above :data:`~gpsk_materials.diffraction.refine.POOR_RWP`) is logged as a warning and
     recorded as ``agreement: "poor"`` in each structure's ``properties["gpsk"]["diffraction"]``.

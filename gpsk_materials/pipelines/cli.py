@@ -77,14 +77,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     checks = ",".join([args.checks, *(c for c in ("volume_scan", "relax", "hull") if getattr(args, c))])
     # rejected requests are printed below, once: the generator's own log line of each is filtered out
-    reported = logging.Filter()
-    reported.filter = lambda record: not getattr(record, REQUEST_ERROR, False)
+    def not_a_rejection(record: logging.LogRecord) -> bool:
+        return not getattr(record, REQUEST_ERROR, False)
+
     gen_logger = logging.getLogger("gpsk_materials.pipelines.generator")
-    gen_logger.addFilter(reported)
+    gen_logger.addFilter(not_a_rejection)
     try:
         results = gen.run(requests, seed=args.seed, checks=checks, progress=False if args.no_progress else None)
     finally:
-        gen_logger.removeFilter(reported)
+        gen_logger.removeFilter(not_a_rejection)
     records = write_results(results, args.out)
     if records:
         print(format_table(records))
